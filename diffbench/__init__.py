@@ -1,0 +1,1 @@
+"""diffbench: benchmark diffusion and flow-model samplers."""

@@ -1,0 +1,130 @@
+"""Time-step schedules: pure functions returning the decreasing sigma grid a solver walks.
+
+Every function returns a float64 CPU tensor of ``n + 1`` EDM noise levels from sigma_max down to
+sigma_min (``final_zero=False``) or of ``n`` levels down to sigma_min followed by 0
+(``final_zero=True``, the k-diffusion/EDM convention: the last step denoises fully).
+A grid has ``n`` steps either way.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffbench.errors import UsageError, check
+from diffbench.schedules import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class Span:
+    """The noise range a grid covers, resolved from user options and the schedule's own range."""
+
+    sigma_min: float
+    sigma_max: float
+    final_zero: bool
+
+    def points(self, n: int) -> int:
+        """How many nonzero levels an n-step grid holds."""
+        return n if self.final_zero else n + 1
+
+
+StepFn = Callable[..., Tensor]
+STEP_SCHEDULES: dict[str, StepFn] = {}
+
+
+def register_steps(name: str) -> Callable[[StepFn], StepFn]:
+    """Register a step schedule under a stable name (used by configs and result tables)."""
+
+    def wrap(fn: StepFn) -> StepFn:
+        STEP_SCHEDULES[name] = fn
+        return fn
+
+    return wrap
+
+
+def _finish(levels: Tensor, span: Span) -> Tensor:
+    levels = levels.to(torch.float64)
+    if span.final_zero:
+        levels = torch.cat([levels, levels.new_zeros(1)])
+    return levels
+
+
+def _ramp(count: int) -> Tensor:
+    """count points from 0 to 1 (a single point is 0: the grid then holds only sigma_max)."""
+    return torch.linspace(0.0, 1.0, count, dtype=torch.float64) if count > 1 else torch.zeros(1, dtype=torch.float64)
+
+
+@register_steps("uniform_t")
+def uniform_t(n: int, schedule: NoiseSchedule, span: Span) -> Tensor:
+    """Uniform in the schedule's time t (DDIM's 'uniform' / diffusers' 'linspace')."""
+    t_hi, t_lo = schedule.sigma_to_t(span.sigma_max), schedule.sigma_to_t(span.sigma_min)
+    return _finish(schedule.t_to_sigma(t_hi + _ramp(span.points(n)) * (t_lo - t_hi)), span)
+
+
+@register_steps("uniform_logsnr")
+def uniform_logsnr(n: int, schedule: NoiseSchedule, span: Span) -> Tensor:
+    """Uniform in lambda = -log sigma (DPM-Solver's 'logSNR' spacing)."""
+    lo, hi = math.log(span.sigma_min), math.log(span.sigma_max)
+    return _finish(torch.exp(hi + _ramp(span.points(n)) * (lo - hi)), span)
+
+
+@register_steps("karras")
+def karras(n: int, schedule: NoiseSchedule, span: Span, rho: float = 7.0) -> Tensor:
+    """EDM's rho-spacing in sigma (Karras et al. 2022, eq. 5); rho=7 is their default."""
+    check(rho > 0, "schedule.rho must be > 0")
+    lo, hi = span.sigma_min ** (1 / rho), span.sigma_max ** (1 / rho)
+    return _finish((hi + _ramp(span.points(n)) * (lo - hi)) ** rho, span)
+
+
+@register_steps("polynomial")
+def polynomial(n: int, schedule: NoiseSchedule, span: Span, power: float = 2.0) -> Tensor:
+    """Power spacing in time: t_i^(1/p) uniform (power=2 is DDIM/DPM-Solver's 'quadratic')."""
+    check(power > 0, "schedule.power must be > 0")
+    t_hi = float(schedule.sigma_to_t(span.sigma_max))
+    t_lo = float(schedule.sigma_to_t(span.sigma_min))
+    check(t_lo >= 0, "schedule: polynomial spacing needs a schedule with t >= 0")
+    lo, hi = t_lo ** (1 / power), t_hi ** (1 / power)
+    return _finish(schedule.t_to_sigma((hi + _ramp(span.points(n)) * (lo - hi)) ** power), span)
+
+
+@register_steps("quadratic")
+def quadratic(n: int, schedule: NoiseSchedule, span: Span) -> Tensor:
+    """Quadratic spacing in time (DDIM's 'quad'); polynomial with power 2."""
+    return polynomial(n, schedule, span, power=2.0)
+
+
+@register_steps("explicit")
+def explicit(n: int, schedule: NoiseSchedule, span: Span, sigmas: Sequence[float] = ()) -> Tensor:
+    """A user-given list of noise levels (e.g. from a paper or an optimiser); n must match it."""
+    levels = torch.tensor(list(sigmas), dtype=torch.float64)
+    check(len(levels) >= 2, "schedule.sigmas: give at least two noise levels")
+    check(bool((levels[:-1] > levels[1:]).all()), "schedule.sigmas must be strictly decreasing")
+    check(len(levels) - 1 == n, f"schedule.sigmas holds {len(levels) - 1} steps but {n} were asked for")
+    return levels
+
+
+def resolve_span(schedule: NoiseSchedule, sigma_min: float | None = None, sigma_max: float | None = None,
+                 final_zero: bool = True) -> Span:
+    """Fill unset ends from the schedule and validate them (sigma_min must be below sigma_max)."""
+    lo = schedule.sigma_min if sigma_min is None else float(sigma_min)
+    hi = schedule.sigma_max if sigma_max is None else float(sigma_max)
+    check(lo > 0, f"schedule.sigma_min must be > 0 (got {lo}); use final_zero to end at zero")
+    check(lo < hi, f"schedule.sigma_min ({lo}) must be below schedule.sigma_max ({hi})")
+    return Span(lo, hi, bool(final_zero))
+
+
+def make_sigmas(name: str, n: int, schedule: NoiseSchedule, *, sigma_min: float | None = None,
+                sigma_max: float | None = None, final_zero: bool = True, **options: object) -> Tensor:
+    """Build the n-step sigma grid of step schedule `name` for a noise schedule."""
+    check(name in STEP_SCHEDULES, f"step schedule '{name}' is unknown; choose one of: {', '.join(STEP_SCHEDULES)}")
+    check(isinstance(n, int) and n >= 1, f"number of steps must be a positive integer (got {n})")
+    span = resolve_span(schedule, sigma_min, sigma_max, final_zero)
+    try:
+        sigmas = STEP_SCHEDULES[name](n, schedule, span, **options)
+    except TypeError as e:
+        raise UsageError(f"step schedule '{name}': {e}") from None
+    check(bool(torch.isfinite(sigmas).all()), f"step schedule '{name}' produced non-finite noise levels")
+    return sigmas

@@ -1,0 +1,133 @@
+"""Contracts every registered solver must meet; new solvers are picked up automatically.
+
+- deterministic solvers: fitted convergence order on the exact Gaussian PF-ODE within 0.3 of `order`;
+- measured NFE equals the declared count at every budget 1..20 it accepts, else a clear error;
+- stochastic solvers: sample mean / std match the data Gaussian (tolerances stated below);
+- sample i is bitwise identical for batch sizes 1, 7 and 64.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffbench.errors import UsageError
+from diffbench.models.analytic import gaussian
+from diffbench.sampling import make_plan, sample_batch
+from diffbench.solvers import SOLVERS
+
+FIXED = sorted(n for n, s in SOLVERS.items() if not s.adaptive)
+DETERMINISTIC = sorted(n for n in FIXED if not SOLVERS[n].is_stochastic())
+# Stochastic cases: always-stochastic solvers, plus those made stochastic by an option (eta, churn).
+_SWITCH = {"s_churn": 40.0, "eta": 0.5}
+STOCHASTIC = sorted([(n, {}) for n, s in SOLVERS.items() if s.is_stochastic()]
+                    + [(n, {s.stochastic: _SWITCH[s.stochastic]}) for n, s in SOLVERS.items()
+                       if isinstance(s.stochastic, str) and not s.is_stochastic()], key=lambda c: c[0])
+# Convergence grid: uniform in log-sigma from 20 down to 0.02, no final jump to 0.
+SPAN = dict(step_schedule="uniform_logsnr", sigma_min=0.02, sigma_max=20.0, final_zero=False)
+
+
+def _error_at(model, name: str, steps: int, x_T: torch.Tensor) -> float:
+    spec = SOLVERS[name]
+    nfe = spec.nfe_for(steps, False)
+    plan = make_plan(name, nfe, model.schedule, **SPAN)
+    assert plan.steps == steps
+    out = plan.solver.fn(model, x_T, plan.sigmas, noise=None, **plan.options)
+    exact = model.exact_ode(x_T, 20.0, 0.02)
+    return float((out - exact).pow(2).mean().sqrt())
+
+
+def fitted_order(model, name: str, x_T: torch.Tensor) -> tuple[float, list[float]]:
+    """Slope of -log(error) against log(steps), over step counts whose error stays above 1e-11."""
+    steps = [s * SOLVERS[name].min_steps for s in (8, 12, 16, 24, 32)]
+    errs = [_error_at(model, name, s, x_T) for s in steps]
+    pts = [(math.log(s), math.log(e)) for s, e in zip(steps, errs) if e > 1e-11]
+    assert len(pts) >= 3, f"{name}: errors hit the float64 floor: {errs}"
+    xs, ys = zip(*pts)
+    return -float(np.polyfit(xs, ys, 1)[0]), errs
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_convergence_order(gauss, name):
+    x_T = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20.0
+    slope, errs = fitted_order(gauss, name, x_T)
+    assert abs(slope - SOLVERS[name].order) <= 0.3, f"{name}: fitted order {slope:.2f}, errors {errs}"
+
+
+@pytest.mark.parametrize("final_zero", [True, False])
+@pytest.mark.parametrize("name", FIXED)
+def test_measured_nfe_matches_declared(gauss, name, final_zero):
+    for budget in range(1, 21):
+        try:
+            plan = make_plan(name, budget, gauss.schedule, final_zero=final_zero)
+        except UsageError as e:
+            assert "nearest valid" in str(e)
+            continue
+        batch = sample_batch(gauss, plan, range(3), seed=0, shape=(4,))
+        assert batch.nfe_measured == budget == plan.nfe_declared
+
+
+def test_nfe_budget_error_names_neighbours(gauss):
+    with pytest.raises(UsageError, match=r"nfe=4.*nearest valid: 3 or 5"):
+        make_plan("heun", 4, gauss.schedule, final_zero=True)
+
+
+@pytest.mark.parametrize("name,options", STOCHASTIC, ids=[f"{n}-{o}" for n, o in STOCHASTIC])
+def test_stochastic_moments(name, options):
+    """10k samples on N(mu, s^2) in 2-D: |mean - mu| <= 0.03 + 4 SE, |std / s - 1| <= 0.06."""
+    model = gaussian(shape=(2,), mean=[1.0, -0.5], std=[0.5, 1.5])
+    plan = make_plan(name, _nfe_near(name, 200), model.schedule, solver_options=options)
+    x = sample_batch(model, plan, range(10_000), seed=1, shape=(2,)).x
+    mean, std = x.mean(0), x.std(0)
+    se = model.std / math.sqrt(len(x))
+    assert ((mean - model.mean).abs() <= 0.03 + 4 * se).all(), (mean, model.mean)
+    assert ((std / model.std - 1).abs() <= 0.06).all(), (std, model.std)
+
+
+def _nfe_near(name: str, target: int) -> int:
+    spec = SOLVERS[name]
+    if spec.adaptive:
+        return target
+    return min((spec.nfe_for(n, True) for n in range(1, target + 1)), key=lambda b: abs(b - target))
+
+
+@pytest.mark.parametrize("name", FIXED)
+def test_batch_size_invariance(mixture, name):
+    """Sample i is bitwise identical whatever the batch it is computed in."""
+    spec = SOLVERS[name]
+    options = {spec.stochastic: _SWITCH[spec.stochastic]} if isinstance(spec.stochastic, str) else {}
+    plan = make_plan(name, _nfe_near(name, 8), mixture.schedule, solver_options=options)
+    idx = list(range(64))
+    full = sample_batch(mixture, plan, idx, seed=3, shape=(1, 4, 4)).x
+    for bs in (1, 7):
+        parts = [sample_batch(mixture, plan, idx[i:i + bs], seed=3, shape=(1, 4, 4)).x for i in range(0, 64, bs)]
+        assert torch.equal(torch.cat(parts), full), f"{name}: batch size {bs} changed samples"
+
+
+def test_euler_equals_ddim(gauss):
+    plan_e = make_plan("euler", 10, gauss.schedule)
+    plan_d = make_plan("ddim", 10, gauss.schedule)
+    a = sample_batch(gauss, plan_e, range(16), seed=0, shape=(4,)).x
+    b = sample_batch(gauss, plan_d, range(16), seed=0, shape=(4,)).x
+    assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_rk45_reference_is_accurate_and_counts_nfe(gauss):
+    plan = make_plan("rk45", 1, gauss.schedule, solver_options={"rtol": 1e-8, "atol": 1e-8}, **SPAN)
+    batch = sample_batch(gauss, plan, range(32), seed=0, shape=(4,))
+    from diffbench.noise import NoiseSource
+    x_T = NoiseSource(0, range(32)).randn((4,), torch.float64) * gauss.schedule.prior_std(20.0)
+    exact = gauss.exact_ode(x_T, 20.0, 0.02)
+    assert float((batch.x - exact).abs().max()) < 1e-5
+    assert batch.nfe_measured > 20 and batch.nfe_measured % 6 in (0, 1, 2)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in SOLVERS.items() if s.adaptive))
+def test_adaptive_solvers_agree_across_batches_within_tolerance(mixture, name):
+    """Adaptive step control sees the whole batch, so batches agree to the tolerance, not bitwise."""
+    plan = make_plan(name, 1, mixture.schedule, solver_options={"rtol": 1e-6, "atol": 1e-6})
+    full = sample_batch(mixture, plan, range(16), seed=3, shape=(1, 4, 4)).x
+    parts = torch.cat([sample_batch(mixture, plan, range(i, i + 4), seed=3, shape=(1, 4, 4)).x for i in range(0, 16, 4)])
+    assert float((full - parts).abs().max()) < 1e-4
