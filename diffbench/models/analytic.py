@@ -15,7 +15,8 @@ from torch import Tensor
 
 from diffbench.errors import check
 from diffbench.models.base import Denoiser, expand_as
-from diffbench.schedules import EDM, NoiseSchedule
+from diffbench.models.registry import register_model
+from diffbench.schedules import EDM, NoiseSchedule, make_schedule
 
 
 class GaussianDenoiser(Denoiser):
@@ -110,16 +111,29 @@ class MixtureDenoiser(Denoiser):
                 "dim": self.means.shape[1]}
 
 
+def _schedule(schedule: NoiseSchedule | dict | str | None) -> NoiseSchedule | None:
+    """Accept a schedule object, a registry name, or a config mapping {name: ..., **options}."""
+    if isinstance(schedule, str):
+        return make_schedule(schedule)
+    if isinstance(schedule, dict):
+        opts = dict(schedule)
+        return make_schedule(str(opts.pop("name")), **opts)
+    return schedule
+
+
+@register_model("gaussian")
 def gaussian(shape: Sequence[int] = (2,), mean: float | Sequence[float] = 0.0, std: float | Sequence[float] = 1.0,
-             schedule: NoiseSchedule | None = None) -> GaussianDenoiser:
+             schedule: NoiseSchedule | dict | str | None = None) -> GaussianDenoiser:
     """An isotropic or diagonal Gaussian on samples of `shape`."""
+    schedule = _schedule(schedule)
     m = torch.as_tensor(mean, dtype=torch.float64).expand(tuple(shape)).clone()
     s = torch.as_tensor(std, dtype=torch.float64).expand(tuple(shape)).clone()
     return GaussianDenoiser(m, s, schedule)
 
 
+@register_model("image_mixture")
 def image_mixture(shape: Sequence[int] = (3, 16, 16), components: int = 8, std: float = 0.1, seed: int = 0,
-                  schedule: NoiseSchedule | None = None) -> MixtureDenoiser:
+                  schedule: NoiseSchedule | dict | str | None = None) -> MixtureDenoiser:
     """A Gaussian mixture whose means are smooth, image-like patterns in [-1, 1] (deterministic in seed).
 
     Each mean is a sum of a few random low-frequency sinusoids per channel: structured enough that
@@ -127,6 +141,7 @@ def image_mixture(shape: Sequence[int] = (3, 16, 16), components: int = 8, std: 
     """
     check(len(shape) == 3, f"model.shape must be (channels, height, width) for image_mixture (got {tuple(shape)})")
     c, h, w = shape
+    schedule = _schedule(schedule)
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, h, dtype=torch.float64),
                             torch.linspace(0, 1, w, dtype=torch.float64), indexing="ij")
