@@ -191,7 +191,7 @@ class VE(NoiseSchedule):
         self._log_ratio = math.log(sigma_max / sigma_min)
 
     def log_alpha(self, t: Array) -> Tensor:
-        return torch.zeros_like(_t(t))
+        return _t(t) * 0.0  # keeps autograd graphs through t (flow adapters differentiate it)
 
     def lambda_(self, t: Array) -> Tensor:
         return -(math.log(self.s_min) + _t(t) * self._log_ratio)
@@ -213,7 +213,7 @@ class EDM(NoiseSchedule):
         self.t_min, self.t_max = sigma_min, sigma_max
 
     def log_alpha(self, t: Array) -> Tensor:
-        return torch.zeros_like(_t(t))
+        return _t(t) * 0.0  # keeps autograd graphs through t (flow adapters differentiate it)
 
     def lambda_(self, t: Array) -> Tensor:
         return -_t(t).log()
