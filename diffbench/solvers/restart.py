@@ -3,8 +3,9 @@
 An EDM Heun pass on the given grid; on reaching the grid level nearest to t_min of a restart
 interval [t_min, t_max], the sample jumps back up to t_max with fresh forward-process noise
 (x += sqrt(t_max^2 - sigma_r^2) z, sigma_r that level) and is re-integrated with Heun on an
-N_restart-point Karras grid back down to sigma_r, K times. Intervals are given as in the paper's code (``--restart_info``):
-``[N_restart, K, t_min, t_max]`` each, N_restart counting noise levels (N_restart - 1 Heun steps).
+N_restart-point Karras grid back down to sigma_r, K times. Intervals are given as in the paper's
+code (``--restart_info``): ``[N_restart, K, t_min, t_max]`` each, N_restart counting noise levels
+(N_restart - 1 Heun steps).
 Inside the restart passes the paper's code adds EDM churn of size ``restart_gamma`` on levels in
 [s_tmin, s_tmax]; its defaults (0.05 on [0.01, 1]) are kept (gamma is capped at sqrt(2) - 1 as in
 EDM's churn).
