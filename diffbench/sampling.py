@@ -49,10 +49,10 @@ def make_plan(solver: str, nfe: int, schedule: NoiseSchedule, *, step_schedule: 
     """Resolve a solver name, NFE budget and step schedule into a Plan (UsageError on bad input)."""
     spec = get_solver(solver)
     options = spec.bind(solver_options or {})
-    steps = spec.steps_for_nfe(nfe, final_zero)
+    steps = spec.steps_for_nfe(nfe, final_zero, options)
     sigmas = make_sigmas(step_schedule, steps, schedule, sigma_min=sigma_min, sigma_max=sigma_max,
                          final_zero=final_zero, **dict(step_options or {}))
-    declared = spec.nfe_for(len(sigmas) - 1, final_zero)
+    declared = spec.nfe_for(len(sigmas) - 1, final_zero, options)
     return Plan(spec, options, sigmas, declared, step_schedule, dict(step_options or {}))
 
 

@@ -90,7 +90,8 @@ def _nfe_near(name: str, target: int) -> int:
     spec = SOLVERS[name]
     if spec.adaptive:
         return target
-    return min((spec.nfe_for(n, True) for n in range(1, target + 1)), key=lambda b: abs(b - target))
+    steps = range(spec.min_steps, target + spec.min_steps)
+    return min((spec.nfe_for(n, True) for n in steps), key=lambda b: abs(b - target))
 
 
 @pytest.mark.parametrize("name", FIXED)

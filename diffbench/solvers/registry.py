@@ -24,7 +24,7 @@ class SolverFn(Protocol):
                  **options: Any) -> Tensor: ...
 
 
-NfeFn = Callable[[int, bool], int]  # (steps, grid ends at zero) -> NFE
+NfeFn = Callable[..., int]  # (steps, grid ends at zero, **options it names) -> NFE
 
 
 def per_step(k: int) -> NfeFn:
@@ -77,18 +77,25 @@ class SolverSpec:
             return self.stochastic
         return bool(self.bind(options or {})[self.stochastic])
 
-    def nfe_for(self, steps: int, final_zero: bool) -> int | None:
-        return None if self.nfe is None else self.nfe(steps, final_zero)
+    def nfe_for(self, steps: int, final_zero: bool, options: Mapping[str, Any] | None = None) -> int | None:
+        """Declared NFE of a grid of `steps` steps; NFE rules may also name options they depend on."""
+        if self.nfe is None:
+            return None
+        params = inspect.signature(self.nfe).parameters
+        used = {k: v for k, v in self.bind(options or {}).items() if k in params}
+        return self.nfe(steps, final_zero, **used)
 
-    def min_nfe(self, final_zero: bool = True) -> int:
-        return 1 if self.nfe is None else self.nfe(self.min_steps, final_zero)
+    def min_nfe(self, final_zero: bool = True, options: Mapping[str, Any] | None = None) -> int:
+        return 1 if self.nfe is None else int(self.nfe_for(self.min_steps, final_zero, options) or 1)
 
-    def steps_for_nfe(self, nfe: int, final_zero: bool) -> int:
+    def steps_for_nfe(self, nfe: int, final_zero: bool, options: Mapping[str, Any] | None = None) -> int:
         """The step count whose NFE is exactly `nfe`, or a UsageError naming the nearest valid budgets."""
         check(isinstance(nfe, int) and nfe >= 1, f"nfe must be a positive integer (got {nfe!r})")
         if self.nfe is None:  # adaptive: a grid of the span's ends, [sigma_max, sigma_min(, 0)]
             return 1 + int(final_zero)
-        valid = {self.nfe(n, final_zero): n for n in range(self.min_steps, nfe + self.min_steps + 4)}
+        valid: dict[int, int] = {}
+        for n in range(self.min_steps, nfe + self.min_steps + 4):
+            valid.setdefault(int(self.nfe_for(n, final_zero, options) or 0), n)
         if nfe in valid:
             return valid[nfe]
         below = [b for b in valid if b < nfe]
