@@ -1,0 +1,405 @@
+"""The `diffbench` command line (Typer): sweep, sample, eval, ref, plot, report, check, list, doctor.
+
+Bad input of any kind ends in one line on stderr naming the field and the fix, exit code 2, no
+traceback and nothing written (DESIGN.md "Errors").
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from diffbench.errors import UsageError, check
+
+app = typer.Typer(name="diffbench", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
+                  pretty_exceptions_enable=False,
+                  help="Benchmark the speed/quality trade-off of diffusion and flow-model samplers.\n\n"
+                       "Configs are Hydra configs (`configs/`); give overrides as `key=value`, e.g. "
+                       "`diffbench sample solver=heun nfe=9`.")
+# click's base error for bad command lines (typer >= 0.20 vendors click, so found through typer)
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+out = Console()
+err = Console(stderr=True)
+_ARGV: list[str] = ["diffbench"]
+
+Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. `solver=heun nfe=9 schedule.rho=5`.",
+                                                        show_default=False)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables, only the essentials.")]
+
+
+def _progress(quiet: bool) -> bool:
+    return not quiet
+
+
+# sweep ----------------------------------------------------------------------------------------------
+
+@app.command()
+def sweep(overrides: Overrides = None, quiet: Quiet = False,
+          shard: Annotated[str, typer.Option(help="Run share I of N of the points (I/N, 0-based), for several jobs.")] = "0/1",
+          retry_failed: Annotated[bool, typer.Option(help="Run again the points stored as failed.")] = False,
+          dry_run: Annotated[bool, typer.Option(help="List the grid points and exit.")] = False,
+          report: Annotated[bool, typer.Option(help="Write plots and the HTML/markdown report at the end.")] = True) -> None:
+    """Run a grid of solvers x schedules x NFE budgets (x models x seeds) into a results table.
+
+    With no arguments: the embedded default (an analytic image-shaped Gaussian mixture, CPU, no
+    downloads). Comma lists sweep, a rerun skips the points already in the table (resume):
+
+        diffbench sweep
+        diffbench sweep solver=euler,heun,dpmpp_2m nfe=5,10,20 out=runs/mine
+        diffbench sweep sweep=quick debug=default      # tiny, for a smoke test
+    """
+    from diffbench import sweep as engine
+
+    index, count = _parse_shard(shard)
+    if dry_run:
+        points = engine.prepare(overrides or [])
+        for p in points:
+            out.print(f"{p.key}  {p.label}" + (f"  (budget {p.nfe_budget})" if p.nfe_budget != p.cfg.nfe else ""))
+        out.print(f"{len(points)} points")
+        return
+    summary = engine.run_sweep(overrides or [], progress=_progress(quiet), shard=(index, count),
+                               retry_failed=retry_failed, command=_ARGV,
+                               on_row=None if quiet else lambda row: _print_row_status(row))
+    df = summary.frame()
+    out.print(f"{summary.ran} points run, {summary.skipped} already in the table, {summary.failed} failed")
+    if not quiet:
+        _print_results(df)
+    out.print(f"results: {summary.table} (+ .csv)")
+    if report and not df.empty and (df["status"] == "ok").any():
+        from diffbench.report import write_report
+
+        html, md = write_report(df, summary.table.parent, summary.table.parent / "report")
+        out.print(f"plots:   {html.parent / 'figures'}")
+        out.print(f"report:  {html}  and  {md}")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text}: expected I/N, e.g. 0/4") from None
+    check(count >= 1 and 0 <= index < count, f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def _print_row_status(row: dict[str, Any]) -> None:
+    if row["status"] != "ok":
+        err.print(f"[yellow]point {row['config_hash']} failed:[/] {row['reason']}", highlight=False)
+
+
+def _print_results(df: Any) -> None:
+    """A compact terminal view: one line per point, metric values without their intervals."""
+    from diffbench import results
+
+    if df.empty:
+        return
+    df = df.sort_values([c for c in ("choices.model", "solver.name", "schedule.name", "nfe_measured", "nfe_budget")
+                         if c in df.columns])
+    columns = {"solver.name": "solver", "schedule.name": "schedule", "nfe_measured": "NFE"}
+    for optional, label in (("choices.model", "model"), ("seed", "seed")):
+        if optional in df.columns and df[optional].nunique() > 1:
+            columns = {optional: label, **columns}
+    columns.update({m: m for m in results.metric_columns(df)})
+    columns.update({"time_sampling_s": "sample s", "status": "status"})
+    view = Table(header_style="bold", caption="intervals and figures: see the report")
+    for label in columns.values():
+        view.add_column(label, no_wrap=True)
+    for _, row in df.iterrows():
+        view.add_row(*(_cell(row.get(col)) for col in columns))
+    out.print(view)
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+# sample ---------------------------------------------------------------------------------------------
+
+@app.command()
+def sample(overrides: Overrides = None, quiet: Quiet = False,
+           seeds: Annotated[str | None, typer.Option(help="Sample indices, e.g. 0-63 or 0,5,9 (default: 0..n_samples-1).")] = None,
+           output: Annotated[Path | None, typer.Option("--output", "-o", help="The .npz to write (a PNG grid goes next to it).")] = None) -> None:
+    """Draw samples with one model + solver + schedule + NFE, save them (.npz) and a PNG grid.
+
+    Prints the measured NFE and the time. Sample i's noise depends only on (seed, i):
+
+        diffbench sample solver=heun nfe=9 --seeds 0-15
+        diffbench sample model=image_mixture_32 solver=euler nfe=20 schedule=uniform_logsnr -o euler.npz
+    """
+    import numpy as np
+
+    from diffbench import plots
+    from diffbench import sweep as engine
+    from diffbench.config import compose
+
+    cfg = compose(overrides or [])
+    point = engine.resolve_point(cfg, engine.ModelCache(), policy="exact")
+    indices = _parse_seeds(seeds) if seeds else list(range(point.run.n_samples))
+    model = engine.ModelCache().get(cfg.model)
+    assert point.plan is not None
+    xs, seconds, nfe = [], 0.0, None
+    with engine.Reporter(_progress(quiet)) as reporter, reporter.task(point.label, len(indices)) as advance:
+        for batch, dt in engine.sample_points(model, point.plan, point.run, indices, advance):
+            xs.append(batch.x.cpu())
+            seconds, nfe = seconds + dt, batch.nfe_measured
+    import torch
+
+    x = torch.cat(xs)
+    reason = engine.first_nonfinite(x)
+    check(reason is None, f"samples: {reason}; try more NFE (nfe=...) or another schedule (schedule=...)")
+    path = output or Path(cfg.out) / "samples" / f"{cfg.solver.name}_{cfg.schedule.name}_nfe{cfg.nfe}_seed{cfg.seed}.npz"
+    check(path.suffix == ".npz", f"--output {path}: give a .npz path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, x=x.float().numpy(), indices=np.asarray(indices), seed=cfg.seed,
+                        nfe=nfe, solver=str(cfg.solver.name), schedule=str(cfg.schedule.name))
+    png = path.with_suffix(".png")
+    if x.ndim == 4:
+        import matplotlib.pyplot as plt
+
+        plt.imsave(png, plots.tile(x.float().numpy()[:64], columns=8), cmap="gray", vmin=0, vmax=1)
+    out.print(f"{len(indices)} samples, NFE measured {nfe} (declared {point.plan.nfe_declared}), "
+              f"{seconds:.3f} s sampling ({seconds / max(nfe or 1, 1):.4f} s per NFE)")
+    out.print(f"samples: {path}" + (f"\ngrid:    {png}" if x.ndim == 4 else ""))
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """'0-63', '0,5,9' or a mix: EDM's seed-range syntax for sample indices."""
+    indices: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            indices += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise UsageError(f"--seeds {text}: expected ranges like 0-63 or lists like 0,5,9") from None
+    check(len(indices) > 0 and min(indices) >= 0, f"--seeds {text}: give at least one index >= 0")
+    return indices
+
+
+# plot / report --------------------------------------------------------------------------------------
+
+Results = Annotated[Path, typer.Argument(help="A results table: its folder, .parquet or .csv.", show_default=False)]
+
+
+@app.command()
+def plot(results_path: Results,
+         out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the PNGs (default: <table dir>/figures).")] = None,
+         metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to plot (default: all in the table).")] = None) -> None:
+    """Draw metric-vs-NFE plots, metric-vs-time Pareto fronts and a sample grid from a results table.
+
+        diffbench plot runs/default
+        diffbench plot runs/default/results.parquet --metric rmse_ref --out figs/
+    """
+    from diffbench import plots, results
+
+    df = results.read_table(results_path)
+    root = results.table_paths(results_path).parquet.parent
+    for path in plots.plot_all(df, root, out_dir or root / "figures", metric):
+        out.print(str(path))
+
+
+@app.command()
+def report(results_path: Results,
+           out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the report (default: <table dir>/report).")] = None,
+           title: Annotated[str, typer.Option(help="Page title.")] = "diffbench report") -> None:
+    """Write a self-contained HTML report (figures inlined) and a markdown page from a results table.
+
+        diffbench report runs/default
+    """
+    from diffbench import results
+    from diffbench.report import write_report
+
+    df = results.read_table(results_path)
+    root = results.table_paths(results_path).parquet.parent
+    html, md = write_report(df, root, out_dir or root / "report", title)
+    out.print(f"report: {html}\n        {md}")
+
+
+# check ----------------------------------------------------------------------------------------------
+
+@app.command("check")
+def check_cmd(results_path: Results,
+              baseline: Annotated[Path, typer.Argument(help="The baseline table to compare with.", show_default=False)],
+              metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to compare (default: all shared ones).")] = None,
+              rtol: Annotated[float, typer.Option(help="Relative slack added to the CI tolerance.")] = 0.0) -> None:
+    """Compare a results table with a baseline: exit 0 pass, 1 regression, 2 bad input.
+
+    A point regresses when its metric exceeds the baseline's by more than the two CIs' half-widths
+    combined (plus rtol x baseline); lower is better for every metric compared. Points are matched
+    by config hash.
+
+        diffbench check runs/ci results/baseline.parquet --metric rmse_ref
+    """
+    from diffbench import results
+
+    verdict = results.compare(results.read_table(results_path), results.read_table(baseline), metric, rtol)
+    _print_frame(verdict)
+    bad = int((verdict["verdict"] == "regression").sum())
+    out.print(f"{len(verdict)} comparisons, {bad} regressions")
+    if bad:
+        raise typer.Exit(1)
+
+
+def _print_frame(df: Any) -> None:
+    view = Table(header_style="bold")
+    for col in df.columns:
+        view.add_column(str(col))
+    for row in df.itertuples(index=False):
+        view.add_row(*(_cell(v) for v in row))
+    out.print(view)
+
+
+# list / doctor --------------------------------------------------------------------------------------
+
+@app.command("list")
+def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | models | datasets | metrics | all")] = "all") -> None:
+    """List what configs can name: solvers (order, stochastic, min NFE, options), schedules, models, ...
+
+        diffbench list solvers
+        diffbench list            # everything
+    """
+    tables = {"solvers": _solver_rows, "schedules": _schedule_rows, "models": _model_rows,
+              "datasets": _dataset_rows, "metrics": _metric_rows}
+    check(what in (*tables, "all"), f"list {what}: choose one of: {', '.join(tables)}, all")
+    for name, rows_fn in tables.items():
+        if what in (name, "all"):
+            columns, rows = rows_fn()
+            view = Table(title=name, header_style="bold", title_justify="left")
+            for i, col in enumerate(columns):
+                view.add_column(col, overflow="fold", no_wrap=i == 0)
+            for row in rows:
+                view.add_row(*(str(v) for v in row))
+            out.print(view)
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "-"
+
+
+def _summary(fn: Any) -> str:
+    import inspect
+
+    return (inspect.getdoc(fn) or "").splitlines()[0] if fn.__doc__ else ""
+
+
+def _solver_rows() -> tuple[list[str], list[list[Any]]]:
+    from diffbench.solvers import SOLVERS
+
+    rows = []
+    for name, spec in sorted(SOLVERS.items()):
+        stochastic = spec.stochastic if isinstance(spec.stochastic, bool) else f"if {spec.stochastic} > 0"
+        nfe = "adaptive" if spec.adaptive else ", ".join(str(spec.nfe_for(n, True)) for n in range(spec.min_steps, spec.min_steps + 4)) + ", ..."
+        rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe, _options_text(spec.options())])
+    return ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options"], rows
+
+
+def _schedule_rows() -> tuple[list[str], list[list[Any]]]:
+    from diffbench.config import group_options
+    from diffbench.steps import STEP_SCHEDULES
+
+    rows = [[name, "yes" if name in group_options("schedule") else "-", _summary(fn)] for name, fn in sorted(STEP_SCHEDULES.items())]
+    return ["schedule", "config", "spacing"], rows
+
+
+def _model_rows() -> tuple[list[str], list[list[Any]]]:
+    from diffbench.config import group_config, group_options
+    from diffbench.models import MODELS
+
+    rows = []
+    for name in group_options("model"):
+        kind = group_config("model", name).get("kind", name)
+        rows.append([name, kind, _summary(MODELS[kind]) if kind in MODELS else "(kind not registered)"])
+    return ["model", "kind", "description"], rows
+
+
+def _group_rows(group: str) -> list[list[Any]]:
+    from diffbench.config import group_config, group_options
+
+    return [[name, _options_text(group_config(group, name))] for name in group_options(group)]
+
+
+def _dataset_rows() -> tuple[list[str], list[list[Any]]]:
+    return ["dataset", "fields"], _group_rows("dataset")
+
+
+def _metric_rows() -> tuple[list[str], list[list[Any]]]:
+    return ["metrics config", "fields"], _group_rows("metrics")
+
+
+@app.command()
+def doctor() -> None:
+    """Report installed packages, which assets resolve offline, config and cache folders, and devices.
+
+        diffbench doctor
+    """
+    for section, items in _doctor().items():
+        out.print(f"[bold]{section}[/]")
+        for key, value in items.items():
+            out.print(f"  {key}: {value}", highlight=False)
+
+
+def _doctor() -> dict[str, dict[str, str]]:
+    import torch
+
+    from diffbench import results
+    from diffbench.config import config_dir
+    from diffbench.errors import AssetMissing
+    from diffbench.metrics.assets import cache_dir, resolve
+    from diffbench.metrics.features import INCEPTION_WEIGHTS
+
+    report: dict[str, dict[str, str]] = {"packages": dict(results.versions()), "paths": {}, "devices": {}, "assets": {}}
+    report["packages"]["git_sha"] = results.git_sha()
+    try:
+        report["paths"]["configs"] = str(config_dir())
+    except UsageError as e:
+        report["paths"]["configs"] = f"MISSING: {e}"
+    report["paths"]["cache"] = str(cache_dir())
+    try:
+        report["assets"]["inception weights"] = str(resolve(INCEPTION_WEIGHTS))
+    except AssetMissing as e:
+        report["assets"]["inception weights"] = f"missing ({e}); FID falls back to random_conv features"
+    report["devices"]["cpu"] = results.device_name(torch.device("cpu"))
+    report["devices"]["cuda"] = (", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+                                 if torch.cuda.is_available() else "not available")
+    return report
+
+
+# entry point ----------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs a command, turning every bad-input error into one line and exit 2."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    _ARGV[:] = ["diffbench", *args]
+    try:
+        rv = app(args=args, prog_name="diffbench", standalone_mode=False)
+    except typer.Exit as e:
+        return int(e.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except _CLICK_ERROR as e:
+        return _fail(e.format_message())
+    except UsageError as e:
+        return _fail(str(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return rv if isinstance(rv, int) else 0
+
+
+def _fail(message: str) -> int:
+    """One line on stderr, exit code 2."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return UsageError.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

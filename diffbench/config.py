@@ -1,0 +1,299 @@
+"""Hydra composition of run configs, expansion of sweep grids, and validation of one run point.
+
+Configs live in ``<repo>/configs`` (or ``$DIFFBENCH_CONFIG_DIR``) in the lightning-hydra-template
+layout. Every registered solver, step schedule and model kind is a valid group option even without
+a YAML file (its defaults come from the registry), so new solvers are usable at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, Override
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from diffbench.errors import UsageError, check
+
+CONFIG_ENV = "DIFFBENCH_CONFIG_DIR"
+# Fields that never change a point's samples or metric values: left out of the resume key.
+NOT_HASHED = ("out", "batch_size", "device", "cache_dir", "sweep")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def config_dir() -> Path:
+    """$DIFFBENCH_CONFIG_DIR, else the package's own configs/, else <repo>/configs next to the package."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        check((Path(env) / "config.yaml").is_file(),
+              f"{CONFIG_ENV}={env} holds no config.yaml; point it at a diffbench configs folder")
+        return Path(env).resolve()
+    pkg = Path(__file__).resolve().parent
+    for candidate in (pkg / "configs", pkg.parent / "configs"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise UsageError(f"no diffbench configs found; set {CONFIG_ENV} to a folder holding config.yaml")
+
+
+def _registries() -> dict[str, dict[str, dict[str, Any]]]:
+    """Group -> option -> default config, from the solver, step-schedule and model registries."""
+    from diffbench.models import MODELS
+    from diffbench.solvers import SOLVERS
+    from diffbench.steps import STEP_SCHEDULES
+
+    def defaults(fn: Any, skip: int) -> dict[str, Any]:
+        params = list(inspect.signature(fn).parameters.values())[skip:]
+        return {p.name: _plain(p.default) for p in params
+                if p.default is not p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+    span = {"sigma_min": None, "sigma_max": None, "final_zero": True}
+    return {
+        "solver": {n: {"name": n, **{k: _plain(v) for k, v in s.options().items()}} for n, s in SOLVERS.items()},
+        "schedule": {n: {"name": n, **defaults(fn, 3), **span} for n, fn in STEP_SCHEDULES.items()},
+        "model": {k: {"kind": k, **defaults(fn, 0)} for k, fn in MODELS.items()},
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A registry default as a config value (tuples become lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _register_fallbacks(root: Path) -> None:
+    """Store registry defaults as config-group options for names that have no YAML file."""
+    store = ConfigStore.instance()
+    for group, entries in _registries().items():
+        for name, node in entries.items():
+            if not (root / group / f"{name}.yaml").is_file():
+                try:
+                    store.store(group=group, name=name, node=OmegaConf.create(node))
+                except OmegaConfBaseException:
+                    continue  # a default OmegaConf cannot hold: the option stays YAML-only
+
+
+def group_options(group: str) -> list[str]:
+    """Every option of a config group: YAML files plus registry fallbacks."""
+    root = config_dir()
+    names = {p.stem for p in (root / group).glob("*.yaml")} if (root / group).is_dir() else set()
+    names |= set(_registries().get(group, {}))
+    return sorted(names)
+
+
+def group_config(group: str, name: str) -> dict[str, Any]:
+    """The composed config of one group option (defaults lists applied)."""
+    return to_dict(compose([f"{group}={name}"])[group])
+
+
+@contextmanager
+def _hydra() -> Iterator[None]:
+    root = config_dir()
+    _register_fallbacks(root)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(root), version_base="1.3", job_name="diffbench"):
+        yield
+
+
+def _one_line(e: Exception) -> str:
+    """Hydra's multi-line messages as one line."""
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
+        group, name = e.missing_cfg_file.rsplit("/", 1)
+        opts = ", ".join(e.options or group_options(group))
+        return f"{group}={name} is not an option; choose one of: {opts} (or add configs/{group}/{name}.yaml)"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("See https")]
+    text = "; ".join(lines[:2]) if lines else type(e).__name__
+    if text.startswith("Could not override"):
+        key = text.split("'")[1]
+        return f"{key}: no such config field; check the spelling (`diffbench list` shows groups and options)"
+    return text
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[Override]:
+    """Parse Hydra override strings; a syntax error is a UsageError."""
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise UsageError(f"cannot parse override: {_one_line(e)}") from None
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose config.yaml with overrides (no sweeps), resolved, with `choices` recording group picks."""
+    for o in parse_overrides(overrides):
+        check(not o.is_sweep_override(),
+              f"{o.input_line}: a sweep over several values; use `diffbench sweep` or give one value")
+    with _hydra():
+        return _compose(list(overrides))
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    try:
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+        choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/") and v}
+        with _open(cfg):
+            del cfg["hydra"]
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UsageError(_one_line(e)) from None
+    with _open(cfg):
+        cfg.choices = choices
+    return cfg
+
+
+@contextmanager
+def _open(cfg: DictConfig) -> Iterator[None]:
+    OmegaConf.set_struct(cfg, False)
+    yield
+    OmegaConf.set_struct(cfg, True)
+
+
+def _axis_values(o: Override) -> list[str]:
+    """The values one override stands for (one for a plain value; several for a sweep)."""
+    if not o.is_sweep_override():
+        value = o.value()
+        if isinstance(value, list):  # key=[a,b] on a grid axis lists the axis values
+            return [Override._get_value_element_as_str(v) for v in value]
+        return [o.get_value_element_as_str()]
+    check(o.is_discrete_sweep(), f"{o.input_line}: only lists, range() and glob() sweeps can be expanded")
+    if isinstance(o._value, Glob):
+        return o._value.filter(group_options(o.key_or_group))
+    return list(o.sweep_string_iterator())
+
+
+def _axis_override(key: str, value: Any) -> str:
+    """A sweep-file axis (a list or an override value string) as one override string."""
+    if OmegaConf.is_list(value) or isinstance(value, list):
+        return f"{key}={','.join(str(v) for v in value)}"
+    return f"{key}={value}"
+
+
+def expand_grid(overrides: Sequence[str] = ()) -> list[list[str]]:
+    """Expand sweep.params and command-line sweeps into one override list per grid point.
+
+    A command-line override of a key that sweep.params lists replaces that axis; other plain
+    overrides apply to every point.
+    """
+    parsed = parse_overrides(overrides)
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with _hydra():
+        base = _compose(plain)
+        axes: dict[str, tuple[str, list[str]]] = {}
+        for key, value in (base.sweep.get("params") or {}).items():
+            o = parse_overrides([_axis_override(key, value)])[0]
+            axes[o.key_or_group] = (o.get_key_element(), _axis_values(o))
+        for o in parsed:
+            if o.is_sweep_override() or o.key_or_group in axes:
+                axes[o.key_or_group] = (o.get_key_element(), _axis_values(o))
+    for key, (_, values) in axes.items():
+        check(len(values) > 0, f"{key}: the sweep list is empty; give at least one value")
+    fixed = [o.input_line for o in parsed if o.key_or_group not in axes]
+    names = [element for element, _ in axes.values()]
+    return [fixed + [f"{n}={v}" for n, v in zip(names, combo)]
+            for combo in itertools.product(*(values for _, values in axes.values()))]
+
+
+def compose_grid(overrides: Sequence[str] = ()) -> list[DictConfig]:
+    """Every grid point's composed config, in grid order."""
+    points = expand_grid(overrides)
+    with _hydra():
+        return [_compose(p) for p in points]
+
+
+def to_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved plain-dict copy of a config."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return json.loads(json.dumps(cfg))
+
+
+def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """The resume key: a hash of every field that changes a point's samples or metrics."""
+    data = {k: v for k, v in to_dict(cfg).items() if k not in (*NOT_HASHED, "choices")}
+    text = json.dumps(data, sort_keys=True, default=str, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {'solver.name': ..., 'model.shape': '[3, 16, 16]'} (lists as JSON text)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            flat[name] = json.dumps(list(value))
+        else:
+            flat[name] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The validated top-level fields of one point."""
+
+    nfe: int
+    seed: int
+    n_samples: int
+    batch_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; asking for an absent CUDA device is a UsageError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
+    check(device.type != "cuda" or torch.cuda.is_available(),
+          f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
+    return device
+
+
+def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
+    value = cfg.get(key)
+    check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+          f"{key} must be an integer >= {minimum} (got {value!r})")
+    return int(value)
+
+
+def settings(cfg: DictConfig) -> RunSettings:
+    """Validate the top-level fields of a composed config."""
+    seed = cfg.get("seed")
+    check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63,
+          f"seed must be a non-negative integer (got {seed!r})")
+    dtype = str(cfg.get("dtype"))
+    check(dtype in DTYPES, f"dtype={dtype} is not supported; use {' or '.join(DTYPES)}")
+    sched = cfg.schedule
+    for end in ("sigma_min", "sigma_max"):
+        value = sched.get(end)
+        check(value is None or (isinstance(value, int | float) and math.isfinite(value) and value > 0),
+              f"schedule.{end} must be a positive number or null (got {value!r})")
+    if sched.get("sigma_min") is not None and sched.get("sigma_max") is not None:
+        check(sched.sigma_min < sched.sigma_max,
+              f"schedule.sigma_min ({sched.sigma_min}) must be below schedule.sigma_max ({sched.sigma_max})")
+    if sched.name == "explicit":
+        check(sched.get("sigma_min") is None and sched.get("sigma_max") is None,
+              "schedule.sigmas fixes the grid: leave schedule.sigma_min and schedule.sigma_max null")
+        ends_at_zero = len(sched.sigmas) > 0 and float(sched.sigmas[-1]) == 0
+        check(ends_at_zero == bool(sched.final_zero),
+              f"schedule.final_zero={sched.final_zero} conflicts with schedule.sigmas "
+              f"{'ending' if ends_at_zero else 'not ending'} in 0; make them agree")
+    return RunSettings(_positive_int(cfg, "nfe"), int(seed), _positive_int(cfg, "n_samples"),
+                       _positive_int(cfg, "batch_size"), resolve_device(str(cfg.device)), DTYPES[dtype])

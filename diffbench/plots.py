@@ -1,0 +1,227 @@
+"""Figures from a results table: metric vs NFE, metric vs wall time (Pareto front), sample grids.
+
+Only the table (and the per-point sample files it points to) is read, so plots can be redrawn
+from any finished or partial sweep. Matplotlib runs headless (Agg).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from diffbench import results  # noqa: E402
+from diffbench.errors import check  # noqa: E402
+
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+DPI = 110
+
+
+def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Successful rows with a measured NFE."""
+    if df.empty or "status" not in df.columns:
+        return df.iloc[0:0]
+    return df[(df["status"] == "ok") & df["nfe_measured"].notna()]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def _model_label(df: pd.DataFrame) -> pd.Series:
+    """The model's config choice (e.g. image_mixture_32), else its kind."""
+    col = "choices.model" if "choices.model" in df.columns else "model.kind"
+    return df[col].astype(str) if col in df.columns else pd.Series("model", index=df.index)
+
+
+def _aggregate(df: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
+    """Mean over repeated points (e.g. seeds) at one x, with the widest CI among them."""
+    cols = {metric: "mean"}
+    for end in ("_lo", "_hi"):
+        if f"{metric}{end}" in df.columns:
+            cols[f"{metric}{end}"] = "min" if end == "_lo" else "max"
+    return df.groupby(x, as_index=False).agg(cols).sort_values(x)
+
+
+def _errorbars(agg: pd.DataFrame, metric: str) -> np.ndarray | None:
+    if f"{metric}_lo" not in agg.columns or agg[f"{metric}_lo"].isna().all():
+        return None
+    lo = (agg[metric] - agg[f"{metric}_lo"]).clip(lower=0).fillna(0)
+    hi = (agg[f"{metric}_hi"] - agg[metric]).clip(lower=0).fillna(0)
+    return np.vstack([lo.to_numpy(), hi.to_numpy()])
+
+
+def _style_maps(df: pd.DataFrame) -> tuple[dict[str, object], dict[str, str]]:
+    """Colour per solver, line style per step schedule (stable across figures)."""
+    cmap = plt.get_cmap("tab10")
+    solvers = sorted(df["solver.name"].astype(str).unique())
+    schedules = sorted(df["schedule.name"].astype(str).unique())
+    return ({s: cmap(i % 10) for i, s in enumerate(solvers)},
+            {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(schedules)})
+
+
+def _log_scale_fits(values: pd.Series) -> bool:
+    v = values.dropna()
+    return bool(len(v) and (v > 0).all() and v.max() / v.min() > 20)
+
+
+def nfe_plot(df: pd.DataFrame, metric: str, path: Path) -> Path:
+    """Metric vs measured NFE (log x), one line per solver, step schedule as line style, one panel per model."""
+    df = ok_rows(df).dropna(subset=[metric])
+    check(not df.empty, f"no successful rows with metric '{metric}' to plot")
+    colours, styles = _style_maps(df)
+    models = _model_label(df)
+    names = sorted(models.unique())
+    fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 4.4), squeeze=False)
+    for ax, model in zip(axes[0], names):
+        part = df[models == model]
+        for (solver, schedule), group in part.groupby(["solver.name", "schedule.name"]):
+            agg = _aggregate(group, "nfe_measured", metric)
+            ax.errorbar(agg["nfe_measured"], agg[metric], yerr=_errorbars(agg, metric), color=colours[str(solver)],
+                        linestyle=styles[str(schedule)], marker="o", ms=4, capsize=2, label=f"{solver} ({schedule})")
+        ax.set_xscale("log")
+        if _log_scale_fits(part[metric]):
+            ax.set_yscale("log")
+        ax.set_xlabel("NFE (measured)")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} vs NFE: {model}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points no other point beats in both x and y (lower is better), sorted by x."""
+    order = np.lexsort((y, x))
+    front, best = [], np.inf
+    for i in order:
+        if y[i] < best:
+            front.append(i)
+            best = y[i]
+    return np.asarray(front, dtype=int)
+
+
+def pareto_plot(df: pd.DataFrame, metric: str, path: Path, time_col: str = "time_sampling_s") -> Path:
+    """Metric vs sampling wall time per point, with the Pareto front (lower-left is better)."""
+    df = ok_rows(df).dropna(subset=[metric, time_col])
+    check(not df.empty, f"no successful rows with '{metric}' and '{time_col}' to plot")
+    colours, _ = _style_maps(df)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (solver, group) in enumerate(df.groupby("solver.name")):
+        ax.scatter(group[time_col], group[metric], color=colours[str(solver)], marker=MARKERS[i % len(MARKERS)],
+                   s=22, label=str(solver))
+    x, y = df[time_col].to_numpy(float), df[metric].to_numpy(float)
+    front = pareto_front(x, y)
+    ax.step(x[front], y[front], where="post", color="black", lw=1, alpha=0.6, label="Pareto front")
+    for i in front:
+        row = df.iloc[i]
+        ax.annotate(f"{row['solver.name']}@{int(row['nfe_measured'])}", (x[i], y[i]), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    if _log_scale_fits(df[metric]):
+        ax.set_yscale("log")
+    ax.set_xlabel("sampling wall time per point (s)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs wall time")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def to_image(x: np.ndarray) -> np.ndarray:
+    """A [C, H, W] sample in data range [-1, 1] as an [H, W, C] (or [H, W]) image in [0, 1]."""
+    img = np.clip((x + 1.0) / 2.0, 0.0, 1.0)
+    return img[0] if img.shape[0] == 1 else np.transpose(img[:3], (1, 2, 0))
+
+
+def tile(samples: np.ndarray, columns: int) -> np.ndarray:
+    """Image samples [N, C, H, W] tiled into one image with `columns` per row (1-pixel gaps)."""
+    imgs = [to_image(s) for s in samples]
+    h, w = imgs[0].shape[:2]
+    rows = -(-len(imgs) // columns)
+    canvas = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1, *imgs[0].shape[2:]))
+    for k, img in enumerate(imgs):
+        r, c = divmod(k, columns)
+        canvas[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = img
+    return canvas
+
+
+def _load_samples(root: Path, rel: object) -> np.ndarray | None:
+    if not isinstance(rel, str) or not (root / rel).is_file():
+        return None
+    with np.load(root / rel) as f:
+        return f["x"]
+
+
+def grid_plot(df: pd.DataFrame, root: Path, path: Path, per_cell: int = 4) -> Path:
+    """Samples from the same noise: one row per solver (and schedule), one column per NFE budget.
+
+    A cell whose solver ran below the budget (nfe_policy=nearest_below) names its measured NFE.
+    """
+    df = ok_rows(df)
+    check("samples_path" in df.columns and not df.empty, "no successful rows with stored samples to draw")
+    budget = "nfe_budget" if "nfe_budget" in df.columns else "nfe_measured"
+    df = df.assign(_row=df["solver.name"].astype(str) + " / " + df["schedule.name"].astype(str),
+                   _col=df[budget].astype(int))
+    rows, cols = sorted(df["_row"].unique()), sorted(df["_col"].unique())
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.5 * len(cols) + 1.2, 1.5 * len(rows) + 0.6),
+                             squeeze=False)
+    for i, name in enumerate(rows):
+        for j, nfe in enumerate(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            match = df[(df["_row"] == name) & (df["_col"] == nfe)]
+            x = _load_samples(root, match["samples_path"].iloc[0]) if len(match) else None
+            if x is not None:
+                _draw_cell(ax, x[:per_cell])
+                measured = int(match["nfe_measured"].iloc[0])
+                if measured != nfe:
+                    ax.set_xlabel(f"NFE {measured}", fontsize=7)
+            if i == 0:
+                ax.set_title(f"NFE {nfe}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle("samples from the same noise (columns: NFE budget)", fontsize=9)
+    return _save(fig, path)
+
+
+def _draw_cell(ax: plt.Axes, x: np.ndarray) -> None:
+    """Images as a small tile; vectors as a scatter of their first two coordinates."""
+    if x.ndim == 4:
+        ax.imshow(tile(x, columns=int(np.ceil(np.sqrt(len(x))))), cmap="gray", vmin=0, vmax=1)
+    else:
+        flat = x.reshape(len(x), -1)
+        ax.scatter(flat[:, 0], flat[:, 1] if flat.shape[1] > 1 else np.zeros(len(flat)), s=3)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_all(df: pd.DataFrame, root: Path, out_dir: Path, metrics: Sequence[str] | None = None) -> list[Path]:
+    """Every figure for a table: NFE and Pareto plots per metric, plus the sample grid."""
+    metrics = list(metrics or results.metric_columns(df))
+    check(not ok_rows(df).empty, "the results table has no successful rows to plot")
+    missing = [m for m in metrics if m not in df.columns]
+    check(not missing, f"metric {', '.join(missing)} is not in the table; it has: {', '.join(results.metric_columns(df))}")
+    paths = []
+    for metric in metrics:
+        if ok_rows(df)[metric].notna().any():
+            paths.append(nfe_plot(df, metric, out_dir / f"nfe_{_slug(metric)}.png"))
+            if "time_sampling_s" in df.columns:
+                paths.append(pareto_plot(df, metric, out_dir / f"pareto_{_slug(metric)}.png"))
+    if "samples_path" in df.columns:
+        paths.append(grid_plot(df, root, out_dir / "samples_grid.png"))
+    return paths

@@ -1,0 +1,269 @@
+"""The tidy results table: one row per sweep point, Parquet and CSV side by side.
+
+Every write is a read-merge-write under a file lock, to temporary files renamed into place
+(os.replace), so concurrent sweeps sharing one table keep each other's rows and a killed writer
+leaves the previous table intact. Rows are keyed by ``config_hash``: a resumed sweep skips keys
+already present and a key is never stored twice. The Parquet file is the source of truth; the
+CSV is rewritten from it on every write.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from filelock import FileLock
+
+from diffbench.errors import UsageError, check
+
+TABLE_NAME = "results.parquet"
+KEY = "config_hash"
+# Leading columns, in this order; config fields and provenance follow.
+FIRST = ("config_hash", "status", "reason", "model.kind", "solver.name", "schedule.name", "nfe_budget",
+         "nfe_declared", "nfe_measured", "steps", "seed", "n_samples")
+PACKAGES = ("diffbench", "torch", "numpy", "hydra-core", "clean-fid", "torchmetrics")
+LOCK_TIMEOUT_S = 600
+HIGHER_IS_BETTER = frozenset({"is", "inception_score", "precision", "recall", "density", "coverage"})
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """A metric with its confidence interval (lo = hi = value when none was computed)."""
+
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+
+    def columns(self, name: str) -> dict[str, float | None]:
+        return {name: self.value, f"{name}_lo": self.lo, f"{name}_hi": self.hi}
+
+
+@dataclass(frozen=True)
+class TablePaths:
+    parquet: Path
+    csv: Path
+    lock: Path
+
+
+def table_paths(path: str | os.PathLike[str]) -> TablePaths:
+    """A results location: a directory (holding results.parquet) or a .parquet / .csv file."""
+    p = Path(path)
+    if p.suffix not in (".parquet", ".csv"):
+        p = p / TABLE_NAME
+    parquet = p.with_suffix(".parquet")
+    return TablePaths(parquet, p.with_suffix(".csv"), parquet.with_name(parquet.name + ".lock"))
+
+
+def load(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a results table (Parquet, else its CSV); a missing table is an empty frame."""
+    paths = table_paths(path)
+    try:
+        if paths.parquet.is_file():
+            return pd.read_parquet(paths.parquet)
+        if paths.csv.is_file():
+            return pd.read_csv(paths.csv)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read results table {path}: {e}") from None
+    return pd.DataFrame()
+
+
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Like load, but a missing or empty table is a UsageError (for commands that need rows)."""
+    df = load(path)
+    check(not df.empty, f"no results table at {path}; run `diffbench sweep out=DIR` first or give its path")
+    check(KEY in df.columns, f"{path} is not a diffbench results table (no '{KEY}' column)")
+    return df
+
+
+def done_keys(path: str | os.PathLike[str], *, ok_only: bool = False) -> set[str]:
+    """Config hashes already in the table (only successful ones with ok_only)."""
+    df = load(path)
+    if df.empty:
+        return set()
+    if ok_only:
+        df = df[df["status"] == "ok"]
+    return set(df[KEY].astype(str))
+
+
+def append(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], *, replace: bool = False) -> pd.DataFrame:
+    """Merge rows into the table under its lock and rewrite it atomically.
+
+    A row whose key is already stored is dropped, unless `replace`, where it supersedes the old one.
+    """
+    paths = table_paths(path)
+    paths.parquet.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(paths.lock, timeout=LOCK_TIMEOUT_S):
+        _remove_stale_temporaries(paths)
+        old, new = load(paths.parquet), pd.DataFrame([dict(r) for r in rows])
+        if not old.empty and not new.empty:
+            if replace:
+                old = old[~old[KEY].isin(new[KEY])]
+            else:
+                new = new[~new[KEY].isin(old[KEY])]
+        merged = pd.concat([f for f in (old, new) if not f.empty] or [new], ignore_index=True)
+        if KEY in merged.columns:
+            merged = merged.drop_duplicates(subset=KEY, keep="first").reset_index(drop=True)
+        merged = normalise(merged)
+        _write_atomic(merged, paths)
+    return merged
+
+
+def normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """Leading columns first; a column mixing value types (e.g. float and str) becomes text."""
+    for col in df.columns:
+        if df[col].dtype == object:
+            kinds = {type(v) for v in df[col] if v is not None and not (isinstance(v, float) and v != v)}
+            if len(kinds) > 1 and not kinds <= {int, float}:
+                df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and v != v) else str(v))
+    first = [c for c in FIRST if c in df.columns]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def _write_atomic(df: pd.DataFrame, paths: TablePaths) -> None:
+    """Write Parquet then CSV, each to a temporary file renamed over the old one."""
+    for target, write in ((paths.parquet, lambda f: df.to_parquet(f, index=False)),
+                          (paths.csv, lambda f: df.to_csv(f, index=False))):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+
+
+def _remove_stale_temporaries(paths: TablePaths) -> None:
+    """Temporary files left by a killed writer (only writers holding the lock create them)."""
+    for target in (paths.parquet, paths.csv):
+        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """Names of the metric columns a table reports (from each row's `metric_names`)."""
+    names: list[str] = []
+    for entry in df.get("metric_names", pd.Series(dtype=object)).dropna():
+        names += [n for n in json.loads(entry) if n not in names]
+    return [n for n in names if n in df.columns]
+
+
+def metric_row(values: Mapping[str, MetricValue]) -> dict[str, Any]:
+    """Metric values and CIs as row columns, with the list of names."""
+    row: dict[str, Any] = {"metric_names": json.dumps(list(values))}
+    for name, v in values.items():
+        row.update(v.columns(name))
+    return row
+
+
+# Comparison with a baseline ---------------------------------------------------------------------
+
+def _half_width(df: pd.DataFrame, metric: str) -> pd.Series:
+    if f"{metric}_lo" not in df.columns or f"{metric}_hi" not in df.columns:
+        return pd.Series(0.0, index=df.index)
+    return ((df[f"{metric}_hi"] - df[f"{metric}_lo"]) / 2).fillna(0.0).clip(lower=0.0)
+
+
+def compare(current: pd.DataFrame, baseline: pd.DataFrame, metrics: Sequence[str] | None = None,
+            rtol: float = 0.0) -> pd.DataFrame:
+    """Per point and metric: current vs baseline with tolerance = both CI half-widths + rtol * |baseline|.
+
+    Points are matched by config hash. Lower is better, except for metrics named in HIGHER_IS_BETTER.
+    A baseline point that is missing or failed in the current table is a regression.
+    """
+    check(rtol >= 0, f"--rtol must be >= 0 (got {rtol})")
+    names = list(metrics or [m for m in metric_columns(baseline) if m in metric_columns(current)])
+    check(bool(names), "the two tables share no metric; name one with --metric")
+    for m in names:
+        check(m in baseline.columns and m in current.columns, f"--metric {m}: not in both tables")
+    base = baseline[baseline["status"] == "ok"].set_index(KEY)
+    cur = current.drop_duplicates(KEY).set_index(KEY)
+    check(bool(set(base.index) & set(cur.index)),
+          "no point of the results matches the baseline (config hashes differ); rerun the baseline's sweep")
+    rows = []
+    for key, b in base.iterrows():
+        c = cur.loc[key] if key in cur.index else None
+        for m in names:
+            row = {KEY: key, "solver": b.get("solver.name"), "schedule": b.get("schedule.name"),
+                   "nfe": b.get("nfe_measured"), "metric": m, "baseline": b[m]}
+            if c is None or c["status"] != "ok" or pd.isna(c[m]):
+                rows.append({**row, "current": None, "tolerance": None,
+                             "verdict": "regression", "why": "missing" if c is None else f"failed: {c.get('reason')}"})
+                continue
+            tol = float(_half_width(base.loc[[key]], m).iloc[0] + _half_width(cur.loc[[key]], m).iloc[0]) + rtol * abs(b[m])
+            worse = (b[m] - c[m]) if m in HIGHER_IS_BETTER else (c[m] - b[m])
+            verdict = "regression" if worse > tol else ("improved" if worse < -tol else "ok")
+            rows.append({**row, "current": c[m], "tolerance": tol, "verdict": verdict, "why": ""})
+    return pd.DataFrame(rows)
+
+
+# Provenance -------------------------------------------------------------------------------------
+
+@cache
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that change results."""
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+@cache
+def git_sha() -> str:
+    """The source tree's commit, '+dirty' when it has uncommitted changes; 'unknown' outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device that ran a point."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu} ({torch.get_num_threads()} threads)"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak GPU memory allocated since the last reset on CUDA; else the process's peak RSS (lifetime)."""
+    if device.type == "cuda":
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_kind": "cuda_allocated"}
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_memory_mb": rss_kb / 1024, "peak_memory_kind": "process_rss_peak"}
+
+
+def provenance(device: torch.device, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """Versions, git SHA, device and the exact command line, as row columns."""
+    argv = list(command) if command is not None else ["diffbench", *sys.argv[1:]]
+    return {"device_name": device_name(device), "git_sha": git_sha(), "command": shlex.join(argv),
+            **{f"version.{k}": v for k, v in versions().items()}}

@@ -1,0 +1,506 @@
+"""Sweeps: expand the grid, validate every point up front, then run the points the table lacks.
+
+A point samples with common noise (sample i's noise is a function of (seed, i) only), streams its
+batches into the metrics, compares the first samples with a cached same-noise RK45 reference
+(computed once per model, seed, sample range and noise span), and appends one row to the results
+table under its lock. A killed sweep therefore loses at most the point in flight, and a rerun of
+the same sweep skips every point whose config hash is already stored.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor
+
+from diffbench import results
+from diffbench.config import RunSettings, compose_grid, config_hash, flatten, parse_overrides, settings, to_dict
+from diffbench.errors import UsageError, check
+from diffbench.data import make_dataset, to_uint8
+from diffbench.metrics import (LPIPS, ErrorStats, FeatureExtractor, FrechetTarget, MetricOptions, RefStats,
+                               StreamingStats, bootstrap, compute_metrics, fd_interval, load_or_build_reference,
+                               make_extractor, parse_metrics)
+from diffbench.models import Denoiser, make_model
+from diffbench.sampling import Batch, Plan, batches, make_plan, sample_batch
+from diffbench.solvers import SolverSpec, get_solver
+
+NFE_POLICIES = ("exact", "nearest_below")
+REFERENCE_CHUNK = 128  # the RK45 reference runs in fixed chunks so it never depends on batch_size
+GRID_SAMPLES = 16  # samples kept per point for the sample-grid figures
+
+
+# Progress -----------------------------------------------------------------------------------------
+
+class Reporter:
+    """Rich progress bars (stderr) for the sweep, each point and the reference; silent when off."""
+
+    def __init__(self, enabled: bool):
+        self.console = Console(stderr=True)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 console=self.console, disable=not (enabled and self.console.is_terminal),
+                                 transient=False)
+
+    def __enter__(self) -> Reporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A bar for `total` units; yields advance(n)."""
+        task = self.progress.add_task(description, total=total)
+        try:
+            yield lambda n: self.progress.advance(task, n)
+        finally:
+            self.progress.remove_task(task)
+
+
+# Points -------------------------------------------------------------------------------------------
+
+@dataclass
+class Point:
+    """One validated grid point: its effective config, run settings and plan (or why it cannot run)."""
+
+    cfg: DictConfig
+    run: RunSettings
+    nfe_budget: int
+    plan: Plan | None
+    reason: str | None = None
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = config_hash(self.cfg)
+
+    @property
+    def label(self) -> str:
+        return f"{self.cfg.solver.name} / {self.cfg.schedule.name} / nfe {self.cfg.nfe}"
+
+
+class ModelCache:
+    """Builds each distinct model config once per process."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Denoiser] = {}
+
+    def get(self, model_cfg: DictConfig) -> Denoiser:
+        options = to_dict(model_cfg)
+        kind = options.pop("kind", None)
+        check(isinstance(kind, str), "model.kind is missing; pick a model with model=<name>")
+        key = json.dumps([kind, options], sort_keys=True)
+        if key not in self._models:
+            self._models[key] = make_model(kind, options)
+        return self._models[key]
+
+
+def feasible_nfe(spec: SolverSpec, budget: int, final_zero: bool, policy: str) -> int | None:
+    """The NFE a solver runs under a budget: the budget itself (exact), or the largest valid one below."""
+    check(policy in NFE_POLICIES, f"sweep.nfe_policy={policy} is unknown; use one of: {', '.join(NFE_POLICIES)}")
+    if policy == "exact" or spec.adaptive:
+        return budget
+    for nfe in range(budget, 0, -1):
+        try:
+            spec.steps_for_nfe(nfe, final_zero)
+            return nfe
+        except UsageError:
+            continue
+    return None
+
+
+def step_options(cfg: DictConfig) -> dict[str, Any]:
+    """A step-schedule config's own options (everything but its name and span)."""
+    return {k: v for k, v in to_dict(cfg.schedule).items() if k not in ("name", "sigma_min", "sigma_max", "final_zero")}
+
+
+def make_point_plan(cfg: DictConfig, model: Denoiser, nfe: int) -> Plan:
+    """The solver plan of a composed config at a given NFE (UsageError on bad input)."""
+    solver_options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}
+    return make_plan(str(cfg.solver.name), nfe, model.schedule, step_schedule=str(cfg.schedule.name),
+                     step_options=step_options(cfg), solver_options=solver_options,
+                     sigma_min=cfg.schedule.sigma_min, sigma_max=cfg.schedule.sigma_max,
+                     final_zero=bool(cfg.schedule.final_zero))
+
+
+def resolve_point(cfg: DictConfig, models: ModelCache, policy: str = "exact") -> Point:
+    """Validate one composed config into a Point; raises UsageError on bad input."""
+    run = settings(cfg)
+    model = models.get(cfg.model)
+    check_metrics(cfg, model, run)
+    spec = get_solver(str(cfg.solver.name))
+    nfe = feasible_nfe(spec, run.nfe, bool(cfg.schedule.final_zero), policy)
+    if nfe is None:
+        make_point_plan(cfg, model, spec.min_nfe(bool(cfg.schedule.final_zero)))  # validates the rest
+        reason = f"nfe budget {run.nfe} is below solver '{spec.name}''s minimum of {spec.min_nfe(bool(cfg.schedule.final_zero))}"
+        return Point(cfg, run, run.nfe, None, reason)
+    plan = make_point_plan(cfg, model, nfe)
+    effective = cfg.copy()
+    effective.nfe = nfe
+    return Point(effective, run, run.nfe, plan)
+
+
+def prepare(overrides: Sequence[str]) -> list[Point]:
+    """Compose and validate every grid point (nothing runs or is written before all are valid)."""
+    for o in parse_overrides(overrides):
+        check(not o.key_or_group.startswith("hydra/launcher"),
+              f"{o.input_line}: launching points as separate jobs is not wired yet; "
+              "run N jobs with `diffbench sweep --shard I/N` on one out= folder instead")
+    cfgs = compose_grid(overrides)
+    outs = {str(c.out) for c in cfgs}
+    check(len(outs) == 1, f"out takes one value per sweep (got {', '.join(sorted(outs))}); run one sweep per out")
+    models = ModelCache()
+    points: dict[str, Point] = {}
+    for cfg in cfgs:
+        policy = str(cfg.sweep.get("nfe_policy", "exact"))
+        point = resolve_point(cfg, models, policy)
+        points.setdefault(point.key, point)  # budgets that resolve to one NFE run once
+    return list(points.values())
+
+
+# Sampling -------------------------------------------------------------------------------------------
+
+def sample_points(model: Denoiser, plan: Plan, run: RunSettings, indices: Sequence[int],
+                  advance: Callable[[int], None] = lambda n: None) -> Iterator[tuple[Batch, float]]:
+    """Yield (batch, seconds spent sampling it) over `indices` in batches of run.batch_size."""
+    for idx in batches(indices, run.batch_size):
+        start = time.perf_counter()
+        batch = sample_batch(model, plan, idx, run.seed, _shape(model), device=run.device, dtype=run.dtype)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        yield batch, time.perf_counter() - start
+        advance(len(idx))
+
+
+def _shape(model: Denoiser) -> tuple[int, ...]:
+    shape = getattr(model, "shape", None)
+    check(shape is not None, "the model does not declare its sample shape (model.shape)")
+    return tuple(shape)
+
+
+def first_nonfinite(x: Tensor) -> str | None:
+    """A reason string when samples hold NaN or inf."""
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    if bool(bad.any()):
+        return f"{int(bad.sum())} samples contain NaN or inf (solver diverged)"
+    return None
+
+
+def reference_key(cfg: DictConfig, plan: Plan, n: int) -> str:
+    """What a reference solution depends on: model, seed, sample range, noise span, tolerances, dtype."""
+    levels = plan.sigmas[plan.sigmas > 0]
+    data = {"model": to_dict(cfg.model), "seed": int(cfg.seed), "n": n, "dtype": str(cfg.dtype),
+            "sigma_max": float(levels[0]), "sigma_min": float(levels[-1]), "final_zero": bool(plan.sigmas[-1] == 0),
+            "reference": to_dict(cfg.metrics.get("reference", {}))}
+    return config_hash(data)
+
+
+def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+# Running ------------------------------------------------------------------------------------------
+
+@dataclass
+class SweepSummary:
+    """What one `diffbench sweep` did."""
+
+    table: Path
+    keys: list[str]
+    ran: int
+    skipped: int
+    failed: int
+
+    def frame(self) -> pd.DataFrame:
+        df = results.load(self.table)
+        return df[df[results.KEY].isin(self.keys)] if not df.empty else df
+
+
+def run_sweep(overrides: Sequence[str] = (), *, progress: bool = True, shard: tuple[int, int] = (0, 1),
+              retry_failed: bool = False, command: Sequence[str] | None = None,
+              on_row: Callable[[dict[str, Any]], None] = lambda row: None) -> SweepSummary:
+    """Run every grid point not yet in the table (this shard's share, `shard` = (index, count))."""
+    index, count = shard
+    check(count >= 1 and 0 <= index < count, f"--shard {index}/{count}: need 0 <= index < count")
+    points = prepare(overrides)
+    table = results.table_paths(points[0].cfg.out).parquet
+    done = results.done_keys(table, ok_only=retry_failed)
+    todo = [p for p in points[index::count] if p.key not in done]
+    failed = 0
+    with Reporter(progress) as reporter:
+        runner = Runner(reporter, command)
+        runner.warm_up(todo)  # missing weights or bad data stop the sweep here, before any row is written
+        with reporter.task("sweep", len(todo)) as advance:
+            for point in todo:
+                row = runner.run(point)
+                results.append(table, [row], replace=retry_failed)
+                failed += row["status"] != "ok"
+                on_row(row)
+                advance(1)
+    return SweepSummary(table, [p.key for p in points], len(todo), len(points) - len(todo), failed)
+
+
+class Runner:
+    """Runs points, holding what they share: built models, extractors, reference statistics and solutions."""
+
+    def __init__(self, reporter: Reporter, command: Sequence[str] | None = None):
+        self.reporter, self.command = reporter, command
+        self.models = ModelCache()
+        self.metrics = MetricContext(reporter)
+        self._solutions: dict[str, Tensor] = {}
+
+    def warm_up(self, points: Sequence[Point]) -> None:
+        """Build every extractor and reference statistic the points need (UsageError if impossible)."""
+        for point in points:
+            if point.plan is not None:
+                MetricSuite(point.cfg, self.models.get(point.cfg.model), point.run, self.metrics)
+
+    def run(self, point: Point) -> dict[str, Any]:
+        """Sample one point, compute its metrics and return its row (a failure is a row with its reason)."""
+        row = base_row(point, self.command)
+        if point.plan is None:
+            return {**row, "status": "failed", "reason": point.reason}
+        results.reset_peak_memory(point.run.device)
+        start = time.perf_counter()
+        try:
+            measured = self._measure(point)
+        except (UsageError, RuntimeError, ValueError, FloatingPointError) as e:
+            measured = {"status": "failed", "reason": f"{type(e).__name__}: {e}".splitlines()[0]}
+        return {**row, **measured, "time_total_s": time.perf_counter() - start, **results.peak_memory(point.run.device)}
+
+    def _measure(self, point: Point) -> dict[str, Any]:
+        """Sampling + metrics of one point; returns the row's measured columns."""
+        cfg, run, plan = point.cfg, point.run, point.plan
+        assert plan is not None
+        model = self.models.get(cfg.model)
+        suite = MetricSuite(cfg, model, run, self.metrics)
+        n_err = min(run.n_samples, int(cfg.metrics.get("error_samples") or run.n_samples))
+        reference = self.reference_solution(cfg, model, plan, run, n_err) if suite.wants_reference else None
+        t_sample = t_metrics = 0.0
+        nfe_measured: int | None = None
+        kept: list[Tensor] = []
+        with self.reporter.task(point.label, run.n_samples) as advance:
+            for batch, seconds in sample_points(model, plan, run, range(run.n_samples), advance):
+                t_sample += seconds
+                nfe_measured = batch.nfe_measured
+                reason = first_nonfinite(batch.x)
+                if reason:
+                    return {"status": "failed", "reason": reason, "nfe_measured": nfe_measured,
+                            "time_sampling_s": t_sample}
+                x = batch.x.cpu()
+                if sum(len(k) for k in kept) < GRID_SAMPLES:
+                    kept.append(x[:GRID_SAMPLES - sum(len(k) for k in kept)])
+                start = time.perf_counter()
+                suite.update(x, batch.indices, reference)
+                t_metrics += time.perf_counter() - start
+        start = time.perf_counter()
+        values, extra = suite.compute()
+        t_metrics += time.perf_counter() - start
+        return {"status": "ok", "reason": None, "nfe_measured": nfe_measured, "time_sampling_s": t_sample,
+                "time_metrics_s": t_metrics, "time_per_nfe_s": t_sample / nfe_measured if nfe_measured else math.nan,
+                "samples_path": save_grid_samples(cfg, point.key, torch.cat(kept)), **extra,
+                **results.metric_row(values)}
+
+    def reference_solution(self, cfg: DictConfig, model: Denoiser, plan: Plan, run: RunSettings, n: int) -> Tensor:
+        """Same-noise RK45 solutions for sample indices 0..n-1 over the plan's noise span, cached on disk.
+
+        They run in fixed chunks of REFERENCE_CHUNK samples, so they never depend on batch_size.
+        """
+        key = reference_key(cfg, plan, n)
+        if key in self._solutions:
+            return self._solutions[key]
+        path = Path(cfg.cache_dir) / "reference" / f"{key}.pt"
+        if path.is_file():
+            x = torch.load(path, map_location="cpu")
+        else:
+            levels = plan.sigmas[plan.sigmas > 0]
+            options = to_dict(cfg.metrics.reference)
+            ref_plan = make_plan(str(options.pop("solver")), 1, model.schedule, step_schedule="uniform_logsnr",
+                                 solver_options=options, sigma_min=float(levels[-1]), sigma_max=float(levels[0]),
+                                 final_zero=bool(plan.sigmas[-1] == 0))
+            chunked = RunSettings(1, run.seed, n, REFERENCE_CHUNK, run.device, run.dtype)
+            with self.reporter.task("reference solution (RK45)", n) as advance:
+                x = torch.cat([b.x.cpu() for b, _ in sample_points(model, ref_plan, chunked, range(n), advance)])
+            _atomic_save(path, lambda f: torch.save(x, f))
+        self._solutions[key] = x
+        return x
+
+
+def save_grid_samples(cfg: DictConfig, key: str, x: Tensor) -> str:
+    """Keep the first samples of a point (same noise across points) for the sample-grid figures."""
+    rel = Path("samples") / f"{key}.npz"
+    _atomic_save(Path(cfg.out) / rel, lambda f: np.savez_compressed(open(f, "wb"), x=x.float().numpy()))
+    return str(rel)
+
+
+def base_row(point: Point, command: Sequence[str] | None) -> dict[str, Any]:
+    """The config and provenance columns every row has, successful or not."""
+    cfg, plan = point.cfg, point.plan
+    spec = get_solver(str(cfg.solver.name))
+    fields = flatten({k: v for k, v in to_dict(cfg).items() if k != "sweep"})
+    row: dict[str, Any] = {results.KEY: point.key, **fields, "nfe_policy": cfg.sweep.get("nfe_policy", "exact"),
+                           "nfe_budget": point.nfe_budget, "solver_order": spec.order,
+                           "solver_stochastic": spec.is_stochastic({k: v for k, v in to_dict(cfg.solver).items() if k != "name"}),
+                           "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           **results.provenance(point.run.device, command)}
+    if plan is not None:
+        levels = plan.sigmas[plan.sigmas > 0]
+        row.update(nfe_declared=plan.nfe_declared, steps=plan.steps, sigma_max_used=float(levels[0]),
+                   sigma_min_used=float(levels[-1]))
+    return row
+
+
+# Metrics ------------------------------------------------------------------------------------------
+
+class MetricContext:
+    """Extractors and reference statistics shared by the points of one sweep (built once each)."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+        self._extractors: dict[str, FeatureExtractor] = {}
+        self._refs: dict[str, RefStats] = {}
+        self._targets: dict[str, FrechetTarget] = {}
+
+    def extractor(self, cfg: DictConfig, device: torch.device) -> FeatureExtractor:
+        """metrics.extractor: inception | random_conv | auto (inception if its weights resolve; on a
+        CPU only with metrics.inception_on_cpu, as Inception is too slow there for a quick sweep)."""
+        m = cfg.metrics
+        name = str(m.extractor)
+        if name == "auto" and device.type == "cpu" and not m.get("inception_on_cpu", False):
+            name = "random_conv"
+        options = {"resize_mode": str(m.resize_mode), "device": device}
+        if name in ("inception", "auto"):
+            options["weights"] = m.get("extractor_weights")
+        key = json.dumps([name, str(options)])
+        if key not in self._extractors:
+            self._extractors[key] = make_extractor(name, **options)
+        return self._extractors[key]
+
+    def frechet_target(self, ref: RefStats, device: torch.device) -> FrechetTarget:
+        """The reference's Gaussian with its covariance square root, computed once per reference."""
+        if ref.id not in self._targets:
+            self._targets[ref.id] = FrechetTarget.of(ref.stats, device)
+        return self._targets[ref.id]
+
+    def reference(self, cfg: DictConfig, model: Denoiser, extractor: FeatureExtractor, batch_size: int) -> RefStats:
+        """The dataset's feature statistics, from the cache or built now (with a progress bar)."""
+        ref_n = cfg.metrics.get("ref_n")
+        key = json.dumps([to_dict(cfg.dataset), to_dict(cfg.model), extractor.identity(), ref_n], sort_keys=True)
+        if key not in self._refs:
+            dataset = make_dataset(to_dict(cfg.dataset), model=model, model_config=to_dict(cfg.model))
+            n = len(dataset) if ref_n is None else int(ref_n)
+            with self.reporter.task(f"reference features ({extractor.name})", n) as advance:
+                done = [0]
+
+                def progress(count: int, total: int | None) -> None:
+                    advance(count - done[0])
+                    done[0] = count
+
+                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir,
+                                                          batch_size=batch_size, progress=progress)
+        return self._refs[key]
+
+
+def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
+    """Metric choices that cannot work with this model or sample count (UsageError naming the fix)."""
+    feature, paired = parse_metrics(list(cfg.metrics.names))
+    shape = getattr(model, "shape", ())
+    if feature or "lpips" in paired:
+        check(len(shape) == 3 and shape[0] in (1, 3),
+              f"metrics.names {', '.join(feature or paired)} need image samples [1 or 3, H, W] but the model's shape "
+              f"is {tuple(shape)}; use metrics=error_only for this model")
+    if feature:
+        check(run.n_samples >= 2, f"metrics.names {', '.join(feature)} need n_samples >= 2 (got {run.n_samples})")
+        kind = cfg.dataset.get("kind")
+        check(kind != "model_samples" or hasattr(model, "sample_data"),
+              f"dataset=model_samples needs a model that can draw data; model.kind={cfg.model.kind} cannot, "
+              "pick a dataset (dataset=...)")
+
+
+class MetricSuite:
+    """Streams one point's sample batches into its metrics (diffbench.metrics' public API).
+
+    Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; they are
+    named after the extractor unless it is Inception (fid, kid, ...), so a Frechet distance on
+    random_conv features reads `fd_random_conv`, never FID. solver_error compares the first
+    metrics.error_samples samples with the same-noise reference solution (`rmse_ref`).
+    """
+
+    def __init__(self, cfg: DictConfig, model: Denoiser, run: RunSettings, context: MetricContext):
+        self.cfg, self.context = cfg, context
+        self.feature, self.paired = parse_metrics(list(cfg.metrics.names))
+        self.wants_reference = bool(self.paired)
+        self.error = ErrorStats()
+        self.lpips = LPIPS(str(cfg.metrics.get("lpips_net", "alex")), run.device) if "lpips" in self.paired else None
+        self.extractor = context.extractor(cfg, run.device) if self.feature else None
+        self.ref = context.reference(cfg, model, self.extractor, run.batch_size) if self.extractor else None
+        self.stats = StreamingStats(keep_features=True, device=self.extractor.device) if self.extractor else None
+
+    def update(self, x: Tensor, indices: Sequence[int], reference: Tensor | None) -> None:
+        if self.extractor is not None:
+            out = self.extractor(to_uint8(x))
+            self.stats.update(out.features, out.logits)
+        if reference is not None:
+            keep = [k for k, i in enumerate(indices) if i < len(reference)]
+            if keep:
+                pairs = x[keep], reference[[indices[k] for k in keep]].to(x.dtype)
+                self.error.update(*pairs)
+                if self.lpips is not None:
+                    self.lpips.update(to_uint8(pairs[0]), to_uint8(pairs[1]))
+
+    def compute(self) -> tuple[dict[str, results.MetricValue], dict[str, Any]]:
+        """(metric values with intervals, extra row columns: extractor, reference id, notes, ...)."""
+        m = self.cfg.metrics
+        n_boot, level = int(m.get("n_boot", 0)), float(m.get("ci_level", 0.95))
+        values: dict[str, results.MetricValue] = {}
+        extra: dict[str, Any] = {}
+        if self.stats is not None:
+            options = MetricOptions(kid_subsets=int(m.kid_subsets), kid_subset_size=int(m.kid_subset_size),
+                                    n_boot=n_boot, ci_level=level, device=str(self.extractor.device))
+            gen = self.stats.finalize(self.extractor.identity())
+            others = [name for name in self.feature if name != "fd"]
+            out = compute_metrics(gen, self.ref, others, options, self.extractor.logits_unavailable)
+            if "fd" in self.feature:  # FD against the context's cached target: one eigh per reference, not per point
+                target = self.context.frechet_target(self.ref, self.extractor.device)
+                out["fd"] = target.distance(gen.mean, gen.cov)
+                if n_boot:
+                    out.update(fd_interval(gen.features, target, n_boot, level).fields("fd"))
+            suffix = "" if self.extractor.name == "inception" else f"_{self.extractor.name}"
+            for name in ("fd", "kid", "is", "precision", "recall", "density", "coverage"):
+                if out.get(name) is not None:
+                    label = ("fid" if name == "fd" and not suffix else name) + suffix
+                    values[label] = results.MetricValue(out[name], out.get(f"{name}_low"), out.get(f"{name}_high"))
+                    if out.get(f"{name}_std") is not None:
+                        extra[f"{label}_std"] = out[f"{name}_std"]
+            notes = ([self.extractor.fallback] if self.extractor.fallback else []) + out["notes"]
+            extra.update(feature_extractor=out["feature_extractor"], resize_mode=out["resize_mode"],
+                         ref_id=out["ref_id"], n_ref=out["n_ref"], notes="; ".join(notes) or None)
+        if "solver_error" in self.paired:
+            mse = self.error.per_sample_mse
+            error_boot = int(m.get("error_n_boot", 0))
+            if error_boot >= 2:
+                iv = bootstrap(lambda idx: math.sqrt(float(mse[idx].mean())), len(mse), error_boot, level)
+                values["rmse_ref"] = results.MetricValue(iv.estimate, iv.low, iv.high)
+            else:
+                values["rmse_ref"] = results.MetricValue(self.error.result()["rmse"])
+            extra["n_error_samples"] = len(mse)
+        if self.lpips is not None:
+            values["lpips_ref"] = results.MetricValue(self.lpips.result()["lpips"])
+        return values, extra
