@@ -46,3 +46,19 @@ def lambdas(sigmas: Tensor) -> list[float]:
     """lambda = -log sigma per grid point (-inf never appears: a final 0 maps to +inf)."""
     return [math.inf if float(s) == 0 else -math.log(float(s)) for s in sigmas]
 
+
+AFS_DATA_STD = 1.0  # the data scale AMED's reference code assumes (images in [-1, 1])
+
+
+def analytic_eps(x: Tensor, sigma: float) -> Tensor:
+    """AMED's analytical first step (Zhou et al. 2024, AFS): eps(x_T, sigma_max) ~ x_T / sqrt(sigma^2 + 1).
+
+    At sigma_max the denoiser returns almost the data mean (~0), so the noise estimate is x_T scaled
+    to unit variance; used in place of the first model evaluation, it saves one NFE.
+    """
+    return x / math.sqrt(sigma**2 + AFS_DATA_STD**2)
+
+
+def afs_nfe(steps: int, final_zero: bool, afs: bool = False) -> int:
+    """NFE rule of one-evaluation-per-step solvers with the `afs` option: AFS saves the first evaluation."""
+    return steps - int(afs)
