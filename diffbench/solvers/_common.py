@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
@@ -62,3 +63,67 @@ def analytic_eps(x: Tensor, sigma: float) -> Tensor:
 def afs_nfe(steps: int, final_zero: bool, afs: bool = False) -> int:
     """NFE rule of one-evaluation-per-step solvers with the `afs` option: AFS saves the first evaluation."""
     return steps - int(afs)
+
+
+def phi(k: int, z: float) -> float:
+    """phi_k(z) = (e^z - sum_{j<k} z^j / j!) / z^k, the weights of exponential integrators (phi_0 = e^z).
+
+    A power series near 0 avoids the closed form's cancellation.
+    """
+    if abs(z) < 1.0:
+        return sum(z**j / math.factorial(j + k) for j in range(24))
+    return (math.exp(z) - sum(z**j / math.factorial(j) for j in range(k))) / z**k
+
+
+def taylor_terms(lams: Sequence[float], values: Sequence[Tensor]) -> list[Tensor]:
+    """[f, f', f'', ...] at lams[0] of the polynomial through (lams[j], values[j]) (derivatives in lambda).
+
+    Newton divided differences expanded in powers of u = lambda - lams[0]: the Taylor terms that
+    multistep exponential integrators (DPM-Solver(++)-kM, DEIS, UniPC) feed to their phi weights.
+    """
+    table, newton = list(values), [values[0]]
+    for level in range(1, len(values)):
+        table = [(table[j] - table[j + 1]) / (lams[j] - lams[j + level]) for j in range(len(table) - 1)]
+        newton.append(table[0])
+    # Coefficients in u of the Newton basis polynomials prod_{i<j} (u - (lams[i] - lams[0])).
+    basis, bases = [1.0], [[1.0]]
+    for j in range(1, len(values)):
+        root = lams[j - 1] - lams[0]
+        basis = [(basis[p - 1] if p else 0.0) - root * (basis[p] if p < len(basis) else 0.0)
+                 for p in range(len(basis) + 1)]
+        bases.append(basis)
+    return [values[0]] + [math.factorial(p) * sum(bases[j][p] * newton[j] for j in range(p, len(values)))
+                          for p in range(1, len(values))]
+
+
+IntegratorStep = Callable[[Tensor, float, float, list[Tensor]], Tensor]  # (x, sigma, sigma_next, taylor terms) -> x
+
+
+def multistep(x: Tensor, sigmas: Tensor, evaluate: Callable[[Tensor, float], Tensor], step: IntegratorStep,
+              order: int, lower_order_final: bool) -> Tensor:
+    """Multistep exponential integrator driver (Lu et al. 2022b, Alg. 2 to any order): one evaluation a step.
+
+    Step i uses the newest k outputs, k = min(order, i + 1) (warm-up); with lower_order_final and
+    fewer than 10 steps also k <= n - i, the DPM-Solver reference code's stabiliser for few steps.
+    """
+    n, history = len(sigmas) - 1, []
+    for i in range(n):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        # Evaluate once at the current point; keep the newest `order` outputs.
+        history = [(-math.log(sigma), evaluate(x, sigma))] + history[:order - 1]
+        k = min(order, i + 1, n - i if lower_order_final and n < 10 else order)
+        lams, values = zip(*history[:k])
+        # Exponential-integrator step with the Taylor terms of the interpolating polynomial.
+        x = step(x, sigma, sigma_next, taylor_terms(lams, values))
+    return x
+
+
+def dynamic_threshold(x0: Tensor, ratio: float, max_val: float) -> Tensor:
+    """Dynamic thresholding (Saharia et al. 2022, Imagen; as in DPM-Solver++'s reference code).
+
+    Per sample s = max(ratio-quantile of |x0|, max_val); x0 is clipped to [-s, s] and rescaled by
+    max_val / s into [-max_val, max_val] (the reference divides by s: the same for max_val = 1).
+    """
+    s = x0.abs().reshape(len(x0), -1).quantile(ratio, dim=1).clamp(min=max_val)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+    return x0.clamp(-s, s) * (max_val / s)
