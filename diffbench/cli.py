@@ -64,7 +64,7 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
         return
     summary = engine.run_sweep(overrides or [], progress=_progress(quiet), shard=(index, count),
                                retry_failed=retry_failed, command=_ARGV,
-                               on_row=None if quiet else lambda row: _print_row_status(row))
+                               on_row=(lambda row: None) if quiet else _print_row_status)
     df = summary.frame()
     out.print(f"{summary.ran} points run, {summary.skipped} already in the table, {summary.failed} failed")
     if not quiet:
@@ -293,8 +293,8 @@ def _solver_rows() -> tuple[list[str], list[list[Any]]]:
 
     rows = []
     for name, spec in sorted(SOLVERS.items()):
-        stochastic = spec.stochastic if isinstance(spec.stochastic, bool) else f"if {spec.stochastic} > 0"
-        nfe = "adaptive" if spec.adaptive else ", ".join(str(spec.nfe_for(n, True)) for n in range(spec.min_steps, spec.min_steps + 4)) + ", ..."
+        stochastic = ("yes" if spec.stochastic else "no") if isinstance(spec.stochastic, bool) else f"{spec.stochastic}>0"
+        nfe = "adaptive" if spec.adaptive else ",".join(str(spec.nfe_for(n, True)) for n in range(spec.min_steps, spec.min_steps + 4)) + ",…"
         rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe, _options_text(spec.options())])
     return ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options"], rows
 

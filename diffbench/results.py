@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 from filelock import FileLock
 
 from diffbench.errors import UsageError, check
+
+if TYPE_CHECKING:  # torch is imported where a device is inspected: concurrent writers stay light
+    import torch
 
 TABLE_NAME = "results.parquet"
 KEY = "config_hash"
@@ -210,11 +212,13 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, metrics: Sequence[str
 
 @cache
 def versions() -> dict[str, str]:
-    """Installed versions of the packages that change results."""
+    """Installed versions of the packages that change results (torch with its build tag, e.g. +cu130)."""
+    import torch
+
     out = {"python": platform.python_version()}
     for pkg in PACKAGES:
         try:
-            out[pkg] = metadata.version(pkg)
+            out[pkg] = torch.__version__ if pkg == "torch" else metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = "absent"
     return out
@@ -236,6 +240,8 @@ def git_sha() -> str:
 
 def device_name(device: torch.device) -> str:
     """A readable name of the device that ran a point."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
@@ -250,12 +256,16 @@ def device_name(device: torch.device) -> str:
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_memory(device: torch.device) -> dict[str, Any]:
     """Peak GPU memory allocated since the last reset on CUDA; else the process's peak RSS (lifetime)."""
+    import torch
+
     if device.type == "cuda":
         return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_kind": "cuda_allocated"}
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
