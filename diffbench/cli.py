@@ -23,8 +23,8 @@ app = typer.Typer(name="diffbench", no_args_is_help=True, add_completion=False, 
                        "`diffbench sample solver=heun nfe=9`.")
 # click's base error for bad command lines (typer >= 0.20 vendors click, so found through typer)
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 _ARGV: list[str] = ["diffbench"]
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. `solver=heun nfe=9 schedule.rho=5`.",
@@ -180,6 +180,103 @@ def _parse_seeds(text: str) -> list[int]:
         raise UsageError(f"--seeds {text}: expected ranges like 0-63 or lists like 0,5,9") from None
     check(len(indices) > 0 and min(indices) >= 0, f"--seeds {text}: give at least one index >= 0")
     return indices
+
+
+# eval / ref ----------------------------------------------------------------------------------------
+
+@app.command("eval")
+def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy (float in [-1, 1] or uint8 images) "
+                                                          "or a folder of images.", show_default=False)],
+             overrides: Overrides = None, quiet: Quiet = False,
+             key: Annotated[str | None, typer.Option(help="Array name inside the .npz (default: x, else the first).")] = None,
+             json_out: Annotated[Path | None, typer.Option("--json", help="Also write the values to this JSON file.")] = None) -> None:
+    """Compute the feature metrics (FD/FID, KID, IS, PR) of saved samples against the configured dataset.
+
+        diffbench eval runs/default/samples/heun_karras_nfe9_seed0.npz
+        diffbench eval my_samples/ dataset=npz dataset.path=ref.npz metrics.extractor=inception
+    """
+    import json
+
+    from diffbench import sweep as engine
+    from diffbench.config import compose, settings
+    from diffbench.metrics import evaluate, parse_metrics
+
+    cfg = compose(overrides or [])
+    run = settings(cfg)
+    feature, _ = parse_metrics(list(cfg.metrics.names))
+    check(bool(feature), "metrics.names holds no feature metric (fd, kid, is, prdc); eval computes only those")
+    dataset = _samples_dataset(samples, key)
+    model = engine.ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
+    with engine.Reporter(_progress(quiet)) as reporter:
+        context = engine.MetricContext(reporter)
+        extractor = context.extractor(cfg, run.device)
+        ref = context.reference(cfg, model, extractor, run.batch_size)
+        with reporter.task(f"features ({extractor.name})", len(dataset)) as advance:
+            res = evaluate(dataset.batches(run.batch_size), ref, extractor, feature,
+                           engine.metric_options(cfg, run.device), total=len(dataset),
+                           progress=engine.progress_callback(advance))
+    values, extra = engine.feature_values(res, extractor)
+    view = Table(header_style="bold")
+    for col in ("metric", "value", "interval"):
+        view.add_column(col)
+    for name, v in values.items():
+        view.add_row(name, _cell(v.value), "" if v.lo is None else f"[{_cell(v.lo)}, {_cell(v.hi)}]")
+    out.print(view)
+    out.print(f"{res['n_gen']} samples vs {extra['n_ref']} reference images ({extra['ref_id']})"
+              + (f"; notes: {extra['notes']}" if extra["notes"] else ""), highlight=False)
+    if json_out:
+        json_out.write_text(json.dumps({"samples": str(samples), **{k: vars(v) for k, v in values.items()}, **extra},
+                                       indent=1, default=str))
+
+
+def _samples_dataset(path: Path, key: str | None) -> Any:
+    """Saved samples as an image dataset: float arrays in [-1, 1] are quantised like sweep samples."""
+    import numpy as np
+    import torch
+
+    from diffbench.data import ArrayDataset, make_dataset, to_uint8
+
+    check(path.exists(), f"{path} does not exist; give a .npz/.npy of samples or a folder of images")
+    if path.is_dir():
+        return make_dataset({"kind": "folder", "path": str(path)})
+    check(path.suffix in (".npz", ".npy"), f"{path}: give a .npz/.npy file or a folder of images")
+    if path.suffix == ".npy":
+        arr = np.load(path)
+    else:
+        with np.load(path) as f:
+            names = list(f.keys())
+            name = key or ("x" if "x" in names else names[0])
+            check(name in names, f"--key {name} is not in {path.name}; it has: {', '.join(names)}")
+            arr = f[name]
+    if arr.dtype == np.uint8:
+        return make_dataset({"kind": "npz", "path": str(path), "key": key})
+    check(np.issubdtype(arr.dtype, np.floating), f"{path}: samples must be float in [-1, 1] or uint8 (got {arr.dtype})")
+    check(bool(np.isfinite(arr).all()), f"{path}: samples contain NaN or inf; regenerate them")
+    return ArrayDataset(to_uint8(torch.from_numpy(arr)), name=path.stem)
+
+
+@app.command()
+def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
+    """Build (or verify) the reference feature statistics of the configured dataset and extractor.
+
+    Sweeps build them on first use; this command does it ahead of time (e.g. once per cluster):
+
+        diffbench ref
+        diffbench ref dataset=folder dataset.path=/data/cifar10/train metrics.extractor=inception
+    """
+    from diffbench import sweep as engine
+    from diffbench.config import compose, settings
+
+    cfg = compose(overrides or [])
+    run = settings(cfg)
+    model = engine.ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
+    with engine.Reporter(_progress(quiet)) as reporter:
+        context = engine.MetricContext(reporter)
+        extractor = context.extractor(cfg, run.device)
+        stats = context.reference(cfg, model, extractor, run.batch_size)
+    state = "built" if stats.built else "found in the cache"
+    out.print(f"reference {stats.id}: {stats.stats.n} images, {extractor.name} features ({stats.stats.dim}-d), {state}")
+    out.print(f"files:     {stats.path}.npz / .features.npy / .json")
 
 
 # plot / report --------------------------------------------------------------------------------------

@@ -149,6 +149,9 @@ def _compose(overrides: list[str]) -> DictConfig:
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         raise UsageError(_one_line(e)) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UsageError(f"{', '.join(missing)} has no value; set it on the command line ({missing[0]}=...)")
     with _open(cfg):
         cfg.choices = choices
     return cfg

@@ -163,6 +163,8 @@ def _load_samples(root: Path, rel: object) -> np.ndarray | None:
 def grid_plot(df: pd.DataFrame, root: Path, path: Path, per_cell: int = 4) -> Path:
     """Samples from the same noise: one row per solver (and schedule), one column per NFE budget.
 
+    Image samples show the first `per_cell` per cell; vector samples all stored ones as a scatter.
+
     A cell whose solver ran below the budget (nfe_policy=nearest_below) names its measured NFE.
     """
     df = ok_rows(df)
@@ -181,7 +183,7 @@ def grid_plot(df: pd.DataFrame, root: Path, path: Path, per_cell: int = 4) -> Pa
             match = df[(df["_row"] == name) & (df["_col"] == nfe)]
             x = _load_samples(root, match["samples_path"].iloc[0]) if len(match) else None
             if x is not None:
-                _draw_cell(ax, x[:per_cell])
+                _draw_cell(ax, x[:per_cell] if x.ndim == 4 else x)
                 measured = int(match["nfe_measured"].iloc[0])
                 if measured != nfe:
                     ax.set_xlabel(f"NFE {measured}", fontsize=7)

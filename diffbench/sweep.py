@@ -72,6 +72,17 @@ class Reporter:
             self.progress.remove_task(task)
 
 
+def progress_callback(advance: Callable[[int], None]) -> Callable[[int, int | None], None]:
+    """Adapt a bar's advance(n) to diffbench.metrics' progress(done, total) callbacks."""
+    done = [0]
+
+    def progress(count: int, total: int | None) -> None:
+        advance(count - done[0])
+        done[0] = count
+
+    return progress
+
+
 # Points -------------------------------------------------------------------------------------------
 
 @dataclass
@@ -407,14 +418,8 @@ class MetricContext:
             dataset = make_dataset(to_dict(cfg.dataset), model=model, model_config=to_dict(cfg.model))
             n = len(dataset) if ref_n is None else int(ref_n)
             with self.reporter.task(f"reference features ({extractor.name})", n) as advance:
-                done = [0]
-
-                def progress(count: int, total: int | None) -> None:
-                    advance(count - done[0])
-                    done[0] = count
-
-                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir,
-                                                          batch_size=batch_size, progress=progress)
+                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir, batch_size=batch_size,
+                                                          progress=progress_callback(advance))
         return self._refs[key]
 
 
@@ -424,10 +429,10 @@ def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
     shape = getattr(model, "shape", ())
     if feature or "lpips" in paired:
         check(len(shape) == 3 and shape[0] in (1, 3),
-              f"metrics.names {', '.join(feature or paired)} need image samples [1 or 3, H, W] but the model's shape "
+              f"metrics {', '.join(feature or paired)} need image samples [1 or 3, H, W] but the model's shape "
               f"is {tuple(shape)}; use metrics=error_only for this model")
     if feature:
-        check(run.n_samples >= 2, f"metrics.names {', '.join(feature)} need n_samples >= 2 (got {run.n_samples})")
+        check(run.n_samples >= 2, f"metrics {', '.join(feature)} need n_samples >= 2 (got {run.n_samples})")
         kind = cfg.dataset.get("kind")
         check(kind != "model_samples" or hasattr(model, "sample_data"),
               f"dataset=model_samples needs a model that can draw data; model.kind={cfg.model.kind} cannot, "
@@ -467,36 +472,13 @@ class MetricSuite:
 
     def compute(self) -> tuple[dict[str, results.MetricValue], dict[str, Any]]:
         """(metric values with intervals, extra row columns: extractor, reference id, notes, ...)."""
-        m = self.cfg.metrics
-        n_boot, level = int(m.get("n_boot", 0)), float(m.get("ci_level", 0.95))
-        values: dict[str, results.MetricValue] = {}
-        extra: dict[str, Any] = {}
-        if self.stats is not None:
-            options = MetricOptions(kid_subsets=int(m.kid_subsets), kid_subset_size=int(m.kid_subset_size),
-                                    n_boot=n_boot, ci_level=level, device=str(self.extractor.device))
-            gen = self.stats.finalize(self.extractor.identity())
-            others = [name for name in self.feature if name != "fd"]
-            out = compute_metrics(gen, self.ref, others, options, self.extractor.logits_unavailable)
-            if "fd" in self.feature:  # FD against the context's cached target: one eigh per reference, not per point
-                target = self.context.frechet_target(self.ref, self.extractor.device)
-                out["fd"] = target.distance(gen.mean, gen.cov)
-                if n_boot:
-                    out.update(fd_interval(gen.features, target, n_boot, level).fields("fd"))
-            suffix = "" if self.extractor.name == "inception" else f"_{self.extractor.name}"
-            for name in ("fd", "kid", "is", "precision", "recall", "density", "coverage"):
-                if out.get(name) is not None:
-                    label = ("fid" if name == "fd" and not suffix else name) + suffix
-                    values[label] = results.MetricValue(out[name], out.get(f"{name}_low"), out.get(f"{name}_high"))
-                    if out.get(f"{name}_std") is not None:
-                        extra[f"{label}_std"] = out[f"{name}_std"]
-            notes = ([self.extractor.fallback] if self.extractor.fallback else []) + out["notes"]
-            extra.update(feature_extractor=out["feature_extractor"], resize_mode=out["resize_mode"],
-                         ref_id=out["ref_id"], n_ref=out["n_ref"], notes="; ".join(notes) or None)
+        values, extra = self._feature_metrics() if self.stats is not None else ({}, {})
         if "solver_error" in self.paired:
             mse = self.error.per_sample_mse
-            error_boot = int(m.get("error_n_boot", 0))
-            if error_boot >= 2:
-                iv = bootstrap(lambda idx: math.sqrt(float(mse[idx].mean())), len(mse), error_boot, level)
+            n_boot = int(self.cfg.metrics.get("error_n_boot", 0))
+            if n_boot >= 2:
+                iv = bootstrap(lambda idx: math.sqrt(float(mse[idx].mean())), len(mse), n_boot,
+                               float(self.cfg.metrics.get("ci_level", 0.95)))
                 values["rmse_ref"] = results.MetricValue(iv.estimate, iv.low, iv.high)
             else:
                 values["rmse_ref"] = results.MetricValue(self.error.result()["rmse"])
@@ -504,3 +486,43 @@ class MetricSuite:
         if self.lpips is not None:
             values["lpips_ref"] = results.MetricValue(self.lpips.result()["lpips"])
         return values, extra
+
+    def _feature_metrics(self) -> tuple[dict[str, results.MetricValue], dict[str, Any]]:
+        opts = metric_options(self.cfg, self.extractor.device)
+        gen = self.stats.finalize(self.extractor.identity())
+        others = [name for name in self.feature if name != "fd"]
+        out = compute_metrics(gen, self.ref, others, opts, self.extractor.logits_unavailable)
+        if "fd" in self.feature:  # FD against the context's cached target: one eigh per reference, not per point
+            target = self.context.frechet_target(self.ref, self.extractor.device)
+            out["fd"] = target.distance(gen.mean, gen.cov)
+            if opts.n_boot:
+                out.update(fd_interval(gen.features, target, opts.n_boot, opts.ci_level, opts.seed).fields("fd"))
+        return feature_values(out, self.extractor)
+
+
+def metric_options(cfg: DictConfig, device: torch.device) -> MetricOptions:
+    """The metrics config group as diffbench.metrics' MetricOptions."""
+    m = cfg.metrics
+    return MetricOptions(kid_subsets=int(m.kid_subsets), kid_subset_size=int(m.kid_subset_size),
+                         n_boot=int(m.get("n_boot", 0)), ci_level=float(m.get("ci_level", 0.95)), device=str(device))
+
+
+def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[dict[str, results.MetricValue], dict[str, Any]]:
+    """compute_metrics' dict as labelled metric values plus row columns (extractor, reference id, notes).
+
+    A metric keeps its own name only on Inception features (`fid`, `kid`, ...); on other features
+    it carries the extractor's name (`fd_random_conv`), so it is never mistaken for FID.
+    """
+    suffix = "" if extractor.name == "inception" else f"_{extractor.name}"
+    values: dict[str, results.MetricValue] = {}
+    extra: dict[str, Any] = {}
+    for name in ("fd", "kid", "is", "precision", "recall", "density", "coverage"):
+        if out.get(name) is not None:
+            label = ("fid" if name == "fd" and not suffix else name) + suffix
+            values[label] = results.MetricValue(out[name], out.get(f"{name}_low"), out.get(f"{name}_high"))
+            if out.get(f"{name}_std") is not None:
+                extra[f"{label}_std"] = out[f"{name}_std"]
+    notes = ([extractor.fallback] if extractor.fallback else []) + list(out["notes"])
+    extra.update(feature_extractor=out["feature_extractor"], resize_mode=out["resize_mode"], ref_id=out["ref_id"],
+                 n_ref=out["n_ref"], notes="; ".join(notes) or None)
+    return values, extra

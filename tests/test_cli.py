@@ -67,6 +67,19 @@ def test_sample_writes_npz_and_grid_and_reports_measured_nfe(tmp_path, capsys):
         np.testing.assert_array_equal(full["x"][4:], half["x"])
 
 
+def test_eval_and_ref_on_saved_samples(tmp_path, capsys):
+    samples = tmp_path / "s.npz"
+    assert main(["sample", "debug=default", "nfe=8", "--seeds", "0-15", "-o", str(samples), "-q"]) == 0
+    code, out, err = _run(capsys, "eval", str(samples), "debug=default", "--json", str(tmp_path / "e.json"), "-q")
+    assert code == 0, err
+    assert "fd_random_conv" in out and "16 samples vs 64 reference images" in out
+    assert "fd_random_conv" in (tmp_path / "e.json").read_text()
+    code, out, _ = _run(capsys, "ref", "debug=default", "-q")
+    assert code == 0 and "found in the cache" in out
+    code, _, err = _run(capsys, "eval", str(tmp_path / "missing.npz"), "debug=default")
+    assert code == 2 and "does not exist" in err
+
+
 def test_sweep_end_to_end_then_check_against_baselines(tmp_path, capsys):
     out_dir = tmp_path / "run"
     code, out, err = _run(capsys, "sweep", "debug=default", f"out={out_dir}", "--quiet")
@@ -89,7 +102,7 @@ def test_sweep_end_to_end_then_check_against_baselines(tmp_path, capsys):
     assert code == 2 and "no results table" in err
 
 
-@pytest.mark.parametrize("command", ["sweep", "sample", "plot", "report", "check", "list", "doctor"])
+@pytest.mark.parametrize("command", ["sweep", "sample", "eval", "ref", "plot", "report", "check", "list", "doctor"])
 def test_every_command_has_help_with_an_example(capsys, command):
     code, out, _ = _run(capsys, command, "--help")
     assert code == 0 and f"diffbench {command}" in out
