@@ -449,6 +449,7 @@ def _doctor() -> dict[str, dict[str, str]]:
     from diffbench.errors import AssetMissing
     from diffbench.metrics.assets import cache_dir, resolve
     from diffbench.metrics.features import INCEPTION_WEIGHTS
+    from diffbench.metrics.lpips import BACKBONES, backbone_asset
 
     report: dict[str, dict[str, str]] = {"packages": dict(results.versions()), "paths": {}, "devices": {}, "assets": {}}
     report["packages"]["git_sha"] = results.git_sha()
@@ -457,11 +458,13 @@ def _doctor() -> dict[str, dict[str, str]]:
     except UsageError as e:
         report["paths"]["configs"] = f"MISSING: {e}"
     report["paths"]["cache"] = str(cache_dir())
-    try:
-        report["assets"]["inception weights"] = str(resolve(INCEPTION_WEIGHTS))
-    except AssetMissing as e:
-        report["assets"]["inception weights"] = f"missing ({e}); FID falls back to random_conv features"
-    report["devices"]["cpu"] = results.device_name(torch.device("cpu"))
+    assets = {"inception (FID)": INCEPTION_WEIGHTS, **{f"lpips {net}": backbone_asset(net) for net in BACKBONES}}
+    for name, asset in assets.items():
+        try:
+            report["assets"][name] = str(resolve(asset))
+        except AssetMissing as e:
+            report["assets"][name] = f"missing: {e}"
+    report["devices"]["host"] = results.device_name(torch.device("cpu"))
     report["devices"]["cuda"] = (", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
                                  if torch.cuda.is_available() else "not available")
     return report

@@ -453,7 +453,8 @@ class MetricSuite:
         self.feature, self.paired = parse_metrics(list(cfg.metrics.names))
         self.wants_reference = bool(self.paired)
         self.error = ErrorStats()
-        self.lpips = LPIPS(str(cfg.metrics.get("lpips_net", "alex")), run.device) if "lpips" in self.paired else None
+        self.lpips = (LPIPS(str(cfg.metrics.get("lpips_net", "alex")), run.device, cfg.metrics.get("lpips_weights"))
+                      if "lpips" in self.paired else None)
         self.extractor = context.extractor(cfg, run.device) if self.feature else None
         self.ref = context.reference(cfg, model, self.extractor, run.batch_size) if self.extractor else None
         self.stats = StreamingStats(keep_features=True, device=self.extractor.device) if self.extractor else None
