@@ -6,7 +6,6 @@ traceback and nothing written (DESIGN.md "Errors").
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,10 +31,6 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables, only the essentials.")]
 
 
-def _progress(quiet: bool) -> bool:
-    return not quiet
-
-
 # sweep ----------------------------------------------------------------------------------------------
 
 @app.command()
@@ -51,7 +46,7 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
 
         diffbench sweep
         diffbench sweep solver=euler,heun,dpmpp_2m nfe=5,10,20 out=runs/mine
-        diffbench sweep sweep=quick debug=default      # tiny, for a smoke test
+        diffbench sweep debug=default out=runs/smoke   # tiny, for a smoke test
     """
     from diffbench import sweep as engine
 
@@ -62,7 +57,7 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
             out.print(f"{p.key}  {p.label}" + (f"  (budget {p.nfe_budget})" if p.nfe_budget != p.cfg.nfe else ""))
         out.print(f"{len(points)} points")
         return
-    summary = engine.run_sweep(overrides or [], progress=_progress(quiet), shard=(index, count),
+    summary = engine.run_sweep(overrides or [], progress=not quiet, shard=(index, count),
                                retry_failed=retry_failed, command=_ARGV,
                                on_row=(lambda row: None) if quiet else _print_row_status)
     df = summary.frame()
@@ -145,7 +140,7 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     model = engine.ModelCache().get(cfg.model)
     assert point.plan is not None
     xs, seconds, nfe = [], 0.0, None
-    with engine.Reporter(_progress(quiet)) as reporter, reporter.task(point.label, len(indices)) as advance:
+    with engine.Reporter(not quiet) as reporter, reporter.task(point.label, len(indices)) as advance:
         for batch, dt in engine.sample_points(model, point.plan, point.run, indices, advance):
             xs.append(batch.x.cpu())
             seconds, nfe = seconds + dt, batch.nfe_measured
@@ -207,7 +202,7 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     check(bool(feature), "metrics.names holds no feature metric (fd, kid, is, prdc); eval computes only those")
     dataset = _samples_dataset(samples, key)
     model = engine.ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
-    with engine.Reporter(_progress(quiet)) as reporter:
+    with engine.Reporter(not quiet) as reporter:
         context = engine.MetricContext(reporter)
         extractor = context.extractor(cfg, run.device)
         ref = context.reference(cfg, model, extractor, run.batch_size)
@@ -270,7 +265,7 @@ def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
     cfg = compose(overrides or [])
     run = settings(cfg)
     model = engine.ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
-    with engine.Reporter(_progress(quiet)) as reporter:
+    with engine.Reporter(not quiet) as reporter:
         context = engine.MetricContext(reporter)
         extractor = context.extractor(cfg, run.device)
         stats = context.reference(cfg, model, extractor, run.batch_size)
@@ -415,18 +410,32 @@ def _model_rows() -> tuple[list[str], list[list[Any]]]:
     return ["model", "kind", "description"], rows
 
 
-def _group_rows(group: str) -> list[list[Any]]:
-    from diffbench.config import group_config, group_options
-
-    return [[name, _options_text(group_config(group, name))] for name in group_options(group)]
-
-
 def _dataset_rows() -> tuple[list[str], list[list[Any]]]:
-    return ["dataset", "fields"], _group_rows("dataset")
+    from omegaconf import OmegaConf
+
+    from diffbench.config import config_dir, group_options
+
+    rows = [[name, _options_text(OmegaConf.to_container(OmegaConf.load(config_dir() / "dataset" / f"{name}.yaml")))]
+            for name in group_options("dataset")]
+    return ["dataset", "fields (??? = give it on the command line)"], rows
+
+
+METRIC_INFO = {
+    "fd": ("feature", "Frechet distance: `fid` on Inception features, else fd_<extractor> (alias: fid)"),
+    "kid": ("feature", "kernel Inception distance (kid / kid_<extractor>), with kid_std"),
+    "is": ("feature", "Inception score (needs Inception logits)"),
+    "prdc": ("feature", "precision, recall, density, coverage"),
+    "solver_error": ("paired", "rmse_ref: RMSE vs the same-noise reference solution (any sample shape)"),
+    "lpips": ("paired", "lpips_ref: LPIPS vs the same-noise reference solution"),
+}
 
 
 def _metric_rows() -> tuple[list[str], list[list[Any]]]:
-    return ["metrics config", "fields"], _group_rows("metrics")
+    from diffbench.config import group_options
+
+    rows = [[name, kind, text] for name, (kind, text) in METRIC_INFO.items()]
+    rows.append(["", "", f"metric sets (metrics=...): {', '.join(group_options('metrics'))}"])
+    return ["metric", "kind", "result columns"], rows
 
 
 @app.command()

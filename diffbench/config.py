@@ -172,8 +172,9 @@ def _axis_values(o: Override) -> list[str]:
             return [Override._get_value_element_as_str(v) for v in value]
         return [o.get_value_element_as_str()]
     check(o.is_discrete_sweep(), f"{o.input_line}: only lists, range() and glob() sweeps can be expanded")
-    if isinstance(o._value, Glob):
-        return o._value.filter(group_options(o.key_or_group))
+    value = o.value()
+    if isinstance(value, Glob):
+        return value.filter(group_options(o.key_or_group))
     return list(o.sweep_string_iterator())
 
 

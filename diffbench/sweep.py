@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
@@ -156,9 +156,9 @@ def resolve_point(cfg: DictConfig, models: ModelCache, policy: str = "exact") ->
     spec = get_solver(str(cfg.solver.name))
     nfe = feasible_nfe(spec, run.nfe, bool(cfg.schedule.final_zero), policy)
     if nfe is None:
-        make_point_plan(cfg, model, spec.min_nfe(bool(cfg.schedule.final_zero)))  # validates the rest
-        reason = f"nfe budget {run.nfe} is below solver '{spec.name}''s minimum of {spec.min_nfe(bool(cfg.schedule.final_zero))}"
-        return Point(cfg, run, run.nfe, None, reason)
+        minimum = spec.min_nfe(bool(cfg.schedule.final_zero))
+        make_point_plan(cfg, model, minimum)  # validates the rest of the point
+        return Point(cfg, run, run.nfe, None, f"nfe budget {run.nfe} is below solver '{spec.name}''s minimum of {minimum}")
     plan = make_point_plan(cfg, model, nfe)
     effective = cfg.copy()
     effective.nfe = nfe
@@ -279,9 +279,14 @@ class Runner:
 
     def warm_up(self, points: Sequence[Point]) -> None:
         """Build every extractor and reference statistic the points need (UsageError if impossible)."""
+        seen = set()
         for point in points:
-            if point.plan is not None:
-                MetricSuite(point.cfg, self.models.get(point.cfg.model), point.run, self.metrics)
+            cfg = point.cfg
+            key = json.dumps([to_dict(cfg.metrics), to_dict(cfg.dataset), to_dict(cfg.model), str(point.run.device)],
+                             sort_keys=True)
+            if point.plan is not None and key not in seen:
+                seen.add(key)
+                MetricSuite(cfg, self.models.get(cfg.model), point.run, self.metrics)
 
     def run(self, point: Point) -> dict[str, Any]:
         """Sample one point, compute its metrics and return its row (a failure is a row with its reason)."""
@@ -433,10 +438,6 @@ def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
               f"is {tuple(shape)}; use metrics=error_only for this model")
     if feature:
         check(run.n_samples >= 2, f"metrics {', '.join(feature)} need n_samples >= 2 (got {run.n_samples})")
-        kind = cfg.dataset.get("kind")
-        check(kind != "model_samples" or hasattr(model, "sample_data"),
-              f"dataset=model_samples needs a model that can draw data; model.kind={cfg.model.kind} cannot, "
-              "pick a dataset (dataset=...)")
 
 
 class MetricSuite:

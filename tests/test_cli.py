@@ -27,6 +27,8 @@ def test_list_solvers_shows_order_stochasticity_min_nfe_and_options(capsys):
         assert word in out
     heun = next(line for line in out.splitlines() if "│ heun " in line)
     assert "│ 2 " in heun and "s_churn>0" in heun and "1,3,5,7" in heun
+    code, out, _ = _run(capsys, "list")
+    assert code == 0 and all(t in out for t in ("schedules", "models", "datasets", "metrics", "karras", "solver_error"))
 
 
 @pytest.mark.parametrize("args, message", [
