@@ -37,7 +37,7 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_sigkill_mid_sweep_then_resume_equals_an_uninterrupted_run(tmp_path, cache):
-    grid = ["solver=euler,heun", "nfe=3,5,7,9", "n_samples=128", "batch_size=8"]
+    grid = ["solver=euler,heun", "nfe=3,5,7,9", "n_samples=64", "batch_size=4"]
     killed = tmp_path / "killed"
     table = results.table_paths(killed / "out").parquet
     cmd = [sys.executable, "-m", "diffbench.cli", "sweep", "--quiet", "--no-report", *_args(killed, cache, *grid)]
