@@ -25,10 +25,12 @@ DPI = 110
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Successful rows with a measured NFE."""
+    """Successful rows with a measured NFE; metric columns as numbers (a missing interval is NaN)."""
     if df.empty or "status" not in df.columns:
         return df.iloc[0:0]
-    return df[(df["status"] == "ok") & df["nfe_measured"].notna()]
+    df = df[(df["status"] == "ok") & df["nfe_measured"].notna()]
+    numeric = [c for m in results.metric_columns(df) for c in (m, f"{m}_lo", f"{m}_hi") if c in df.columns]
+    return df.assign(**{c: pd.to_numeric(df[c], errors="coerce") for c in numeric})
 
 
 def _slug(text: str) -> str:
