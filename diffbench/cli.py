@@ -93,10 +93,10 @@ def _print_results(df: Any) -> None:
 
     if df.empty:
         return
-    df = df.sort_values([c for c in ("choices.model", "solver.name", "schedule.name", "nfe_measured", "nfe_budget")
-                         if c in df.columns])
+    df = df.sort_values([c for c in ("choices.model", "solver.name", "schedule.name", "nfe_measured", "nfe_budget",
+                                     "seed") if c in df.columns])
     columns = {"solver.name": "solver", "schedule.name": "schedule", "nfe_measured": "NFE"}
-    for optional, label in (("choices.model", "model"), ("seed", "seed")):
+    for optional, label in (("seed", "seed"), ("choices.model", "model")):
         if optional in df.columns and df[optional].nunique() > 1:
             columns = {optional: label, **columns}
     columns.update({m: m for m in results.metric_columns(df)})

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -89,6 +90,9 @@ def nfe_plot(df: pd.DataFrame, metric: str, path: Path) -> Path:
             ax.errorbar(agg["nfe_measured"], agg[metric], yerr=_errorbars(agg, metric), color=colours[str(solver)],
                         linestyle=styles[str(schedule)], marker="o", ms=4, capsize=2, label=f"{solver} ({schedule})")
         ax.set_xscale("log")
+        nfes = sorted(part["nfe_measured"].astype(int).unique())
+        ax.set_xticks(nfes, labels=[str(n) for n in nfes])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if _log_scale_fits(part[metric]):
             ax.set_yscale("log")
         ax.set_xlabel("NFE (measured)")
