@@ -129,31 +129,30 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
         diffbench sample model=image_mixture_32 solver=euler nfe=20 schedule=uniform_logsnr -o euler.npz
     """
     import numpy as np
+    import torch
 
-    from diffbench import plots
+    from diffbench import plots, results
     from diffbench import sweep as engine
     from diffbench.config import compose
 
     cfg = compose(overrides or [])
-    point = engine.resolve_point(cfg, engine.ModelCache(), policy="exact")
+    models = engine.ModelCache()
+    point = engine.resolve_point(cfg, models, policy="exact")
     indices = _parse_seeds(seeds) if seeds else list(range(point.run.n_samples))
-    model = engine.ModelCache().get(cfg.model)
-    assert point.plan is not None
+    path = output or Path(cfg.out) / "samples" / f"{cfg.solver.name}_{cfg.schedule.name}_nfe{cfg.nfe}_seed{cfg.seed}.npz"
+    check(path.suffix == ".npz", f"--output {path}: give a .npz path")
+    model = models.get(cfg.model)
+    assert point.plan is not None  # policy "exact" always gives a plan or raises
     xs, seconds, nfe = [], 0.0, None
     with engine.Reporter(not quiet) as reporter, reporter.task(point.label, len(indices)) as advance:
         for batch, dt in engine.sample_points(model, point.plan, point.run, indices, advance):
             xs.append(batch.x.cpu())
             seconds, nfe = seconds + dt, batch.nfe_measured
-    import torch
-
     x = torch.cat(xs)
     reason = engine.first_nonfinite(x)
     check(reason is None, f"samples: {reason}; try more NFE (nfe=...) or another schedule (schedule=...)")
-    path = output or Path(cfg.out) / "samples" / f"{cfg.solver.name}_{cfg.schedule.name}_nfe{cfg.nfe}_seed{cfg.seed}.npz"
-    check(path.suffix == ".npz", f"--output {path}: give a .npz path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, x=x.float().numpy(), indices=np.asarray(indices), seed=cfg.seed,
-                        nfe=nfe, solver=str(cfg.solver.name), schedule=str(cfg.schedule.name))
+    results.save_npz(path, x=x.float().numpy(), indices=np.asarray(indices), seed=cfg.seed, nfe=nfe,
+                     solver=str(cfg.solver.name), schedule=str(cfg.schedule.name))
     png = path.with_suffix(".png")
     if x.ndim == 4:
         import matplotlib.pyplot as plt

@@ -15,13 +15,14 @@ import resource
 import shlex
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from filelock import FileLock
 
@@ -134,14 +135,29 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_atomic(df: pd.DataFrame, paths: TablePaths) -> None:
-    """Write Parquet then CSV, each to a temporary file renamed over the old one."""
-    for target, write in ((paths.parquet, lambda f: df.to_parquet(f, index=False)),
-                          (paths.csv, lambda f: df.to_csv(f, index=False))):
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+    """Write Parquet then CSV, each atomically."""
+    atomic_write(paths.parquet, lambda f: df.to_parquet(f, index=False))
+    atomic_write(paths.csv, lambda f: df.to_csv(f, index=False))
+
+
+def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) to a temporary file beside target, flush it to disk, then rename it over target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    write(tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+
+
+def save_npz(target: Path, **arrays: Any) -> None:
+    """np.savez_compressed, atomically (through a file object: np.savez would rename a temporary file)."""
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(target, write)
 
 
 def _remove_stale_temporaries(paths: TablePaths) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
@@ -220,13 +218,6 @@ def reference_key(cfg: DictConfig, plan: Plan, n: int) -> str:
     return config_hash(data)
 
 
-def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 # Running ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -354,7 +345,7 @@ class Runner:
             chunked = RunSettings(1, run.seed, n, REFERENCE_CHUNK, run.device, run.dtype)
             with self.reporter.task("reference solution (RK45)", n) as advance:
                 x = torch.cat([b.x.cpu() for b, _ in sample_points(model, ref_plan, chunked, range(n), advance)])
-            _atomic_save(path, lambda f: torch.save(x, f))
+            results.atomic_write(path, lambda f: torch.save(x, f))
         self._solutions[key] = x
         return x
 
@@ -362,7 +353,7 @@ class Runner:
 def save_grid_samples(cfg: DictConfig, key: str, x: Tensor) -> str:
     """Keep the first samples of a point (same noise across points) for the sample-grid figures."""
     rel = Path("samples") / f"{key}.npz"
-    _atomic_save(Path(cfg.out) / rel, lambda f: np.savez_compressed(open(f, "wb"), x=x.float().numpy()))
+    results.save_npz(Path(cfg.out) / rel, x=x.float().numpy())
     return str(rel)
 
 

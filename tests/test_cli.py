@@ -44,6 +44,7 @@ def test_list_solvers_shows_order_stochasticity_min_nfe_and_options(capsys):
     (["sweep", "--bogus"], "No such option"),
     (["sample", "nfe=4,8"], "use `diffbench sweep`"),
     (["sample", "--seeds", "a-b"], "--seeds a-b"),
+    (["sample", "-o", "samples.txt"], "give a .npz path"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
     out_dir = tmp_path / "out"
