@@ -75,6 +75,17 @@ def _log_scale_fits(values: pd.Series) -> bool:
     return bool(len(v) and (v > 0).all() and v.max() / v.min() > 20)
 
 
+def _label_axes(ax: plt.Axes, values: pd.Series, xlabel: str, ylabel: str, title: str) -> None:
+    """Log y when the values span more than a factor 20; labels, grid, legend."""
+    if _log_scale_fits(values):
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def nfe_plot(df: pd.DataFrame, metric: str, path: Path) -> Path:
     """Metric vs measured NFE (log x), one line per solver, step schedule as line style, one panel per model."""
     df = ok_rows(df).dropna(subset=[metric])
@@ -93,13 +104,7 @@ def nfe_plot(df: pd.DataFrame, metric: str, path: Path) -> Path:
         nfes = sorted(part["nfe_measured"].astype(int).unique())
         ax.set_xticks(nfes, labels=[str(n) for n in nfes])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        if _log_scale_fits(part[metric]):
-            ax.set_yscale("log")
-        ax.set_xlabel("NFE (measured)")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} vs NFE: {model}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        _label_axes(ax, part[metric], "NFE (measured)", metric, f"{metric} vs NFE: {model}")
     return _save(fig, path)
 
 
@@ -131,13 +136,7 @@ def pareto_plot(df: pd.DataFrame, metric: str, path: Path, time_col: str = "time
         ax.annotate(f"{row['solver.name']}@{int(row['nfe_measured'])}", (x[i], y[i]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
-    if _log_scale_fits(df[metric]):
-        ax.set_yscale("log")
-    ax.set_xlabel("sampling wall time per point (s)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs wall time")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    _label_axes(ax, df[metric], "sampling wall time per point (s)", metric, f"{metric} vs wall time")
     return _save(fig, path)
 
 
