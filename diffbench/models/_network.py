@@ -1,0 +1,123 @@
+"""Loading torch networks for the EDM and flow adapters: file lookup, format detection, device moves.
+
+A network file is either a TorchScript archive (``torch.jit.save``) of F(x, c) -> tensor, or a
+diffbench-unet checkpoint (models/unet.py). A bare name that is not a file is looked up in the
+package's ``diffbench/assets/`` folder, then in the diffbench cache's ``weights/`` folder.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffbench.errors import AssetMissing, UsageError, check
+from diffbench.models.unet import build_from_checkpoint, is_checkpoint
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+EXTRA_FILE = "diffbench.json"
+FORMATS = ("a TorchScript archive of F(x, c) (torch.jit.save)", "a diffbench-unet checkpoint (scripts/train.py)")
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """A model.dtype option as a torch dtype."""
+    check(name in DTYPES, f"model.dtype '{name}' is unknown; use one of: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_file(path: str, expected: str) -> Path:
+    """model.path as given, else under diffbench/assets/, else under the cache's weights/ folder."""
+    check(bool(path), f"model.path is empty; set it to {expected}")
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    from diffbench.metrics.assets import weights_dir  # the cache layout the metrics' weights share
+
+    places = [ASSETS / path, weights_dir() / path] if not given.is_absolute() else []
+    for candidate in places:
+        if candidate.is_file():
+            return candidate
+    where = " or ".join(str(p) for p in [given, *places])
+    raise AssetMissing(f"model.path={path}: no such file ({where}); expected {expected}")
+
+
+def load_network(path: str, expected: str = " or ".join(FORMATS)) -> tuple[nn.Module, dict[str, Any]]:
+    """(network, checkpoint fields) from a TorchScript archive or a diffbench-unet checkpoint.
+
+    A TorchScript archive's fields (``shape``, ``precond``) come from its optional extra file
+    ``diffbench.json`` (``torch.jit.save(..., _extra_files={"diffbench.json": ...})``), else are empty.
+    NVlabs' EDM ``.pkl`` files pickle their classes' code and need NVlabs' source to unpickle; convert
+    them once with ``scripts/export_edm.py``.
+    """
+    file = resolve_file(path, expected)
+    check(file.suffix != ".pkl", f"model.path={file}: NVlabs pickles need NVlabs/edm's source to load; convert it "
+          "to TorchScript once with `PYTHONPATH=/path/to/edm python scripts/export_edm.py IN.pkl OUT.pt`")
+    if _is_torchscript(file):
+        extra = {EXTRA_FILE: ""}
+        try:
+            module = torch.jit.load(str(file), map_location="cpu", _extra_files=extra).eval()
+            return module, json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
+        except (RuntimeError, ValueError) as e:
+            raise UsageError(f"model.path={file}: unreadable TorchScript archive ({first_line(e)})") from None
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError) on bad files
+        why = ("it pickles Python objects, and diffbench loads weights only" if "Weights only load failed" in str(e)
+               else first_line(e))
+        raise UsageError(f"model.path={file}: not a loadable checkpoint ({why}); expected {expected}") from None
+    check(is_checkpoint(ckpt), f"model.path={file}: a torch file, but not {expected}")
+    missing = [key for key in ("arch", "state_dict", "precond", "shape") if key not in ckpt]
+    check(not missing, f"model.path={file}: diffbench-unet checkpoint lacks {', '.join(missing)}")
+    try:
+        return build_from_checkpoint(ckpt), ckpt
+    except (TypeError, RuntimeError) as e:
+        raise UsageError(f"model.path={file}: weights do not fit the UNet its 'arch' describes "
+                         f"({first_line(e)})") from None
+
+
+def _is_torchscript(file: Path) -> bool:
+    """TorchScript archives are zip files with a code/ folder (torch.save zips have none)."""
+    if not zipfile.is_zipfile(file):
+        return False
+    with zipfile.ZipFile(file) as z:
+        return any("/code/" in name for name in z.namelist())
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its class name if empty): errors stay one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def checkpoint_shape(fields: dict[str, Any], shape: Sequence[int] | None, path: str) -> tuple[int, ...]:
+    """The sample shape: model.shape if given, else the checkpoint's; TorchScript files need model.shape."""
+    if shape is None:
+        check("shape" in fields, f"model.path={path} does not record its sample shape; set model.shape=[C,H,W]")
+        shape = fields["shape"]
+    return tuple(int(s) for s in shape)
+
+
+def option(value: float | None, precond: dict[str, Any], key: str, default: float) -> float:
+    """A model option: the config's value if set, else the checkpoint's precond entry, else the default."""
+    return float(precond.get(key, default) if value is None else value)
+
+
+class TorchNet:
+    """Runs a module without gradients in its dtype, moved to the input's device on first use.
+
+    The noise label c is passed in float32 (as EDM does), whatever the module's dtype.
+    """
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
+        self.module, self.dtype, self.device = module.to(dtype).eval(), dtype, torch.device("cpu")
+
+    def __call__(self, x: Tensor, c: Tensor) -> Tensor:
+        if x.device != self.device:
+            self.module, self.device = self.module.to(x.device), x.device
+        with torch.no_grad():
+            return self.module(x.to(self.dtype), c.float()).to(x.dtype)
