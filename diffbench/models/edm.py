@@ -3,7 +3,8 @@
 model.path holds the raw network F (the preconditioning lives here, in ``edm_coefficients``):
 
 - a TorchScript archive of F(x_in, c_noise) -> F_x with x_in = c_in x ([B, C, H, W]) and
-  c_noise = ln(sigma) / 4 ([B], float32); it records no shape, so set model.shape=[C,H,W];
+  c_noise = ln(sigma) / 4 ([B], float32); set model.shape=[C,H,W] unless the archive carries a
+  ``diffbench.json`` extra file with ``shape`` (and ``precond``), as scripts/export_edm.py writes;
 - a diffbench-unet checkpoint whose ``precond.kind`` is ``edm`` (scripts/train.py writes these;
   shape, sigma_data and the sigma range come from the file);
 - NVlabs/edm ``.pkl`` files pickle their classes' code and need NVlabs' ``torch_utils``/``dnnlib`` to

@@ -7,7 +7,8 @@ velocity x1 - noise) set ``reverse_time``: the network is then called at s = 1 -
 ``time_scale`` multiplies the time the network sees (e.g. 1000 for networks trained on t in [0, 1000]).
 
 model.path holds a TorchScript archive of v(x_t, time) -> velocity ([B, C, H, W], time [B] float32;
-set model.shape) or a diffbench-unet checkpoint whose ``precond.kind`` is ``flow``.
+set model.shape unless its ``diffbench.json`` extra file records it) or a diffbench-unet checkpoint
+whose ``precond.kind`` is ``flow``.
 """
 from __future__ import annotations
 
