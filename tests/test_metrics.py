@@ -3,21 +3,21 @@
 Checks: streaming statistics are batch-size invariant and equal np.mean/np.cov; FD(set, itself) ~ 0
 and FD grows with blur and noise; FD and KID agree with clean-fid's functions; IS from logits;
 precision/recall/density/coverage on toy Gaussians; solver error; bootstrap and paired intervals;
-reference cache reuse, keys and corruption; datasets; resize modes against clean-fid / NVIDIA's.
+reference cache reuse, keys and corruption; datasets. (Inception and resize parity: test_metrics_parity.)
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
-import torch.nn.functional as F
 from cleanfid.fid import frechet_distance as cleanfid_frechet
 from cleanfid.fid import kernel_distance as cleanfid_kid
-from cleanfid.resize import build_resizer
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from diffbench.data import ArrayDataset, FolderDataset, NpzDataset, make_dataset, to_uint8
 from diffbench.errors import UsageError
@@ -25,7 +25,6 @@ from diffbench.metrics import (ErrorStats, FeatureExtractor, Features, FeatureSt
                                StreamingStats, evaluate, extract, frechet_distance,
                                inception_score, kid, load_or_build_reference, make_extractor, paired_fd_difference,
                                paired_mean_difference, parse_metrics, prdc, solver_error)
-from diffbench.metrics.features import resize_clean, resize_legacy_tensorflow
 from diffbench.metrics.uncertainty import fd_interval
 from diffbench.models.analytic import image_mixture
 
@@ -37,6 +36,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def sqrtm_disp_shim(monkeypatch):
+    """clean-fid 0.1.35 calls scipy.linalg.sqrtm(..., disp=False); SciPy 1.18 removed `disp`."""
+    if "disp" not in inspect.signature(scipy.linalg.sqrtm).parameters:
+        original = scipy.linalg.sqrtm
+        monkeypatch.setattr(scipy.linalg, "sqrtm", lambda a, disp=True: original(a) if disp else (original(a), None))
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +93,7 @@ def test_nonfinite_features_rejected():
 # ---------------------------------------------------------------------------------------- Frechet distance
 
 @pytest.mark.parametrize("n", [500, 20])  # full-rank and singular (n < d) covariances
-def test_frechet_matches_cleanfid(n):
+def test_frechet_matches_cleanfid(n, sqrtm_disp_shim):
     rng = np.random.default_rng(n)
     a = rng.standard_normal((n, 64)) @ rng.standard_normal((64, 64)) * 0.3
     b = rng.standard_normal((n, 64)) * 1.2 + 0.5
@@ -105,8 +112,8 @@ def test_fd_of_a_set_with_itself_is_zero(images, rconv):
 
 
 def _blur(imgs: torch.Tensor, radius: float) -> torch.Tensor:
-    out = [np.asarray(Image.fromarray(im.permute(1, 2, 0).numpy()).filter(
-        __import__("PIL.ImageFilter", fromlist=["GaussianBlur"]).GaussianBlur(radius))) for im in imgs]
+    out = [np.asarray(Image.fromarray(im.permute(1, 2, 0).numpy()).filter(ImageFilter.GaussianBlur(radius)))
+           for im in imgs]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -185,8 +192,9 @@ def test_prdc_toy_gaussians():
 def test_evaluate_all_feature_metrics_and_identity_check(images, rconv):
     ref = _stats(rconv, images[:128])
     out = evaluate(ArrayDataset(images[128:]).batches(50), ref, rconv, ["fd", "kid", "prdc"],
-                   MetricOptions(kid_subsets=10))
+                   MetricOptions(kid_subsets=10, n_boot=20, kid_n_boot=10))
     assert {"fd", "kid", "kid_std", "precision", "recall", "density", "coverage"} <= out.keys()
+    assert out["fd_low"] <= out["fd"] <= out["fd_high"] and out["kid_low"] <= out["kid_high"]
     assert out["feature_extractor"] == "random_conv" and out["n_gen"] == 128
     other = make_extractor("random_conv", seed=1)
     with pytest.raises(UsageError, match="rebuild the reference"):
@@ -309,24 +317,3 @@ def test_model_samples_independent_of_batch_size():
     assert a.shape == (1500, 3, 8, 8) and torch.equal(a, b)
     assert torch.equal(torch.cat(list(ds.batches(100, n=300))), a[:300])
     assert ds.fingerprint(1500) == ds.fingerprint(1500) != ds.fingerprint(1499)
-
-
-# ---------------------------------------------------------------------------------------- resize modes
-
-def _nvidia_resize(x: torch.Tensor, size: int = 299) -> torch.Tensor:
-    """The resize inside NVIDIA's inception-2015-12-05.pt (what clean-fid's legacy_tensorflow runs)."""
-    b, c, h, w = x.shape
-    theta = torch.eye(2, 3)
-    theta[0, 2] += theta[0, 0] / w - theta[0, 0] / size
-    theta[1, 2] += theta[1, 1] / h - theta[1, 1] / size
-    grid = F.affine_grid(theta.unsqueeze(0).repeat(b, 1, 1), [b, c, size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def test_resize_modes_match_cleanfid(images):
-    x = images[:4]
-    theirs = np.stack([build_resizer("clean")(im.permute(1, 2, 0).numpy()).transpose(2, 0, 1) for im in x])
-    assert np.array_equal(resize_clean(x, 299).numpy(), theirs)
-    legacy = resize_legacy_tensorflow(x, 299)
-    assert float((legacy - _nvidia_resize(x.float())).abs().max()) < 5e-3  # grid_sample's float32 grid
-    assert torch.equal(resize_legacy_tensorflow(x, 16), x.float())

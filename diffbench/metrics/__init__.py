@@ -31,7 +31,8 @@ Pieces, for finer control:
 - ``kid.kid``, ``inception_score.inception_score``, ``prdc.prdc`` on feature / logit arrays.
 - ``refs``: ``load_or_build_reference`` -> ``RefStats`` (cache + provenance JSON + corruption check).
 - ``error``: ``solver_error(samples, reference_samples)`` / ``ErrorStats``; ``lpips``: ``LPIPS``.
-- ``uncertainty``: ``bootstrap``, ``fd_interval``, ``paired_fd_difference``, ``paired_mean_difference``
+- ``uncertainty``: ``bootstrap``, ``fd_interval``, ``kid_interval``, ``paired_fd_difference``,
+  ``paired_mean_difference``
   -> ``Interval(estimate, low, high, std)``; method and cost in its docstring.
 - ``assets``: ``resolve(asset, explicit_path)`` -> Path or ``AssetMissing`` (diffbench.errors).
 
@@ -41,7 +42,7 @@ Missing weights raise ``AssetMissing`` (a UsageError: one line, exit code 2).
 Config fields named in this package's messages (the ``metrics`` group should carry them):
 ``names``, ``extractor`` (auto | inception | random_conv), ``extractor_weights`` (explicit path),
 ``resize_mode`` (clean | legacy_tensorflow), ``ref_n``, ``kid_subsets``, ``kid_subset_size``,
-``is_splits``, ``prdc_k``, ``prdc_max``, ``n_boot``, ``ci_level``, ``lpips_net``, ``lpips_weights``.
+``is_splits``, ``prdc_k``, ``prdc_max``, ``n_boot``, ``kid_n_boot``, ``ci_level``, ``lpips_net``, ``lpips_weights``.
 Environment: DIFFBENCH_CACHE (cache root), DIFFBENCH_ALLOW_DOWNLOAD=1 (opt-in downloads).
 """
 from diffbench.metrics.error import ErrorStats, solver_error
@@ -55,12 +56,13 @@ from diffbench.metrics.lpips import LPIPS
 from diffbench.metrics.prdc import prdc
 from diffbench.metrics.refs import RefStats, load_or_build_reference
 from diffbench.metrics.stats import FeatureStats, Progress, StreamingStats, extract
-from diffbench.metrics.uncertainty import Interval, bootstrap, fd_interval, paired_fd_difference, paired_mean_difference
+from diffbench.metrics.uncertainty import (Interval, bootstrap, fd_interval, kid_interval, paired_fd_difference,
+                                           paired_mean_difference)
 
 __all__ = [
     "EXTRACTORS", "FEATURE_METRICS", "PAIRED_METRICS", "LPIPS", "ErrorStats", "FeatureExtractor", "FeatureStats",
     "Features", "FrechetTarget", "Interval", "MetricOptions", "Progress", "RefStats", "StreamingStats",
     "bootstrap", "compute_metrics", "evaluate", "extract", "fd_interval", "frechet_distance", "inception_score",
-    "kid", "load_or_build_reference", "make_extractor", "paired_fd_difference", "paired_mean_difference",
-    "parse_metrics", "prdc", "register_extractor", "solver_error",
+    "kid", "kid_interval", "load_or_build_reference", "make_extractor", "paired_fd_difference",
+    "paired_mean_difference", "parse_metrics", "prdc", "register_extractor", "solver_error",
 ]

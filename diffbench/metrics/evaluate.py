@@ -19,7 +19,7 @@ from diffbench.metrics.kid import kid
 from diffbench.metrics.prdc import prdc
 from diffbench.metrics.refs import RefStats
 from diffbench.metrics.stats import FeatureStats, Progress, extract
-from diffbench.metrics.uncertainty import fd_interval
+from diffbench.metrics.uncertainty import fd_interval, kid_interval
 
 FEATURE_METRICS = ("fd", "kid", "is", "prdc")
 PAIRED_METRICS = ("solver_error", "lpips")
@@ -50,6 +50,7 @@ class MetricOptions:
         is_splits: Inception Score splits (10, as the original).
         prdc_k: k of the k-NN balls (5, Naeem et al.'s recommendation); prdc_max: rows per set used.
         n_boot: bootstrap replicates for the FD interval (0: none; see uncertainty.py for the cost).
+        kid_n_boot: bootstrap replicates for the KID interval (0: none; each costs a full KID).
         ci_level: interval level; seed: seeds KID subsets and the bootstrap; device: where the maths runs.
     """
 
@@ -59,6 +60,7 @@ class MetricOptions:
     prdc_k: int = 5
     prdc_max: int = 10_000
     n_boot: int = 0
+    kid_n_boot: int = 0
     ci_level: float = 0.95
     seed: int = 0
     device: str = "cpu"
@@ -93,6 +95,10 @@ def compute_metrics(gen: FeatureStats, ref: RefStats | FeatureStats, metrics: Se
     if "kid" in names:
         out["kid"], out["kid_std"] = kid(rstats.features, gen.features, opts.kid_subsets, opts.kid_subset_size,
                                          opts.seed, opts.device)
+        if opts.kid_n_boot:
+            iv = kid_interval(rstats.features, gen.features, opts.kid_n_boot, opts.ci_level, opts.seed,
+                              opts.kid_subsets, opts.kid_subset_size, opts.device)
+            out.update(kid_low=iv.low, kid_high=iv.high)
     if "is" in names:
         if gen.logits is None:
             out["is"], out["is_std"] = None, None

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,8 +56,16 @@ RESIZE_MODES = ("clean", "legacy_tensorflow")
 
 # ---------------------------------------------------------------------------------------- resizing
 
+def _pil_bicubic(channel: np.ndarray, size: int) -> np.ndarray:
+    """One channel as a float32 PIL image ('F' mode), bicubic to size x size, clipped to [0, 255]."""
+    img = Image.fromarray(channel.astype(np.float32))
+    return np.asarray(img.resize((size, size), resample=Image.BICUBIC)).clip(0, 255)
+
+
 def resize_clean(images: Tensor, size: int) -> Tensor:
     """clean-fid's ``clean`` resize: PIL bicubic per channel on float32 values, clipped to [0, 255].
+
+    Channels are resized in a thread pool (PIL releases the GIL while resampling).
 
     Args:
         images: uint8 [B, 3, H, W].
@@ -63,12 +73,10 @@ def resize_clean(images: Tensor, size: int) -> Tensor:
         float32 [B, 3, size, size] on images' device, values in [0, 255].
     """
     arr = images.detach().cpu().numpy()
-    out = np.empty((arr.shape[0], arr.shape[1], size, size), dtype=np.float32)
-    for b in range(arr.shape[0]):
-        for c in range(arr.shape[1]):
-            channel = Image.fromarray(arr[b, c].astype(np.float32))
-            out[b, c] = np.asarray(channel.resize((size, size), resample=Image.BICUBIC)).clip(0, 255)
-    return torch.from_numpy(out).to(images.device)
+    channels = arr.reshape(-1, *arr.shape[2:])
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        out = list(pool.map(lambda c: _pil_bicubic(c, size), channels))
+    return torch.from_numpy(np.stack(out).reshape(arr.shape[0], arr.shape[1], size, size)).to(images.device)
 
 
 def _tf_axis(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -183,7 +191,7 @@ class InceptionExtractor(FeatureExtractor):
         return Features(feats, logits)
 
     def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "weights": self.path.name, "weights_sha1": self.weights_sha1}
+        return {**super().identity(), "weights_sha1": self.weights_sha1}
 
 
 class RandomConvExtractor(FeatureExtractor):

@@ -1,12 +1,14 @@
 """Uncertainty of sample-based metrics: bootstrap intervals and paired (common-noise) differences.
 
 Method: the nonparametric bootstrap over generated samples (Efron 1979). The n generated rows
-(features, or per-sample errors) are resampled with replacement ``n_boot`` times, the metric is
-recomputed on each replicate against the *fixed* reference, and the interval is the percentile
-interval [q_(1-level)/2, q_(1+level)/2] of the replicates (``std`` is their standard deviation).
-The reference's own sampling noise is not included. FD is biased upward at finite n and the
-replicates more so, so the interval describes the spread of the finite-n estimate: compare points
-at equal n.
+(features, or per-sample errors) are resampled with replacement ``n_boot`` times and the metric is
+recomputed on each replicate against the *fixed* reference (its own sampling noise is not
+included). FD is a biased statistic and resampling shifts it further (duplicated rows change the
+covariance spectrum; the shift can go either way), so the interval is the replicates' spread
+recentred on the estimate: estimate + [q_lo - mean, q_hi - mean], q the (1 -+ level)/2 quantiles
+of the replicates (for unbiased per-sample means this is the plain percentile interval). ``std`` is
+the replicates' standard deviation. Read it as the sampling spread of the finite-n estimate;
+compare points at equal n.
 
 Paired differences (common random numbers): sample i of solver A and of solver B start from the
 same noise (diffbench.noise), so one resampled index set is applied to both and the interval is of
@@ -30,6 +32,7 @@ import torch
 
 from diffbench.errors import check
 from diffbench.metrics.fid import FrechetTarget
+from diffbench.metrics.kid import kid
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,13 @@ class Interval:
 
 def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 200, level: float = 0.95,
               seed: int = 0) -> Interval:
-    """Percentile bootstrap of statistic(indices) over n rows; statistic(arange(n)) is the estimate."""
+    """Bootstrap interval of statistic(indices) over n rows (recentred percentile; see the module docstring)."""
     check(n_boot >= 2, f"metrics.n_boot must be >= 2 for an interval (got {n_boot})")
     check(0 < level < 1, f"metrics.ci_level must be in (0, 1) (got {level})")
     rng = np.random.default_rng(seed)
     estimate = statistic(np.arange(n))
     replicates = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)])
-    low, high = np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2])
+    low, high = np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2]) + (estimate - replicates.mean())
     return Interval(float(estimate), float(low), float(high), float(replicates.std(ddof=1)), n_boot, level)
 
 
@@ -85,6 +88,15 @@ def paired_fd_difference(features_a: np.ndarray, features_b: np.ndarray, target:
         return target.distance_to_rows(a[i]) - target.distance_to_rows(b[i])
 
     return bootstrap(difference, len(a), n_boot, level, seed)
+
+
+def kid_interval(ref_features: np.ndarray, features: np.ndarray, n_boot: int = 50, level: float = 0.95,
+                 seed: int = 0, num_subsets: int = 100, max_subset_size: int = 1000,
+                 device: torch.device | str = "cpu") -> Interval:
+    """Bootstrap interval of KID over the generated rows (the reference rows stay fixed)."""
+    rows = np.asarray(features)
+    return bootstrap(lambda idx: kid(ref_features, rows[idx], num_subsets, max_subset_size, seed, device)[0],
+                     len(rows), n_boot, level, seed)
 
 
 def paired_mean_difference(values_a: np.ndarray, values_b: np.ndarray, n_boot: int = 1000, level: float = 0.95,
