@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from diffbench.models.analytic import gaussian, image_mixture
+from diffbench.models.base import Denoiser
+from diffbench.schedules import EDM
 
 
 @pytest.fixture
@@ -17,6 +19,38 @@ def gauss():
 def mixture():
     """A small image-shaped Gaussian mixture."""
     return image_mixture(shape=(1, 4, 4), components=3, std=0.2)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one thread avoids OpenMP spin contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def sqrtm_disp_shim(monkeypatch):
+    """clean-fid 0.1.35 calls scipy.linalg.sqrtm(..., disp=False); SciPy 1.18 removed `disp`."""
+    import inspect
+
+    import scipy.linalg
+
+    if "disp" not in inspect.signature(scipy.linalg.sqrtm).parameters:
+        original = scipy.linalg.sqrtm
+        monkeypatch.setattr(scipy.linalg, "sqrtm", lambda a, disp=True: original(a) if disp else (original(a), None))
+
+
+class AnalyticFirstDenoiser(Denoiser):
+    """A model whose noise estimate is exactly AMED's analytic one, eps = x / sqrt(sigma^2 + 1)."""
+
+    dtype = torch.float64
+    schedule = EDM()
+
+    def denoise(self, x, sigma):
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        return x - s * x / (s**2 + 1).sqrt()
 
 
 def pytest_collection_modifyitems(config, items):

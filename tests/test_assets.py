@@ -22,12 +22,8 @@ REAL_CACHES = {key: os.environ.get(key) for key in ("DIFFBENCH_CACHE", "TORCH_HO
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids OpenMP spin contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    """Run this module's tests with one torch thread (conftest's one_thread)."""
 
 
 @pytest.fixture(autouse=True)

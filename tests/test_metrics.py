@@ -7,13 +7,11 @@ reference cache reuse, keys and corruption; datasets. (Inception and resize pari
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 from cleanfid.fid import frechet_distance as cleanfid_frechet
 from cleanfid.fid import kernel_distance as cleanfid_kid
@@ -30,20 +28,8 @@ from diffbench.models.analytic import image_mixture
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids OpenMP spin contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def sqrtm_disp_shim(monkeypatch):
-    """clean-fid 0.1.35 calls scipy.linalg.sqrtm(..., disp=False); SciPy 1.18 removed `disp`."""
-    if "disp" not in inspect.signature(scipy.linalg.sqrtm).parameters:
-        original = scipy.linalg.sqrtm
-        monkeypatch.setattr(scipy.linalg, "sqrtm", lambda a, disp=True: original(a) if disp else (original(a), None))
+def _single_thread(one_thread):
+    """Run this module's tests with one torch thread (conftest's one_thread)."""
 
 
 @pytest.fixture(scope="module")

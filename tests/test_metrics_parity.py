@@ -12,11 +12,9 @@ normalisation mismatch still shows in the numbers.
 """
 from __future__ import annotations
 
-import inspect
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from cleanfid.fid import compute_fid, fid_from_feats, get_folder_features, kernel_distance
@@ -32,14 +30,6 @@ from diffbench.sampling import make_plan, sample_batch
 
 pytestmark = pytest.mark.slow
 CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def sqrtm_disp_shim(monkeypatch):
-    """clean-fid 0.1.35 calls scipy.linalg.sqrtm(..., disp=False); SciPy 1.18 removed `disp`."""
-    if "disp" not in inspect.signature(scipy.linalg.sqrtm).parameters:
-        original = scipy.linalg.sqrtm
-        monkeypatch.setattr(scipy.linalg, "sqrtm", lambda a, disp=True: original(a) if disp else (original(a), None))
 
 
 @pytest.fixture(scope="module")

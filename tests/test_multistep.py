@@ -1,31 +1,20 @@
 """iPNDM, DEIS tAB and PNDM/PLMS: coefficients, exact limits, warm-up NFE, AFS."""
 from __future__ import annotations
 
+from conftest import AnalyticFirstDenoiser  # noqa: E402  (tests/ is on sys.path under pytest)
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from diffbench.models.base import Denoiser
 from diffbench.sampling import make_plan, sample_batch
-from diffbench.schedules import EDM
 from diffbench.solvers import SOLVERS
 from diffbench.solvers.deis import deis_time, tab_coefficients
 from diffbench.solvers.pndm import AB_COEFFS, adams_bashforth
 
 from test_solver_contracts import _error_at  # noqa: E402  (tests/ is on sys.path under pytest)
-
-
-class AnalyticFirstDenoiser(Denoiser):
-    """A model whose noise estimate is exactly AMED's analytic one, eps = x / sqrt(sigma^2 + 1)."""
-
-    dtype = torch.float64
-    schedule = EDM()
-
-    def denoise(self, x, sigma):
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        return x - s * x / (s**2 + 1).sqrt()
 
 
 def _run(model, name, nfe, n=16, final_zero=True, **options):

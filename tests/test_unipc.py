@@ -1,6 +1,8 @@
 """UniPC: DDIM limit, polynomial exactness of UniP/UniC, free corrector, convergence, AFS."""
 from __future__ import annotations
 
+from conftest import AnalyticFirstDenoiser  # noqa: E402  (tests/ is on sys.path under pytest)
+
 import math
 
 import numpy as np
@@ -34,17 +36,6 @@ class PathDenoiser(Denoiser):
         u = lam + (lam_next - lam) * (u + 1) / 2
         integral = (lam_next - lam) / 2 * np.sum(w * np.exp(u) * self.poly(u))
         return sigma_next / sigma * x + sigma_next * integral
-
-
-class AnalyticFirstDenoiser(Denoiser):
-    """A model whose noise estimate is exactly AMED's analytic one, eps = x / sqrt(sigma^2 + 1)."""
-
-    dtype = torch.float64
-    schedule = EDM()
-
-    def denoise(self, x, sigma):
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        return x - s * x / (s**2 + 1).sqrt()
 
 
 @pytest.mark.parametrize("final_zero", [True, False])

@@ -102,6 +102,14 @@ def checkpoint_shape(fields: dict[str, Any], shape: Sequence[int] | None, path: 
     return tuple(int(s) for s in shape)
 
 
+def precond_of(fields: dict[str, Any], kind: str, what: str, path: str) -> dict[str, Any]:
+    """The checkpoint's preconditioning entry (default: `kind`); another kind is a one-line error naming it."""
+    precond = fields.get("precond", {"kind": kind})
+    found = precond.get("kind")
+    check(found == kind, f"model.path={path} is a '{found}' checkpoint, not {what}; use model kind '{found}'")
+    return precond
+
+
 def option(value: float | None, precond: dict[str, Any], key: str, default: float) -> float:
     """A model option: the config's value if set, else the checkpoint's precond entry, else the default."""
     return float(precond.get(key, default) if value is None else value)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from diffbench.errors import check
-from diffbench.models._network import TorchNet, checkpoint_shape, load_network, option, parse_dtype
+from diffbench.models._network import TorchNet, checkpoint_shape, load_network, option, parse_dtype, precond_of
 from diffbench.models.base import Denoiser, expand_as
 from diffbench.models.registry import register_model
 from diffbench.schedules import EDM
@@ -67,10 +67,7 @@ def edm(path: str = "", shape: Sequence[int] | None = None, sigma_data: float | 
         dtype: the precision the network runs in (float32, float16, bfloat16).
     """
     module, fields = load_network(path, EXPECTED)
-    precond = fields.get("precond", {"kind": "edm"})
-    check(precond.get("kind") == "edm",
-          f"model.path={path} is a '{precond.get('kind')}' checkpoint, not EDM-preconditioned; use model kind "
-          f"'{precond.get('kind')}'")
+    precond = precond_of(fields, "edm", "EDM-preconditioned", path)
     schedule = EDM(option(sigma_min, precond, "sigma_min", 0.002), option(sigma_max, precond, "sigma_max", 80.0))
     net_dtype = parse_dtype(dtype)
     return EDMDenoiser(TorchNet(module, net_dtype), option(sigma_data, precond, "sigma_data", 0.5), schedule,

@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from diffbench.errors import check
-from diffbench.models._network import TorchNet, checkpoint_shape, load_network, option, parse_dtype
+from diffbench.models._network import TorchNet, checkpoint_shape, load_network, option, parse_dtype, precond_of
 from diffbench.models.base import PredictionDenoiser
 from diffbench.models.registry import register_model
 from diffbench.schedules import RectifiedFlow
@@ -66,10 +65,7 @@ def flow(path: str = "", shape: Sequence[int] | None = None, time_scale: float |
         dtype: the precision the network runs in (float32, float16, bfloat16).
     """
     module, fields = load_network(path, EXPECTED)
-    precond = fields.get("precond", {"kind": "flow"})
-    check(precond.get("kind") == "flow",
-          f"model.path={path} is a '{precond.get('kind')}' checkpoint, not a flow model; use model kind "
-          f"'{precond.get('kind')}'")
+    precond = precond_of(fields, "flow", "a flow model", path)
     reverse = bool(precond.get("reverse_time", False) if reverse_time is None else reverse_time)
     net_dtype = parse_dtype(dtype)
     net = Velocity(TorchNet(module, net_dtype), option(time_scale, precond, "time_scale", 1.0), reverse)
