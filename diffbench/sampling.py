@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffbench.errors import UsageError, check
+from diffbench.errors import check
 from diffbench.models.base import CountingDenoiser, Denoiser
 from diffbench.noise import NoiseSource
 from diffbench.schedules import NoiseSchedule
@@ -90,8 +90,3 @@ def batches(indices: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     for start in range(0, len(indices), batch_size):
         yield list(indices[start:start + batch_size])
 
-
-def check_finite(x: Tensor, what: str) -> None:
-    """NaN/inf in samples is a failed point, reported in one line."""
-    if not bool(torch.isfinite(x).all()):
-        raise UsageError(f"{what}: samples contain NaN or inf (solver diverged); try more NFE or another schedule")
