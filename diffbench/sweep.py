@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from diffbench import results
-from diffbench.config import RunSettings, compose_grid, config_hash, flatten, parse_overrides, settings, to_dict
+from diffbench.config import (RunSettings, compose_grid, config_hash, flatten, parse_overrides, point_hash, settings,
+                              to_dict)
 from diffbench.errors import UsageError, check
 from diffbench.data import make_dataset, to_uint8
 from diffbench.metrics import (LPIPS, ErrorStats, FeatureExtractor, FrechetTarget, MetricOptions, RefStats,
@@ -195,6 +197,12 @@ def sample_points(model: Denoiser, plan: Plan, run: RunSettings, indices: Sequen
         advance(len(idx))
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 tensor-core maths for float32 matmuls and convolutions (Ampere+ GPUs); off = true float32."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def _shape(model: Denoiser) -> tuple[int, ...]:
     shape = getattr(model, "shape", None)
     check(shape is not None, "the model does not declare its sample shape (model.shape)")
@@ -285,6 +293,7 @@ class Runner:
         if point.plan is None:
             return {**row, "status": "failed", "reason": point.reason}
         results.reset_peak_memory(point.run.device)
+        set_tf32(bool(point.cfg.get("tf32", False)))
         start = time.perf_counter()
         try:
             measured = self._measure(point)
@@ -300,10 +309,11 @@ class Runner:
         suite = MetricSuite(cfg, model, run, self.metrics)
         n_err = min(run.n_samples, int(cfg.metrics.get("error_samples") or run.n_samples))
         reference = self.reference_solution(cfg, model, plan, run, n_err) if suite.wants_reference else None
-        t_sample = t_metrics = 0.0
+        t_sample = 0.0
         nfe_measured: int | None = None
         kept: list[Tensor] = []
-        with self.reporter.task(point.label, run.n_samples) as advance:
+        with self.reporter.task(point.label, run.n_samples) as advance, \
+                MetricFeed(suite, reference, background=run.device.type == "cuda") as feed:
             for batch, seconds in sample_points(model, plan, run, range(run.n_samples), advance):
                 t_sample += seconds
                 nfe_measured = batch.nfe_measured
@@ -311,15 +321,12 @@ class Runner:
                 if reason:
                     return {"status": "failed", "reason": reason, "nfe_measured": nfe_measured,
                             "time_sampling_s": t_sample}
-                x = batch.x.cpu()
                 if sum(len(k) for k in kept) < GRID_SAMPLES:
-                    kept.append(x[:GRID_SAMPLES - sum(len(k) for k in kept)])
-                start = time.perf_counter()
-                suite.update(x, batch.indices, reference)
-                t_metrics += time.perf_counter() - start
+                    kept.append(batch.x[:GRID_SAMPLES - sum(len(k) for k in kept)].cpu())
+                feed.submit(batch.x, batch.indices)
         start = time.perf_counter()
         values, extra = suite.compute()
-        t_metrics += time.perf_counter() - start
+        t_metrics = feed.seconds + time.perf_counter() - start
         return {"status": "ok", "reason": None, "nfe_measured": nfe_measured, "time_sampling_s": t_sample,
                 "time_metrics_s": t_metrics, "time_per_nfe_s": t_sample / nfe_measured if nfe_measured else math.nan,
                 "samples_path": save_grid_samples(cfg, point.key, torch.cat(kept)), **extra,
@@ -362,7 +369,7 @@ def base_row(point: Point, command: Sequence[str] | None) -> dict[str, Any]:
     cfg, plan = point.cfg, point.plan
     spec = get_solver(str(cfg.solver.name))
     fields = flatten({k: v for k, v in to_dict(cfg).items() if k != "sweep"})
-    row: dict[str, Any] = {results.KEY: point.key, **fields, "nfe_policy": cfg.sweep.get("nfe_policy", "exact"),
+    row: dict[str, Any] = {results.KEY: point.key, "point_hash": point_hash(cfg), **fields, "nfe_policy": cfg.sweep.get("nfe_policy", "exact"),
                            "nfe_budget": point.nfe_budget, "solver_order": spec.order,
                            "solver_stochastic": spec.is_stochastic({k: v for k, v in to_dict(cfg.solver).items() if k != "name"}),
                            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -375,6 +382,47 @@ def base_row(point: Point, command: Sequence[str] | None) -> dict[str, Any]:
 
 
 # Metrics ------------------------------------------------------------------------------------------
+
+class MetricFeed:
+    """Feeds sample batches to a MetricSuite in order, on the samples' device (no host round trip).
+
+    With background=True (CUDA) each update runs in a worker thread, so the metric work of batch k
+    (CPU resize, Inception on the GPU) overlaps the sampling of batch k+1; `seconds` sums the updates.
+    """
+
+    def __init__(self, suite: MetricSuite, reference: Tensor | None, background: bool):
+        self.suite, self.reference, self.seconds = suite, reference, 0.0
+        self.pool = ThreadPoolExecutor(max_workers=1) if background else None
+        self.pending: Future[None] | None = None
+
+    def __enter__(self) -> MetricFeed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+
+    def submit(self, x: Tensor, indices: Sequence[int]) -> None:
+        """Wait for the previous batch's update, then start this one's."""
+        self.wait()
+        if self.pool is None:
+            self._update(x, indices)
+        else:
+            self.pending = self.pool.submit(self._update, x, indices)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def _update(self, x: Tensor, indices: Sequence[int]) -> None:
+        start = time.perf_counter()
+        self.suite.update(x, indices, self.reference)
+        self.seconds += time.perf_counter() - start
+
 
 class MetricContext:
     """Extractors and reference statistics shared by the points of one sweep (built once each)."""
@@ -458,7 +506,7 @@ class MetricSuite:
         if reference is not None:
             keep = [k for k, i in enumerate(indices) if i < len(reference)]
             if keep:
-                pairs = x[keep], reference[[indices[k] for k in keep]].to(x.dtype)
+                pairs = x[keep], reference[[indices[k] for k in keep]].to(x)
                 self.error.update(*pairs)
                 if self.lpips is not None:
                     self.lpips.update(to_uint8(pairs[0]), to_uint8(pairs[1]))

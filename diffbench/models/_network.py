@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from diffbench.errors import AssetMissing, UsageError, check
 from diffbench.models.unet import build_from_checkpoint, is_checkpoint
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 EXTRA_FILE = "diffbench.json"
 FORMATS = ("a TorchScript archive of F(x, c) (torch.jit.save)", "a diffbench-unet checkpoint (scripts/train.py)")
@@ -118,14 +119,37 @@ def option(value: float | None, precond: dict[str, Any], key: str, default: floa
 class TorchNet:
     """Runs a module without gradients in its dtype, moved to the input's device on first use.
 
-    The noise label c is passed in float32 (as EDM does), whatever the module's dtype.
+    The noise label c is passed in float32 (as EDM does), whatever the module's dtype. Speed options
+    (recorded in every row through the model config): channels_last memory format for 4-D inputs, and
+    torch.compile with a mode name ("default", "reduce-overhead" = CUDA graphs, "max-autotune").
     """
 
-    def __init__(self, module: nn.Module, dtype: torch.dtype):
+    def __init__(self, module: nn.Module, dtype: torch.dtype, channels_last: bool = False,
+                 compile: bool | str = False):
+        check(compile in (False, True) or compile in COMPILE_MODES,
+              f"model.compile must be false, true or one of {', '.join(COMPILE_MODES)} (got {compile!r})")
+        check(not (compile and isinstance(module, torch.jit.ScriptModule)),
+              "model.compile needs an eager network (a diffbench-unet checkpoint or diffusers model); "
+              "a TorchScript archive is already compiled")
         self.module, self.dtype, self.device = module.to(dtype).eval(), dtype, torch.device("cpu")
+        self.channels_last, self.compile = bool(channels_last), compile
+        self.forward: Callable[[Tensor, Tensor], Tensor] = self.module
 
     def __call__(self, x: Tensor, c: Tensor) -> Tensor:
         if x.device != self.device:
-            self.module, self.device = self.module.to(x.device), x.device
-        with torch.no_grad():
-            return self.module(x.to(self.dtype), c.float()).to(x.dtype)
+            self._place(x.device)
+        dtype, x = x.dtype, x.to(self.dtype)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.forward(x, c.float()).to(dtype).contiguous()
+
+    def _place(self, device: torch.device) -> None:
+        """Move the module (and its memory format) to the device; compile it there if asked."""
+        self.module, self.device = self.module.to(device), device
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.forward = self.module
+        if self.compile:
+            mode = "default" if self.compile is True else self.compile
+            self.forward = torch.compile(self.module, mode=mode, dynamic=False)

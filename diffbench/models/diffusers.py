@@ -143,7 +143,8 @@ def load_unet(folder: Path) -> nn.Module:
 
 @register_model("diffusers")
 def diffusers_unet(path: str = "", scheduler: Mapping[str, Any] | None = None, dtype: str = "float32",
-                   revision: str | None = None) -> DiffusersDenoiser:
+                   revision: str | None = None, channels_last: bool = False,
+                   compile: bool | str = False) -> DiffusersDenoiser:
     """A diffusers UNet2DModel (pipeline folder, UNet folder or hub id) on its discrete VP schedule.
 
     Args:
@@ -151,6 +152,8 @@ def diffusers_unet(path: str = "", scheduler: Mapping[str, Any] | None = None, d
         scheduler: scheduler-config keys overriding the folder's (e.g. {prediction_type: v_prediction}).
         dtype: the precision the UNet runs in (float32, float16, bfloat16).
         revision: the hub revision (branch, tag or commit) for hub ids.
+        channels_last: run the network in channels-last memory format (often faster on GPUs).
+        compile: torch.compile the network: false, true or a mode (reduce-overhead uses CUDA graphs).
     """
     try:
         import diffusers  # noqa: F401
@@ -166,6 +169,6 @@ def diffusers_unet(path: str = "", scheduler: Mapping[str, Any] | None = None, d
     size = unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     channels = int(unet.config.in_channels)
-    net = TorchNet(UNetPrediction(unet, channels), parse_dtype(dtype))
+    net = TorchNet(UNetPrediction(unet, channels), parse_dtype(dtype), channels_last, compile)
     return DiffusersDenoiser(net, VPDiscrete(scheduler_betas(config, where)), PREDICTIONS[prediction],
                              (channels, int(height), int(width)), path)

@@ -56,7 +56,8 @@ class EDMDenoiser(Denoiser):
 
 @register_model("edm")
 def edm(path: str = "", shape: Sequence[int] | None = None, sigma_data: float | None = None,
-        sigma_min: float | None = None, sigma_max: float | None = None, dtype: str = "float32") -> EDMDenoiser:
+        sigma_min: float | None = None, sigma_max: float | None = None, dtype: str = "float32",
+        channels_last: bool = False, compile: bool | str = False) -> EDMDenoiser:
     """An EDM-preconditioned network from a file; unset options come from the checkpoint, else EDM's defaults.
 
     Args:
@@ -65,10 +66,12 @@ def edm(path: str = "", shape: Sequence[int] | None = None, sigma_data: float | 
         sigma_data: the data std the preconditioning assumes (EDM: 0.5).
         sigma_min, sigma_max: the noise range the model was trained for (EDM: 0.002, 80).
         dtype: the precision the network runs in (float32, float16, bfloat16).
+        channels_last: run the network in channels-last memory format (often faster on GPUs).
+        compile: torch.compile the network: false, true or a mode (reduce-overhead uses CUDA graphs).
     """
     module, fields = load_network(path, EXPECTED)
     precond = precond_of(fields, "edm", "EDM-preconditioned", path)
     schedule = EDM(option(sigma_min, precond, "sigma_min", 0.002), option(sigma_max, precond, "sigma_max", 80.0))
     net_dtype = parse_dtype(dtype)
-    return EDMDenoiser(TorchNet(module, net_dtype), option(sigma_data, precond, "sigma_data", 0.5), schedule,
+    return EDMDenoiser(TorchNet(module, net_dtype, channels_last, compile), option(sigma_data, precond, "sigma_data", 0.5), schedule,
                        checkpoint_shape(fields, shape, path), net_dtype, path)

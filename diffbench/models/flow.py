@@ -53,7 +53,7 @@ class Velocity:
 @register_model("flow")
 def flow(path: str = "", shape: Sequence[int] | None = None, time_scale: float | None = None,
          reverse_time: bool | None = None, t_min: float | None = None, t_max: float | None = None,
-         dtype: str = "float32") -> FlowDenoiser:
+         dtype: str = "float32", channels_last: bool = False, compile: bool | str = False) -> FlowDenoiser:
     """A velocity network from a file; unset options come from the checkpoint, else the defaults below.
 
     Args:
@@ -63,11 +63,13 @@ def flow(path: str = "", shape: Sequence[int] | None = None, time_scale: float |
         reverse_time: the network puts noise at time 0 (default False: noise at 1).
         t_min, t_max: the time range sampled (default 1e-3, 0.999; sigma = t / (1 - t)).
         dtype: the precision the network runs in (float32, float16, bfloat16).
+        channels_last: run the network in channels-last memory format (often faster on GPUs).
+        compile: torch.compile the network: false, true or a mode (reduce-overhead uses CUDA graphs).
     """
     module, fields = load_network(path, EXPECTED)
     precond = precond_of(fields, "flow", "a flow model", path)
     reverse = bool(precond.get("reverse_time", False) if reverse_time is None else reverse_time)
     net_dtype = parse_dtype(dtype)
-    net = Velocity(TorchNet(module, net_dtype), option(time_scale, precond, "time_scale", 1.0), reverse)
+    net = Velocity(TorchNet(module, net_dtype, channels_last, compile), option(time_scale, precond, "time_scale", 1.0), reverse)
     schedule = RectifiedFlow(option(t_min, precond, "t_min", 1e-3), option(t_max, precond, "t_max", 0.999))
     return FlowDenoiser(net, schedule, checkpoint_shape(fields, shape, path), net_dtype, path)
