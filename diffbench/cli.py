@@ -47,12 +47,16 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
         diffbench sweep
         diffbench sweep solver=euler,heun,dpmpp_2m nfe=5,10,20 out=runs/mine
         diffbench sweep debug=default out=runs/smoke   # tiny, for a smoke test
+        torchrun --nproc_per_node=4 -m diffbench.cli sweep out=runs/mine   # 4 GPUs share each point's samples
     """
+    from diffbench import distributed
     from diffbench import sweep as engine
 
     index, count = _parse_shard(shard)
     if dry_run:
         points = engine.prepare(overrides or [])
+        if not distributed.is_main():
+            return
         for p in points:
             out.print(f"{p.key}  {p.label}" + (f"  (budget {p.nfe_budget})" if p.nfe_budget != p.cfg.nfe else ""))
         out.print(f"{len(points)} points")
@@ -60,6 +64,8 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
     summary = engine.run_sweep(overrides or [], progress=not quiet, shard=(index, count),
                                retry_failed=retry_failed, command=_ARGV,
                                on_row=(lambda row: None) if quiet else _print_row_status)
+    if not distributed.is_main():
+        return  # under torchrun rank 0 prints and writes the report
     df = summary.frame()
     out.print(f"{summary.ran} points run, {summary.skipped} already in the table, {summary.failed} failed")
     if not quiet:

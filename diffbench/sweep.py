@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
-from diffbench import results
+from diffbench import distributed, results
 from diffbench.config import (RunSettings, compose_grid, config_hash, flatten, parse_overrides, point_hash, settings,
                               to_dict)
 from diffbench.errors import UsageError, check
@@ -36,11 +36,13 @@ from diffbench.metrics import (LPIPS, ErrorStats, FeatureExtractor, FrechetTarge
                                make_extractor, parse_metrics)
 from diffbench.models import Denoiser, make_model
 from diffbench.sampling import Batch, Plan, batches, make_plan, sample_batch
+from diffbench.shares import Share, merge_shares
 from diffbench.solvers import SolverSpec, get_solver
 
 NFE_POLICIES = ("exact", "nearest_below")
 REFERENCE_CHUNK = 128  # the RK45 reference runs in fixed chunks so it never depends on batch_size
 GRID_SAMPLES = 16  # samples kept per point for the sample-grid figures
+POINT_ERRORS = (UsageError, RuntimeError, ValueError, FloatingPointError)  # a point that raises one is a failed row
 
 
 # Progress -----------------------------------------------------------------------------------------
@@ -246,24 +248,31 @@ class SweepSummary:
 def run_sweep(overrides: Sequence[str] = (), *, progress: bool = True, shard: tuple[int, int] = (0, 1),
               retry_failed: bool = False, command: Sequence[str] | None = None,
               on_row: Callable[[dict[str, Any]], None] = lambda row: None) -> SweepSummary:
-    """Run every grid point not yet in the table (this shard's share, `shard` = (index, count))."""
+    """Run every grid point not yet in the table (this shard's share, `shard` = (index, count)).
+
+    Under torchrun every rank runs the same points, sampling its share of each; rank 0 writes the
+    rows (diffbench.distributed). `shard` splits the points across jobs and composes with it.
+    """
     index, count = shard
     check(count >= 1 and 0 <= index < count, f"--shard {index}/{count}: need 0 <= index < count")
     points = prepare(overrides)
     table = results.table_paths(points[0].cfg.out).parquet
-    done = results.done_keys(table, ok_only=retry_failed)
-    todo = [p for p in points[index::count] if p.key not in done]
     failed = 0
-    with Reporter(progress) as reporter:
-        runner = Runner(reporter, command)
-        runner.warm_up(todo)  # missing weights or bad data stop the sweep here, before any row is written
-        with reporter.task("sweep", len(todo)) as advance:
-            for point in todo:
-                row = runner.run(point)
-                results.append(table, [row], replace=retry_failed)
-                failed += row["status"] != "ok"
-                on_row(row)
-                advance(1)
+    with distributed.session(p.run.device for p in points):
+        done = distributed.broadcast(results.done_keys(table, ok_only=retry_failed) if distributed.is_main() else None)
+        todo = [p for p in points[index::count] if p.key not in done]
+        with Reporter(progress and distributed.is_main()) as reporter:
+            runner = Runner(reporter, command)
+            with distributed.main_first():  # rank 0 builds the caches, the others then read them
+                runner.warm_up(todo)  # missing weights or bad data stop the sweep here, before any row is written
+            with reporter.task("sweep", len(todo)) as advance:
+                for point in todo:
+                    row = runner.run(point)
+                    if distributed.is_main():
+                        results.append(table, [row], replace=retry_failed)
+                        failed += row["status"] != "ok"
+                        on_row(row)
+                    advance(1)
     return SweepSummary(table, [p.key for p in points], len(todo), len(points) - len(todo), failed)
 
 
@@ -297,7 +306,7 @@ class Runner:
         start = time.perf_counter()
         try:
             measured = self._measure(point)
-        except (UsageError, RuntimeError, ValueError, FloatingPointError) as e:
+        except POINT_ERRORS as e:
             measured = {"status": "failed", "reason": f"{type(e).__name__}: {e}".splitlines()[0]}
         return {**row, **measured, "time_total_s": time.perf_counter() - start, **results.peak_memory(point.run.device)}
 
@@ -309,28 +318,37 @@ class Runner:
         suite = MetricSuite(cfg, model, run, self.metrics)
         n_err = min(run.n_samples, int(cfg.metrics.get("error_samples") or run.n_samples))
         reference = self.reference_solution(cfg, model, plan, run, n_err) if suite.wants_reference else None
-        t_sample = 0.0
-        nfe_measured: int | None = None
-        kept: list[Tensor] = []
-        with self.reporter.task(point.label, run.n_samples) as advance, \
-                MetricFeed(suite, reference, background=run.device.type == "cuda") as feed:
-            for batch, seconds in sample_points(model, plan, run, range(run.n_samples), advance):
-                t_sample += seconds
-                nfe_measured = batch.nfe_measured
-                reason = first_nonfinite(batch.x)
-                if reason:
-                    return {"status": "failed", "reason": reason, "nfe_measured": nfe_measured,
-                            "time_sampling_s": t_sample}
-                if sum(len(k) for k in kept) < GRID_SAMPLES:
-                    kept.append(batch.x[:GRID_SAMPLES - sum(len(k) for k in kept)].cpu())
-                feed.submit(batch.x, batch.indices)
+        gathered = distributed.gather(distributed.guarded(lambda: self._sample_share(point, model, suite, reference),
+                                                          POINT_ERRORS))
+        if gathered is None:
+            return {}  # rank 0 writes the row
+        share = merge_shares(distributed.unwrap(gathered), suite, GRID_SAMPLES)
+        t_sample, nfe_measured = share.time_sampling_s, share.nfe_measured
+        if share.reason:
+            return {"status": "failed", "reason": share.reason, "nfe_measured": nfe_measured, "time_sampling_s": t_sample}
         start = time.perf_counter()
         values, extra = suite.compute()
-        t_metrics = feed.seconds + time.perf_counter() - start
+        t_metrics = share.time_metrics_s + time.perf_counter() - start
         return {"status": "ok", "reason": None, "nfe_measured": nfe_measured, "time_sampling_s": t_sample,
                 "time_metrics_s": t_metrics, "time_per_nfe_s": t_sample / nfe_measured if nfe_measured else math.nan,
-                "samples_path": save_grid_samples(cfg, point.key, torch.cat(kept)), **extra,
+                "samples_path": save_grid_samples(cfg, point.key, share.grid), **extra,
                 **results.metric_row(values)}
+
+    def _sample_share(self, point: Point, model: Denoiser, suite: MetricSuite, reference: Tensor | None) -> Share:
+        """Sample this rank's batches of a point (all of them on one process) into its metric suite."""
+        run, share = point.run, Share()
+        indices = distributed.shard_indices(run.n_samples, run.batch_size)
+        with self.reporter.task(point.label, len(indices)) as advance, \
+                MetricFeed(suite, reference, background=run.device.type == "cuda") as feed:
+            for batch, seconds in sample_points(model, point.plan, run, indices, advance):
+                share.add(batch.indices, batch.x, seconds, batch.nfe_measured, GRID_SAMPLES)
+                reason = first_nonfinite(batch.x)
+                if reason:
+                    share.fail(batch.indices, reason)
+                    return share
+                feed.submit(batch.x, batch.indices)
+        share.time_metrics_s = feed.seconds
+        return share.capture(suite)
 
     def reference_solution(self, cfg: DictConfig, model: Denoiser, plan: Plan, run: RunSettings, n: int) -> Tensor:
         """Same-noise RK45 solutions for sample indices 0..n-1 over the plan's noise span, cached on disk.
@@ -350,9 +368,14 @@ class Runner:
                                  solver_options=options, sigma_min=float(levels[-1]), sigma_max=float(levels[0]),
                                  final_zero=bool(plan.sigmas[-1] == 0))
             chunked = RunSettings(1, run.seed, n, REFERENCE_CHUNK, run.device, run.dtype)
-            with self.reporter.task("reference solution (RK45)", n) as advance:
-                x = torch.cat([b.x.cpu() for b, _ in sample_points(model, ref_plan, chunked, range(n), advance)])
-            results.atomic_write(path, lambda f: torch.save(x, f))
+            indices = distributed.shard_indices(n, REFERENCE_CHUNK)  # each rank solves its chunks
+            with self.reporter.task("reference solution (RK45)", len(indices)) as advance:
+                pieces = distributed.guarded(lambda: [(b.indices, b.x.cpu()) for b, _ in
+                                                      sample_points(model, ref_plan, chunked, indices, advance)],
+                                             POINT_ERRORS)
+            x = distributed.rows_by_index(p for ps in distributed.unwrap(distributed.all_gather(pieces)) for p in ps)
+            if distributed.is_main():
+                results.atomic_write(path, lambda f: torch.save(x, f))
         self._solutions[key] = x
         return x
 
@@ -373,7 +396,7 @@ def base_row(point: Point, command: Sequence[str] | None) -> dict[str, Any]:
                            "nfe_budget": point.nfe_budget, "solver_order": spec.order,
                            "solver_stochastic": spec.is_stochastic({k: v for k, v in to_dict(cfg.solver).items() if k != "name"}),
                            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           **results.provenance(point.run.device, command)}
+                           **results.provenance(point.run.device, command), "world_size": distributed.world_size()}
     if plan is not None:
         levels = plan.sigmas[plan.sigmas > 0]
         row.update(nfe_declared=plan.nfe_declared, steps=plan.steps, sigma_max_used=float(levels[0]),

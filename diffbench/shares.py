@@ -1,0 +1,106 @@
+"""A rank's share of one sweep point, and the merge of all shares into what one process would measure.
+
+Under torchrun each rank samples some batches of a point (diffbench.distributed.shard_indices) and
+streams them into its own MetricSuite. Its Share records the sample indices in the order it saw
+them, its timings, its first samples (for the sample grid) and a CPU copy of its metric state:
+the float64 feature moments with the feature/logit rows (StreamingStats), the per-sample solver
+errors and LPIPS scores. Rank 0 merges the shares: moments by Chan's parallel update (equal to one
+process's up to float64 summation order), every per-sample array reordered by sample index, so
+bootstraps, KID subsets and the grid see the samples in the order one process would.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffbench.distributed import rows_by_index
+from diffbench.metrics import StreamingStats
+
+if TYPE_CHECKING:
+    from diffbench.sweep import MetricSuite
+
+
+@dataclass
+class Share:
+    """What one rank measured of a point (all of it on one process); picklable, on the CPU."""
+
+    indices: list[int] = field(default_factory=list)
+    nfe_measured: int | None = None
+    time_sampling_s: float = 0.0
+    time_metrics_s: float = 0.0
+    reason: str | None = None
+    failed_at: int | None = None  # first sample index of the batch that failed
+    kept: list[tuple[list[int], Tensor]] = field(default_factory=list)
+    stats: StreamingStats | None = None
+    mse: np.ndarray | None = None
+    lpips: np.ndarray | None = None
+
+    def add(self, indices: Sequence[int], x: Tensor, seconds: float, nfe_measured: int, keep: int) -> None:
+        """Record one sampled batch; its first samples are kept while fewer than `keep` are."""
+        self.indices += indices
+        self.time_sampling_s += seconds
+        self.nfe_measured = nfe_measured
+        room = keep - sum(len(idx) for idx, _ in self.kept)
+        if room > 0:
+            self.kept.append((list(indices[:room]), x[:room].cpu()))
+
+    def fail(self, indices: Sequence[int], reason: str) -> None:
+        self.reason, self.failed_at = reason, indices[0]
+
+    def capture(self, suite: MetricSuite) -> Share:
+        """Copy the suite's metric state to the CPU (once this rank's batches are all in)."""
+        if suite.stats is not None:
+            self.stats = StreamingStats(keep_features=True)
+            self.stats.merge(suite.stats)
+        self.mse = suite.error.per_sample_mse
+        self.lpips = suite.lpips.per_sample if suite.lpips is not None else None
+        return self
+
+    @property
+    def grid(self) -> Tensor:
+        """The kept samples in index order."""
+        return rows_by_index(self.kept)
+
+
+def merge_shares(shares: Sequence[Share], suite: MetricSuite, keep: int) -> Share:
+    """The point's Share as one process would have it, loading the merged metric state into `suite`.
+
+    A failure is the failed batch with the lowest first index: the one a single process meets
+    first. Times are the slowest rank's (the ranks run side by side).
+    """
+    slowest = {"time_sampling_s": max(s.time_sampling_s for s in shares),
+               "time_metrics_s": max(s.time_metrics_s for s in shares)}
+    failed = [s for s in shares if s.reason is not None]
+    if failed:
+        first = min(failed, key=lambda s: s.failed_at)
+        return Share(nfe_measured=first.nfe_measured, reason=first.reason, failed_at=first.failed_at, **slowest)
+    indices = [i for s in shares for i in s.indices]
+    last = max((s for s in shares if s.indices), key=lambda s: s.indices[-1])
+    pieces = [piece for s in shares for piece in s.kept]
+    grid = ([i for idx, _ in pieces for i in idx], rows_by_index(pieces))
+    _load_state(shares, suite, indices)
+    return Share(sorted(indices), last.nfe_measured, kept=[(sorted(grid[0])[:keep], grid[1][:keep])], **slowest)
+
+
+def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int]) -> None:
+    """Set the suite's accumulators to the union of the shares', per-sample rows in index order."""
+    if suite.stats is not None:
+        stats = StreamingStats(keep_features=True, device=suite.stats.device)
+        for s in shares:
+            stats.merge(s.stats)
+        order = torch.as_tensor(np.argsort(indices, kind="stable"))
+        stats.rows = [torch.cat(stats.rows)[order]]
+        stats.logit_rows = [torch.cat(stats.logit_rows)[order]] if stats.logit_rows else []
+        suite.stats = stats
+    # The paired metrics compare exactly the samples 0..n-1 that have a reference solution.
+    n_paired = sum(len(s.mse) for s in shares)
+    paired = [i for i in indices if i < n_paired]
+    order = np.argsort(paired, kind="stable")
+    suite.error.mse = [np.concatenate([s.mse for s in shares])[order]]
+    if suite.lpips is not None:
+        suite.lpips.scores = [np.concatenate([s.lpips for s in shares])[order]]
