@@ -1,7 +1,9 @@
 """The `diffbench` command line (Typer): sweep, sample, eval, ref, plot, report, check, list, doctor.
 
 Bad input of any kind ends in one line on stderr naming the field and the fix, exit code 2, no
-traceback and nothing written (DESIGN.md "Errors").
+traceback and nothing written (DESIGN.md "Errors"). A file that cannot be written (disk full) is one
+line too, exit code 1, the old file intact; SIGTERM stops a command cleanly with exit code 143
+(Ctrl-C: 130), and a rerun of the same sweep resumes.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffbench.errors import UsageError, check
+from diffbench.errors import StorageError, UsageError, check
 
 app = typer.Typer(name="diffbench", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
                   pretty_exceptions_enable=False,
@@ -198,6 +200,7 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     import json
 
     from diffbench import sweep as engine
+    from diffbench.batching import FEATURE_BATCH
     from diffbench.config import compose, settings
     from diffbench.metrics import evaluate, parse_metrics
 
@@ -212,7 +215,7 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
         extractor = context.extractor(cfg, run.device)
         ref = context.reference(cfg, model, extractor, run.batch_size)
         with reporter.task(f"features ({extractor.name})", len(dataset)) as advance:
-            res = evaluate(dataset.batches(run.batch_size), ref, extractor, feature,
+            res = evaluate(dataset.batches(min(run.batch_size, FEATURE_BATCH)), ref, extractor, feature,
                            engine.metric_options(cfg, run.device), total=len(dataset),
                            progress=engine.progress_callback(advance))
     values, extra = engine.feature_values(res, extractor)
@@ -491,10 +494,21 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from diffbench.interrupts import Terminated, signals_raise
+
     args = list(sys.argv[1:] if argv is None else argv)
     _ARGV[:] = ["diffbench", *args]
     try:
-        rv = app(args=args, prog_name="diffbench", standalone_mode=False)
+        with signals_raise():
+            rv = app(args=args, prog_name="diffbench", standalone_mode=False)
+    except Terminated as e:
+        print(f"terminated by {e}: stopped without partial files; rerun the same command to resume "
+              "(a sweep skips the points already in its table)", file=sys.stderr)
+        return e.exit_code
+    except StorageError as e:
+        print(f"error: cannot write {e.filename}: {e.strerror}; free space or choose a writable out= / cache_dir=",
+              file=sys.stderr)
+        return e.exit_code
     except typer.Exit as e:
         return int(e.exit_code)
     except typer.Abort:

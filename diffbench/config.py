@@ -29,6 +29,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from diffbench.batching import resolve_batch_size
 from diffbench.errors import UsageError, check
 
 CONFIG_ENV = "DIFFBENCH_CONFIG_DIR"
@@ -299,5 +300,6 @@ def settings(cfg: DictConfig) -> RunSettings:
         check(ends_at_zero == bool(sched.final_zero),
               f"schedule.final_zero={sched.final_zero} conflicts with schedule.sigmas "
               f"{'ending' if ends_at_zero else 'not ending'} in 0; make them agree")
-    return RunSettings(_positive_int(cfg, "nfe"), int(seed), _positive_int(cfg, "n_samples"),
-                       _positive_int(cfg, "batch_size"), resolve_device(str(cfg.device)), DTYPES[dtype])
+    n_samples, device = _positive_int(cfg, "n_samples"), resolve_device(str(cfg.device))
+    return RunSettings(_positive_int(cfg, "nfe"), int(seed), n_samples,
+                       resolve_batch_size(cfg.get("batch_size"), n_samples, device), device, DTYPES[dtype])

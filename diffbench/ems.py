@@ -25,7 +25,8 @@ deterministic) the regression is ridged to s = 0.
 Results are cached on disk under ``$DIFFBENCH_CACHE/ems`` (default ``~/.cache/diffbench/ems``),
 keyed by a content hash of the model (its description plus a fingerprint of its outputs on fixed
 probes), schedule, sample shape, lambda grid, N, seed, sample source and JVP method; files are
-written atomically and carry their provenance.
+written atomically and carry their provenance and the SHA-256 of their tensors: a cached file that
+does not load or match it is recomputed (with a warning), a user's file is a UsageError.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -45,9 +45,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffbench.errors import UsageError, check
+from diffbench.atomicio import atomic_write
+from diffbench.errors import UsageError, check, warn
 from diffbench.models.base import CountingDenoiser, Denoiser
 from diffbench.noise import NoiseSource
+from diffbench.tensorcache import digest
 
 FORMAT = 1
 JVP_METHODS = ("autodiff", "fd")
@@ -89,30 +91,30 @@ class EMS:
 
         return lerp(self.l), lerp(self.s), lerp(self.b)
 
+    def tensors(self) -> dict[str, Tensor]:
+        return {"lambdas": self.lambdas.cpu(), "l": self.l.cpu(), "s": self.s.cpu(), "b": self.b.cpu()}
+
     def save(self, path: Path) -> None:
-        """Write atomically: a temporary file in the same folder, then os.replace."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": FORMAT, "lambdas": self.lambdas.cpu(), "l": self.l.cpu(), "s": self.s.cpu(),
-                   "b": self.b.cpu(), "provenance": json.dumps(self.provenance, sort_keys=True, default=str)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write atomically (temporary file, then rename), with the SHA-256 of the tensors."""
+        tensors = self.tensors()
+        payload = {"format": FORMAT, **tensors, "sha256": digest(tensors),
+                   "provenance": json.dumps(self.provenance, sort_keys=True, default=str)}
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     @classmethod
     def load(cls, path: str | Path) -> EMS:
+        """Read an EMS file; a damaged one (unreadable, or not matching its SHA-256) is a UsageError."""
         path = Path(path).expanduser()
         check(path.is_file(), f"solver.ems: no EMS file at '{path}'; give a file saved by diffbench.ems, "
                               "'auto' to compute and cache them for this model, or 'none'")
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 -- truncated or overwritten files fail in zip, pickle or EOF code alike
+            raise UsageError(f"solver.ems: '{path}' cannot be read ({type(e).__name__}); recompute it with ems=auto") from None
         check(isinstance(data, dict) and data.get("format") == FORMAT,
               f"solver.ems: '{path}' is not an EMS file of format {FORMAT}; recompute it with ems=auto")
+        check(data.get("sha256") in (None, digest({k: data[k] for k in ("lambdas", "l", "s", "b")})),
+              f"solver.ems: '{path}' does not match its recorded SHA-256 (corrupt); recompute it with ems=auto")
         check(len(data["lambdas"]) >= 2 and bool((data["lambdas"].diff() > 0).all()),
               f"solver.ems: '{path}' needs an increasing lambda grid of at least 2 points")
         return cls(data["lambdas"], data["l"], data["s"], data["b"], json.loads(data["provenance"]))
@@ -318,11 +320,15 @@ def cached_ems(denoiser: Denoiser, shape: Sequence[int], lambdas: Tensor, *, sam
     source = sample_source(denoiser)
     key = cache_key(denoiser, shape, lambdas, samples, seed, source, jvp, device)
     path = (directory or cache_dir()) / f"ems-{_key_hash(key)}.pt"
-    if not path.is_file():
-        x0 = samples_for_ems(denoiser, shape, samples, seed, batch_size=batch_size, device=device)
-        ems = compute_ems(denoiser, x0, lambdas, seed=seed, batch_size=batch_size, jvp=jvp)
-        created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        replace(ems, provenance={**key, **ems.provenance, "created": created, "torch": torch.__version__}).save(path)
+    if path.is_file():
+        try:
+            return _load(path)
+        except UsageError as e:
+            warn(f"EMS cache {path} is unusable ({e}); recomputing it")
+    x0 = samples_for_ems(denoiser, shape, samples, seed, batch_size=batch_size, device=device)
+    ems = compute_ems(denoiser, x0, lambdas, seed=seed, batch_size=batch_size, jvp=jvp)
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    replace(ems, provenance={**key, **ems.provenance, "created": created, "torch": torch.__version__}).save(path)
     return _load(path)
 
 

@@ -1,5 +1,7 @@
-"""User-facing errors: one line, exit code 2, no traceback (DESIGN.md "Errors")."""
+"""User-facing errors: one line, exit code 2, no traceback (DESIGN.md "Errors"); warnings: one line too."""
 from __future__ import annotations
+
+import sys
 
 
 class UsageError(ValueError):
@@ -12,7 +14,21 @@ class AssetMissing(UsageError):
     """A weight file, checkpoint or data set that could not be resolved offline."""
 
 
+class StorageError(OSError):
+    """A results, samples or cache file could not be written (disk full, read-only, no permission).
+
+    Raised as StorageError(errno, strerror, path); the target keeps its old content; the CLI exits 1.
+    """
+
+    exit_code = 1
+
+
 def check(condition: bool, message: str) -> None:
     """Raise UsageError(message) unless condition holds (assert's job for user input)."""
     if not condition:
         raise UsageError(message)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (e.g. a corrupt cache file that is being rebuilt)."""
+    print(f"warning: {message}", file=sys.stderr)

@@ -1,10 +1,10 @@
 """The tidy results table: one row per sweep point, Parquet and CSV side by side.
 
 Every write is a read-merge-write under a file lock, to temporary files renamed into place
-(os.replace), so concurrent sweeps sharing one table keep each other's rows and a killed writer
-leaves the previous table intact. Rows are keyed by ``config_hash``: a resumed sweep skips keys
-already present and a key is never stored twice. The Parquet file is the source of truth; the
-CSV is rewritten from it on every write.
+(os.replace), so concurrent sweeps sharing one table keep each other's rows, and a killed writer
+or a failed write (disk full: diffbench.errors.StorageError) leaves the previous table intact.
+Rows are keyed by ``config_hash``: a resumed sweep skips keys already present and a key is never
+stored twice. The Parquet file is the source of truth; the CSV is rewritten from it on every write.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import resource
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from diffbench.atomicio import atomic_write, staged
 from diffbench.errors import UsageError, check
+from diffbench.interrupts import uninterrupted
 
 if TYPE_CHECKING:  # torch is imported where a device is inspected: concurrent writers stay light
     import torch
@@ -135,19 +137,13 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_atomic(df: pd.DataFrame, paths: TablePaths) -> None:
-    """Write Parquet then CSV, each atomically."""
-    atomic_write(paths.parquet, lambda f: df.to_parquet(f, index=False))
-    atomic_write(paths.csv, lambda f: df.to_csv(f, index=False))
+    """Write Parquet and CSV to temporaries, then rename both: a failed write (disk full) changes neither.
 
-
-def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
-    """write(tmp) to a temporary file beside target, flush it to disk, then rename it over target."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    SIGTERM / SIGINT wait until both are renamed, so the pair never gets out of step.
+    """
+    with uninterrupted(), staged(paths.parquet) as parquet, staged(paths.csv) as csv:
+        df.to_parquet(parquet, index=False)
+        df.to_csv(csv, index=False)
 
 
 def save_npz(target: Path, **arrays: Any) -> None:

@@ -26,7 +26,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
-from diffbench import distributed, results
+from diffbench import distributed, results, tensorcache
+from diffbench.atomicio import check_writable, remove_orphans
+from diffbench.batching import FEATURE_BATCH, BatchSizer
 from diffbench.config import (RunSettings, compose_grid, config_hash, flatten, parse_overrides, point_hash, settings,
                               to_dict)
 from diffbench.errors import UsageError, check
@@ -35,7 +37,7 @@ from diffbench.metrics import (LPIPS, ErrorStats, FeatureExtractor, FrechetTarge
                                StreamingStats, bootstrap, compute_metrics, fd_interval, load_or_build_reference,
                                make_extractor, parse_metrics)
 from diffbench.models import Denoiser, make_model
-from diffbench.sampling import Batch, Plan, batches, make_plan, sample_batch
+from diffbench.sampling import Batch, Plan, make_plan, sample_batch
 from diffbench.shares import Share, merge_shares
 from diffbench.solvers import SolverSpec, get_solver
 
@@ -188,15 +190,25 @@ def prepare(overrides: Sequence[str]) -> list[Point]:
 # Sampling -------------------------------------------------------------------------------------------
 
 def sample_points(model: Denoiser, plan: Plan, run: RunSettings, indices: Sequence[int],
-                  advance: Callable[[int], None] = lambda n: None) -> Iterator[tuple[Batch, float]]:
-    """Yield (batch, seconds spent sampling it) over `indices` in batches of run.batch_size."""
-    for idx in batches(indices, run.batch_size):
-        start = time.perf_counter()
-        batch = sample_batch(model, plan, idx, run.seed, _shape(model), device=run.device, dtype=run.dtype)
-        if run.device.type == "cuda":
-            torch.cuda.synchronize(run.device)
-        yield batch, time.perf_counter() - start
+                  advance: Callable[[int], None] = lambda n: None,
+                  sizer: BatchSizer | None = None) -> Iterator[tuple[Batch, float]]:
+    """Yield (batch, seconds spent sampling it) over `indices` in batches of run.batch_size.
+
+    A batch that runs out of memory is sampled again at half the size (diffbench.batching); pass
+    `sizer` to read how often that happened.
+    """
+    sizer = sizer or BatchSizer(run.batch_size, run.device)
+    for idx, (batch, seconds) in sizer.map(lambda idx: _timed_batch(model, plan, run, idx), indices):
+        yield batch, seconds
         advance(len(idx))
+
+
+def _timed_batch(model: Denoiser, plan: Plan, run: RunSettings, idx: list[int]) -> tuple[Batch, float]:
+    start = time.perf_counter()
+    batch = sample_batch(model, plan, idx, run.seed, _shape(model), device=run.device, dtype=run.dtype)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    return batch, time.perf_counter() - start
 
 
 def set_tf32(enabled: bool) -> None:
@@ -263,7 +275,9 @@ def run_sweep(overrides: Sequence[str] = (), *, progress: bool = True, shard: tu
         todo = [p for p in points[index::count] if p.key not in done]
         with Reporter(progress and distributed.is_main()) as reporter:
             runner = Runner(reporter, command)
-            with distributed.main_first():  # rank 0 builds the caches, the others then read them
+            with distributed.main_first():  # rank 0 readies folders and builds caches, the others then read them
+                if todo:
+                    ready_folders(table.parent, Path(points[0].cfg.cache_dir))
                 runner.warm_up(todo)  # missing weights or bad data stop the sweep here, before any row is written
             with reporter.task("sweep", len(todo)) as advance:
                 for point in todo:
@@ -274,6 +288,14 @@ def run_sweep(overrides: Sequence[str] = (), *, progress: bool = True, shard: tu
                         on_row(row)
                     advance(1)
     return SweepSummary(table, [p.key for p in points], len(todo), len(points) - len(todo), failed)
+
+
+def ready_folders(out: Path, cache: Path) -> None:
+    """Before any point runs: out and cache_dir must be writable (UsageError); temporaries of killed runs go."""
+    check_writable(out, "out")
+    check_writable(cache, "cache_dir")
+    for folder in (out, out / "samples", cache / "reference", cache / "refs"):
+        remove_orphans(folder)
 
 
 class Runner:
@@ -318,29 +340,32 @@ class Runner:
         suite = MetricSuite(cfg, model, run, self.metrics)
         n_err = min(run.n_samples, int(cfg.metrics.get("error_samples") or run.n_samples))
         reference = self.reference_solution(cfg, model, plan, run, n_err) if suite.wants_reference else None
-        gathered = distributed.gather(distributed.guarded(lambda: self._sample_share(point, model, suite, reference),
-                                                          POINT_ERRORS))
+        sizer = BatchSizer(run.batch_size, run.device)  # its columns: rank 0's batches under torchrun
+        gathered = distributed.gather(distributed.guarded(
+            lambda: self._sample_share(point, model, suite, reference, sizer), POINT_ERRORS))
         if gathered is None:
             return {}  # rank 0 writes the row
         share = merge_shares(distributed.unwrap(gathered), suite, GRID_SAMPLES)
         t_sample, nfe_measured = share.time_sampling_s, share.nfe_measured
         if share.reason:
-            return {"status": "failed", "reason": share.reason, "nfe_measured": nfe_measured, "time_sampling_s": t_sample}
+            return {"status": "failed", "reason": share.reason, "nfe_measured": nfe_measured, "time_sampling_s": t_sample,
+                    **sizer.columns()}
         start = time.perf_counter()
         values, extra = suite.compute()
         t_metrics = share.time_metrics_s + time.perf_counter() - start
         return {"status": "ok", "reason": None, "nfe_measured": nfe_measured, "time_sampling_s": t_sample,
                 "time_metrics_s": t_metrics, "time_per_nfe_s": t_sample / nfe_measured if nfe_measured else math.nan,
-                "samples_path": save_grid_samples(cfg, point.key, share.grid), **extra,
+                "samples_path": save_grid_samples(cfg, point.key, share.grid), **extra, **sizer.columns(),
                 **results.metric_row(values)}
 
-    def _sample_share(self, point: Point, model: Denoiser, suite: MetricSuite, reference: Tensor | None) -> Share:
+    def _sample_share(self, point: Point, model: Denoiser, suite: MetricSuite, reference: Tensor | None,
+                      sizer: BatchSizer) -> Share:
         """Sample this rank's batches of a point (all of them on one process) into its metric suite."""
         run, share = point.run, Share()
         indices = distributed.shard_indices(run.n_samples, run.batch_size)
         with self.reporter.task(point.label, len(indices)) as advance, \
                 MetricFeed(suite, reference, background=run.device.type == "cuda") as feed:
-            for batch, seconds in sample_points(model, point.plan, run, indices, advance):
+            for batch, seconds in sample_points(model, point.plan, run, indices, advance, sizer):
                 share.add(batch.indices, batch.x, seconds, batch.nfe_measured, GRID_SAMPLES)
                 reason = first_nonfinite(batch.x)
                 if reason:
@@ -353,31 +378,31 @@ class Runner:
     def reference_solution(self, cfg: DictConfig, model: Denoiser, plan: Plan, run: RunSettings, n: int) -> Tensor:
         """Same-noise RK45 solutions for sample indices 0..n-1 over the plan's noise span, cached on disk.
 
-        They run in fixed chunks of REFERENCE_CHUNK samples, so they never depend on batch_size.
+        They run in fixed chunks of REFERENCE_CHUNK samples, so they never depend on batch_size (a chunk
+        halved on out-of-memory changes them within the tolerance: RK45 steps a chunk as a whole). The
+        cache file carries a SHA-256: a damaged one is solved again, with a warning.
         """
         key = reference_key(cfg, plan, n)
-        if key in self._solutions:
-            return self._solutions[key]
-        path = Path(cfg.cache_dir) / "reference" / f"{key}.pt"
-        if path.is_file():
-            x = torch.load(path, map_location="cpu")
-        else:
-            levels = plan.sigmas[plan.sigmas > 0]
-            options = to_dict(cfg.metrics.reference)
-            ref_plan = make_plan(str(options.pop("solver")), 1, model.schedule, step_schedule="uniform_logsnr",
-                                 solver_options=options, sigma_min=float(levels[-1]), sigma_max=float(levels[0]),
-                                 final_zero=bool(plan.sigmas[-1] == 0))
-            chunked = RunSettings(1, run.seed, n, REFERENCE_CHUNK, run.device, run.dtype)
-            indices = distributed.shard_indices(n, REFERENCE_CHUNK)  # each rank solves its chunks
-            with self.reporter.task("reference solution (RK45)", len(indices)) as advance:
-                pieces = distributed.guarded(lambda: [(b.indices, b.x.cpu()) for b, _ in
-                                                      sample_points(model, ref_plan, chunked, indices, advance)],
-                                             POINT_ERRORS)
-            x = distributed.rows_by_index(p for ps in distributed.unwrap(distributed.all_gather(pieces)) for p in ps)
-            if distributed.is_main():
-                results.atomic_write(path, lambda f: torch.save(x, f))
-        self._solutions[key] = x
-        return x
+        if key not in self._solutions:
+            path = Path(cfg.cache_dir) / "reference" / f"{key}.pt"
+            self._solutions[key] = tensorcache.load_or_build(
+                path, lambda: {"x": self._solve_reference(cfg, model, plan, run, n)}, "reference solution",
+                store=distributed.is_main())["x"]
+        return self._solutions[key]
+
+    def _solve_reference(self, cfg: DictConfig, model: Denoiser, plan: Plan, run: RunSettings, n: int) -> Tensor:
+        levels = plan.sigmas[plan.sigmas > 0]
+        options = to_dict(cfg.metrics.reference)
+        ref_plan = make_plan(str(options.pop("solver")), 1, model.schedule, step_schedule="uniform_logsnr",
+                             solver_options=options, sigma_min=float(levels[-1]), sigma_max=float(levels[0]),
+                             final_zero=bool(plan.sigmas[-1] == 0))
+        chunked = RunSettings(1, run.seed, n, REFERENCE_CHUNK, run.device, run.dtype)
+        indices = distributed.shard_indices(n, REFERENCE_CHUNK)  # each rank solves its chunks
+        with self.reporter.task("reference solution (RK45)", len(indices)) as advance:
+            pieces = distributed.guarded(lambda: [(b.indices, b.x.cpu()) for b, _ in
+                                                  sample_points(model, ref_plan, chunked, indices, advance)],
+                                         POINT_ERRORS)
+        return distributed.rows_by_index(p for ps in distributed.unwrap(distributed.all_gather(pieces)) for p in ps)
 
 
 def save_grid_samples(cfg: DictConfig, key: str, x: Tensor) -> str:
@@ -485,7 +510,7 @@ class MetricContext:
             dataset = make_dataset(to_dict(cfg.dataset), model=model, model_config=to_dict(cfg.model))
             n = len(dataset) if ref_n is None else int(ref_n)
             with self.reporter.task(f"reference features ({extractor.name})", n) as advance:
-                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir, batch_size=batch_size,
+                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir, batch_size=min(batch_size, FEATURE_BATCH),
                                                           progress=progress_callback(advance))
         return self._refs[key]
 
@@ -524,8 +549,9 @@ class MetricSuite:
 
     def update(self, x: Tensor, indices: Sequence[int], reference: Tensor | None) -> None:
         if self.extractor is not None:
-            out = self.extractor(to_uint8(x))
-            self.stats.update(out.features, out.logits)
+            for part in x.split(FEATURE_BATCH):  # batch_size=auto may hand over thousands of samples
+                out = self.extractor(to_uint8(part))
+                self.stats.update(out.features, out.logits)
         if reference is not None:
             keep = [k for k, i in enumerate(indices) if i < len(reference)]
             if keep:

@@ -1,5 +1,7 @@
-"""Shared fixtures: tiny analytic models with exact answers."""
+"""Shared fixtures: tiny analytic models with exact answers; fast sweep arguments and cache."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,21 @@ def gauss():
 def mixture():
     """A small image-shaped Gaussian mixture."""
     return image_mixture(shape=(1, 4, 4), components=3, std=0.2)
+
+
+# Sweeps in tests: the tiny debug config and error-only metrics (the full metric path runs in test_cli).
+FAST_SWEEP = ["debug=default", "metrics=error_only"]
+
+
+def sweep_args(root: Path, cache: Path, *extra: str) -> list[str]:
+    """Overrides of a fast sweep writing to root/out with reference solutions cached in `cache`."""
+    return [*FAST_SWEEP, f"out={root / 'out'}", f"cache_dir={cache}", *extra]
+
+
+@pytest.fixture(scope="module")
+def sweep_cache(tmp_path_factory):
+    """One cache per test module: reference solutions are shared, as in real use."""
+    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ numbers (``<dataset>_<split>_<extractor>_<resize>_n<N>_<key>``): ``.npz`` (n, me
 provenance: the key's fields (dataset fingerprint, extractor identity incl. weights hash), the
 SHA-256 of both data files, versions and creation time. The JSON is written last (atomically), so an
 entry without it is incomplete; an entry whose files do not match their recorded hashes is corrupt
-and rebuilt. A file lock keeps concurrent ranks/jobs from building the same entry twice.
+and rebuilt, with one warning line. A file lock keeps concurrent ranks/jobs from building the same entry twice.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from diffbench.atomicio import atomic_write
+from diffbench.errors import warn
 from diffbench.metrics.assets import cache_dir as default_cache_dir
 from diffbench.metrics.assets import file_digest
 from diffbench.metrics.stats import FeatureStats, Progress, extract
@@ -70,18 +71,6 @@ def reference_key(dataset: Any, extractor: Any, n: int) -> tuple[str, dict[str, 
     return key, fields
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """write(tmp_path) then rename onto path: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _load(stem: Path, key: str) -> tuple[RefStats | None, str | None]:
     """The cached entry, or (None, why it cannot be used)."""
     meta_path = stem.with_suffix(".json")
@@ -109,21 +98,21 @@ def _save(stem: Path, key: str, fields: dict[str, Any], stats: FeatureStats, dat
     """Write the entry's data files, then its provenance JSON (the commit marker)."""
     npz, feats = stem.with_suffix(".npz"), stem.parent / (stem.name + ".features.npy")
 
-    def write_npz(tmp: str) -> None:
+    def write_npz(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, n=stats.n, mean=stats.mean, cov=stats.cov)
 
-    def write_features(tmp: str) -> None:
+    def write_features(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(stats.features, dtype=np.float32))
 
-    _atomic_write(npz, write_npz)
-    _atomic_write(feats, write_features)
+    atomic_write(npz, write_npz)
+    atomic_write(feats, write_features)
     meta = {"key": key, "key_fields": fields, "dataset": dataset.describe(),
             "files": {npz.name: file_digest(npz), feats.name: file_digest(feats)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(seconds, 3),
             "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}}
-    _atomic_write(stem.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1, default=str)))
+    atomic_write(stem.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1, default=str)))
     return meta
 
 
@@ -151,6 +140,8 @@ def load_or_build_reference(dataset: Any, extractor: Any, n: int | None = None,
         ref, reason = _load(stem, key)
         if ref is not None:
             return ref
+        if reason:
+            warn(f"reference statistics {stem}: {reason}; rebuilding them")
         start = time.perf_counter()
         stats = extract(dataset.batches(batch_size, n), extractor, keep_features=True, total=n, progress=progress)
         meta = _save(stem, key, fields, stats, dataset, time.perf_counter() - start)

@@ -1,0 +1,79 @@
+"""Atomic file writes (temporary file beside the target, fsync, rename) and clean-up after killed writers.
+
+A temporary file is named ``.<target name>.<pid>@<host>.tmp``. A write that fails (disk full,
+read-only folder) or is interrupted removes its own temporary and leaves the target as it was;
+`remove_orphans` deletes the temporaries of writers on this host that no longer run (SIGKILL).
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from diffbench.errors import StorageError, UsageError
+
+HOST = socket.gethostname()
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[^@/]+)\.tmp$")
+
+
+def temporary_path(target: Path) -> Path:
+    """This process's temporary file for target (same folder, so the final rename is atomic)."""
+    return target.with_name(f".{target.name}.{os.getpid()}@{HOST}.tmp")
+
+
+@contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """Yield a temporary path; when the block succeeds, fsync it and rename it over target, else remove it.
+
+    An OSError (disk full, read-only, no permission) becomes a StorageError naming the target.
+    """
+    tmp = temporary_path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as e:
+        raise StorageError(e.errno, e.strerror or str(e), str(target)) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) to a temporary file beside target, then rename it over target (see `staged`)."""
+    with staged(target) as tmp:
+        write(tmp)
+
+
+def remove_orphans(folder: Path) -> None:
+    """Delete the temporaries in folder whose writer, a process on this host, is gone (killed mid-write)."""
+    for path in folder.glob(".*.tmp"):
+        match = _TEMPORARY.match(path.name)
+        if match and match["host"] == HOST and not _running(int(match["pid"])):
+            path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def check_writable(folder: Path, field: str) -> None:
+    """UsageError naming the config field unless folder exists or can be created and takes a new file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{field}={folder}: cannot create or write this folder ({e.strerror or e}); "
+                         f"choose a writable {field}=") from None
