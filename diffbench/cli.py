@@ -38,6 +38,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 @app.command()
 def sweep(overrides: Overrides = None, quiet: Quiet = False,
           shard: Annotated[str, typer.Option(help="Run share I of N of the points (I/N, 0-based), for several jobs.")] = "0/1",
+          jobs: Annotated[int, typer.Option(help="With hydra/launcher=...: N jobs of shards (0: one job per point).")] = 0,
           retry_failed: Annotated[bool, typer.Option(help="Run again the points stored as failed.")] = False,
           dry_run: Annotated[bool, typer.Option(help="List the grid points and exit.")] = False,
           report: Annotated[bool, typer.Option(help="Write plots and the HTML/markdown report at the end.")] = True) -> None:
@@ -50,22 +51,27 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
         diffbench sweep solver=euler,heun,dpmpp_2m nfe=5,10,20 out=runs/mine
         diffbench sweep debug=default out=runs/smoke   # tiny, for a smoke test
         torchrun --nproc_per_node=4 -m diffbench.cli sweep out=runs/mine   # 4 GPUs share each point's samples
+        diffbench sweep hydra/launcher=slurm hydra.launcher.partition=gpu out=runs/mine   # one SLURM job per point
     """
     from diffbench import distributed
     from diffbench import sweep as engine
 
     index, count = _parse_shard(shard)
+    overrides, launcher = _split_launcher(overrides or [], shard, jobs)
     if dry_run:
-        points = engine.prepare(overrides or [])
+        points = engine.prepare(overrides)
         if not distributed.is_main():
             return
         for p in points:
             out.print(f"{p.key}  {p.label}" + (f"  (budget {p.nfe_budget})" if p.nfe_budget != p.cfg.nfe else ""))
         out.print(f"{len(points)} points")
         return
-    summary = engine.run_sweep(overrides or [], progress=not quiet, shard=(index, count),
-                               retry_failed=retry_failed, command=_ARGV,
-                               on_row=(lambda row: None) if quiet else _print_row_status)
+    if launcher:
+        summary, incomplete = _launch_jobs(overrides, launcher, jobs, retry_failed)
+    else:
+        summary, incomplete = engine.run_sweep(overrides, progress=not quiet, shard=(index, count),
+                                               retry_failed=retry_failed, command=_ARGV,
+                                               on_row=(lambda row: None) if quiet else _print_row_status), 0
     if not distributed.is_main():
         return  # under torchrun rank 0 prints and writes the report
     df = summary.frame()
@@ -79,6 +85,34 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
         html, md = write_report(df, summary.table.parent, summary.table.parent / "report")
         out.print(f"plots:   {html.parent / 'figures'}")
         out.print(f"report:  {html}  and  {md}")
+    if incomplete:
+        raise typer.Exit(1)  # points without a row: their jobs died (or still run); a rerun resumes
+
+
+def _split_launcher(overrides: list[str], shard: str, jobs: int) -> tuple[list[str], list[str]]:
+    """(sweep overrides, Hydra launcher overrides); --jobs needs a launcher, which replaces --shard."""
+    from diffbench.launch import split_overrides
+
+    overrides, launcher = split_overrides(overrides)
+    if launcher:
+        check(shard == "0/1", f"--shard {shard}: {launcher[0]} submits every shard itself; give --jobs N instead")
+    else:
+        check(jobs == 0, f"--jobs {jobs} needs a launcher: add hydra/launcher=local (or slurm), "
+                         "or split by hand with --shard I/N")
+    return overrides, launcher
+
+
+def _launch_jobs(overrides: list[str], launcher: list[str], jobs: int, retry_failed: bool) -> tuple[Any, int]:
+    """Run the points as jobs of a Hydra launcher (diffbench.launch), one line per failure on stderr."""
+    from rich.markup import escape
+
+    from diffbench.launch import launch_sweep
+
+    launched = launch_sweep(overrides, launcher, jobs=jobs, retry_failed=retry_failed, command=_ARGV,
+                            echo=out.print)
+    for line in launched.failures:
+        err.print(f"[yellow]{escape(line)}[/]", highlight=False)
+    return launched.summary, launched.incomplete
 
 
 def _parse_shard(text: str) -> tuple[int, int]:

@@ -213,9 +213,15 @@ def expand_grid(overrides: Sequence[str] = ()) -> list[list[str]]:
 
 def compose_grid(overrides: Sequence[str] = ()) -> list[DictConfig]:
     """Every grid point's composed config, in grid order."""
-    points = expand_grid(overrides)
+    return compose_points(expand_grid(overrides))
+
+
+def compose_points(points: Sequence[Sequence[str]]) -> list[DictConfig]:
+    """The composed config of each override list (one per grid point), in one Hydra session."""
     with _hydra():
-        return [_compose(p) for p in points]
+        return [_compose(list(p)) for p in points]
+
+
 
 
 def to_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

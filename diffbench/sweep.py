@@ -29,8 +29,8 @@ from torch import Tensor
 from diffbench import distributed, results, tensorcache
 from diffbench.atomicio import check_writable, remove_orphans
 from diffbench.batching import FEATURE_BATCH, BatchSizer
-from diffbench.config import (RunSettings, compose_grid, config_hash, flatten, parse_overrides, point_hash, settings,
-                              to_dict)
+from diffbench.config import (RunSettings, compose_points, config_hash, expand_grid, flatten, parse_overrides,
+                              point_hash, settings, to_dict)
 from diffbench.errors import UsageError, check
 from diffbench.data import make_dataset, to_uint8
 from diffbench.metrics import (LPIPS, ErrorStats, FeatureExtractor, FrechetTarget, MetricOptions, RefStats,
@@ -98,6 +98,7 @@ class Point:
     nfe_budget: int
     plan: Plan | None
     reason: str | None = None
+    overrides: tuple[str, ...] = ()  # the override list that composes this point alone
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -172,17 +173,19 @@ def resolve_point(cfg: DictConfig, models: ModelCache, policy: str = "exact") ->
 def prepare(overrides: Sequence[str]) -> list[Point]:
     """Compose and validate every grid point (nothing runs or is written before all are valid)."""
     for o in parse_overrides(overrides):
-        check(not o.key_or_group.startswith("hydra/launcher"),
-              f"{o.input_line}: launching points as separate jobs is not wired yet; "
-              "run N jobs with `diffbench sweep --shard I/N` on one out= folder instead")
-    cfgs = compose_grid(overrides)
+        check(not o.key_or_group.startswith("hydra"),
+              f"{o.input_line}: a Hydra launcher option; `diffbench sweep` (diffbench.launch) takes it and runs the "
+              "points as jobs")
+    grid = expand_grid(overrides)
+    cfgs = compose_points(grid)
     outs = {str(c.out) for c in cfgs}
     check(len(outs) == 1, f"out takes one value per sweep (got {', '.join(sorted(outs))}); run one sweep per out")
     models = ModelCache()
     points: dict[str, Point] = {}
-    for cfg in cfgs:
+    for point_overrides, cfg in zip(grid, cfgs):
         policy = str(cfg.sweep.get("nfe_policy", "exact"))
         point = resolve_point(cfg, models, policy)
+        point.overrides = tuple(point_overrides)
         points.setdefault(point.key, point)  # budgets that resolve to one NFE run once
     return list(points.values())
 
