@@ -5,8 +5,8 @@
 - baseline: diffusers' EDMDPMSolverMultistepScheduler loop (the same network and algorithm), one PNG
   per sample, then clean-fid's folder FID against custom statistics made once from the same reference
   images (clean mode, clean-fid's default batch size and workers).
-- floor: N x (NFE x the network's pure forward time per sample at its best batch size + the Inception
-  time per image at its best batch size, clean resize included).
+- floor: N x (NFE x the network's pure forward time per sample at its best batch size + Inception's pure
+  forward time per image at its best batch size); the resize to 299 is timed too but not in the floor.
 
 `speed` measures sampling throughput only (no Inception) for precision / memory-format / compile
 variants. Each run prints a table and writes JSON (with this command) to --out. Examples (GPU):
@@ -120,16 +120,19 @@ def network_floor(overrides: list[str], sizes: list[int]) -> tuple[int, float]:
     return best_time_per_item(forward, sizes)
 
 
-def inception_floor(weights: str, sizes: list[int], shape: tuple[int, ...], device: str) -> tuple[int, float]:
-    """Inception time per image (clean resize included) at its best batch size."""
+def inception_floor(weights: str, sizes: list[int], shape: tuple[int, ...], device: str) -> dict[str, Any]:
+    """Inception's pure forward time per image at its best batch size, and the clean resize's time per image."""
     extractor = make_extractor("inception", weights=weights, resize_mode="clean", device=device)
     images = to_uint8(torch.rand(max(sizes), *shape) * 2 - 1).to(device)
-    return best_time_per_item(lambda size: extractor(images[:size]), sizes, repeats=2)
+    pixels = extractor.preprocess(images)
+    forward_bs, forward_s = best_time_per_item(lambda size: extractor.forward(pixels[:size]), sizes, repeats=2)
+    _, resize_s = best_time_per_item(lambda size: extractor.preprocess(images[:size]), [max(sizes)], repeats=2)
+    return {"inception_best_batch": forward_bs, "inception_s_per_image": forward_s, "resize_s_per_image": resize_s}
 
 
 def unet35m_checkpoint(folder: Path) -> str:
-    """A CIFAR-10-sized (3x32x32) UNet with ~36M random parameters as an EDM checkpoint (timing only)."""
-    arch = {"in_channels": 3, "resolution": 32, "channels": 124, "channel_mult": [1, 2, 2, 2],
+    """A CIFAR-10-sized (3x32x32) UNet, DDPM's CIFAR-10 layout (38M parameters here), random weights (timing only)."""
+    arch = {"in_channels": 3, "resolution": 32, "channels": 128, "channel_mult": [1, 2, 2, 2],
             "attn_resolutions": [16]}
     torch.manual_seed(0)
     path = folder / "unet35m.pt"
@@ -170,14 +173,14 @@ def diffbench_point(args: argparse.Namespace, base: list[str], out: Path) -> dic
     common = [*base, "solver=dpmpp_2m", f"nfe={args.nfe}", f"batch_size={args.batch}", "metrics.names=[fd]",
               "metrics.extractor=inception", f"metrics.extractor_weights={args.weights}", "metrics.n_boot=20",
               "sweep.params.solver=dpmpp_2m", f"sweep.params.nfe={args.nfe}"]
-    run_sweep([*common, "n_samples=256", f"out={out / 'warm'}"], progress=False)  # reference stats -> cache
+    run_sweep([*common, f"n_samples={args.batch}", f"out={out / 'warm'}"], progress=False)  # reference stats -> cache, compile
     rows: list[dict[str, Any]] = []
     with gpu_utilisation() as util:
         start = time.perf_counter()
         run_sweep([*common, f"n_samples={args.n}", f"out={out / 'point'}"], progress=False, on_row=rows.append)
         wall = time.perf_counter() - start
     row = rows[0]
-    keep = ("status", "reason", "fid", "fid_low", "fid_high", "nfe_measured", "time_total_s", "time_sampling_s",
+    keep = ("status", "reason", "fid", "fid_lo", "fid_hi", "nfe_measured", "time_total_s", "time_sampling_s",
             "time_metrics_s", "peak_memory_mb", "model.dtype", "tf32", "model.channels_last", "model.compile",
             "batch_size", "device_name", "version.torch", "n_ref")
     return {**{k: row.get(k) for k in keep}, "wall_s": wall, "gpu_util_mean": mean(util)}
@@ -252,10 +255,9 @@ def point(args: argparse.Namespace, base: list[str], out: Path) -> dict[str, Any
     cfg = compose(base)
     net_bs, net_s = network_floor(base, args.sizes)
     shape = tuple(ModelCache().get(cfg.model).shape)
-    inc_bs, inc_s = inception_floor(args.weights, args.inception_sizes, shape, args.device)
-    floor = args.n * (args.nfe * net_s + inc_s)
-    report: dict[str, Any] = {"floor": {"network_best_batch": net_bs, "network_s_per_sample": net_s,
-                                        "inception_best_batch": inc_bs, "inception_s_per_image": inc_s,
+    inception = inception_floor(args.weights, args.inception_sizes, shape, args.device)
+    floor = args.n * (args.nfe * net_s + inception["inception_s_per_image"])
+    report: dict[str, Any] = {"floor": {"network_best_batch": net_bs, "network_s_per_sample": net_s, **inception,
                                         "floor_s": floor}}
     report["diffbench"] = diffbench_point(args, base, out)
     report["diffbench"]["ratio_to_floor"] = report["diffbench"]["time_total_s"] / floor
@@ -308,8 +310,8 @@ def main() -> None:
             *([f"metrics.ref_n={args.ref_n}"] if args.ref_n else []), *args.set]
     sqrtm_compat()
     report = speed(args, base) if args.mode == "speed" else point(args, base, work)
-    meta = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "base_overrides": base,
-            "n": args.n, "nfe": args.nfe, "batch": args.batch, **results.provenance(torch.device(args.device))}
+    meta = {**results.provenance(torch.device(args.device)), "base_overrides": base, "n": args.n, "nfe": args.nfe,
+            "batch": args.batch, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
     text = json.dumps({"meta": meta, "result": report}, indent=1, default=str)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import torch
 
 from diffbench.errors import UsageError
 from diffbench.metrics import ErrorStats
+from diffbench.metrics.features import resize_clean, resize_clean_matmul
 from diffbench.models import make_model
 from diffbench.models.unet import UNet, save_checkpoint
 from diffbench.sweep import MetricFeed, set_tf32
@@ -86,3 +87,12 @@ def test_metric_feed_reraises_a_failed_update():
 
     with pytest.raises(ValueError, match="bad batch"), MetricFeed(Failing(), None, background=True) as feed:
         feed.submit(torch.zeros(1), [0])
+
+
+@pytest.mark.parametrize("size", [299, 17])
+def test_matmul_clean_resize_matches_pillow(size):
+    """The GPU path of the clean resize (run here on CPU) equals Pillow's to float32 rounding."""
+    images = torch.randint(0, 256, (3, 3, 28, 20), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    pillow, matmul = resize_clean(images, size), resize_clean_matmul(images, size, chunk=2)
+    assert matmul.shape == pillow.shape == (3, 3, size, size)
+    assert float((matmul - pillow).abs().max()) <= 1e-4
