@@ -175,6 +175,7 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
 
     from diffbench import plots, results
     from diffbench import sweep as engine
+    from diffbench.atomicio import check_writable
     from diffbench.config import compose
 
     cfg = compose(overrides or [])
@@ -183,6 +184,7 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     indices = _parse_seeds(seeds) if seeds else list(range(point.run.n_samples))
     path = output or Path(cfg.out) / "samples" / f"{cfg.solver.name}_{cfg.schedule.name}_nfe{cfg.nfe}_seed{cfg.seed}.npz"
     check(path.suffix == ".npz", f"--output {path}: give a .npz path")
+    check_writable(path.parent, "--output")
     model = models.get(cfg.model)
     assert point.plan is not None  # policy "exact" always gives a plan or raises
     xs, seconds, nfe = [], 0.0, None
@@ -359,34 +361,47 @@ def report(results_path: Results,
 
 @app.command("check")
 def check_cmd(results_path: Results,
-              baseline: Annotated[Path, typer.Argument(help="The baseline table to compare with.", show_default=False)],
-              metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to compare (default: all shared ones).")] = None,
-              rtol: Annotated[float, typer.Option(help="Relative slack added to the CI tolerance.")] = 0.0) -> None:
+              baseline: Annotated[Path, typer.Option("--baseline", "-b", help="The baseline table: its folder, .parquet or .csv.",
+                                                     show_default=False)],
+              metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to compare (default: all of the baseline's).")] = None,
+              rtol: Annotated[float, typer.Option(help="Relative slack added to the noise tolerance.")] = 0.0,
+              alpha: Annotated[float, typer.Option(help="Chance that an unchanged re-run fails the whole check.")] = 0.05,
+              update: Annotated[bool, typer.Option(help="Write the results as the new baseline instead of comparing.")] = False) -> None:
     """Compare a results table with a baseline: exit 0 pass, 1 regression, 2 bad input.
 
-    A point regresses when its metric exceeds the baseline's by more than the two CIs' half-widths
-    combined (plus rtol x baseline); lower is better for every metric compared. Points are matched
-    by config hash.
+    A point regresses when a metric is worse than the baseline's by more than the two runs' noise
+    allows (their intervals combined, corrected for the number of comparisons: see
+    diffbench/regression.py); lower is better except for IS, precision, recall, density, coverage.
+    Points are matched by config without the seed, so a re-run on another seed is comparable;
+    timings and other machine-specific columns are never compared.
 
-        diffbench check runs/ci results/baseline.parquet --metric rmse_ref
+        diffbench check runs/ci --baseline results/baseline.parquet
+        diffbench check runs/ci --baseline results/baseline.parquet --metric rmse_ref
+        diffbench check runs/new --baseline results/baseline.parquet --update   # accept new numbers
     """
-    from diffbench import results
+    from diffbench import regression, results
+    from diffbench.atomicio import check_writable
 
-    verdict = results.compare(results.read_table(results_path), results.read_table(baseline), metric, rtol)
+    current = results.read_table(results_path)
+    if update:
+        check_writable(results.table_paths(baseline).parquet.parent, "--baseline")
+        results.write_table(baseline, current)
+        out.print(f"baseline {baseline} now holds the {len(current)} rows of {results_path}")
+        return
+    verdict = regression.compare(current, results.read_table(baseline), metric, rtol, alpha)
     _print_frame(verdict)
-    bad = int((verdict["verdict"] == "regression").sum())
-    out.print(f"{len(verdict)} comparisons, {bad} regressions")
-    if bad:
+    bad = verdict[verdict["verdict"] == "regression"]
+    out.print(f"{len(verdict)} comparisons, {len(bad)} regressions")
+    for row in bad.itertuples(index=False):
+        out.print(f"REGRESSION {row.solver} / {row.schedule} / nfe {row.nfe} ({row.config_hash}) {row.metric}: {row.why}",
+                  highlight=False, markup=False)
+    if len(bad):
         raise typer.Exit(1)
 
 
 def _print_frame(df: Any) -> None:
-    view = Table(header_style="bold")
-    for col in df.columns:
-        view.add_column(str(col))
-    for row in df.itertuples(index=False):
-        view.add_row(*(_cell(v) for v in row))
-    out.print(view)
+    """A frame as plain aligned text, never cut to the terminal's width (CI logs keep every column)."""
+    out.print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""), highlight=False, markup=False)
 
 
 # list / doctor --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -145,17 +146,31 @@ def _compose(overrides: list[str]) -> DictConfig:
     try:
         cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
         choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/") and v}
+        _check_mappings(choices)
         with _open(cfg):
             del cfg["hydra"]
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         raise UsageError(_one_line(e)) from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"malformed config file: {_one_line(e)}") from None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UsageError(f"{', '.join(missing)} has no value; set it on the command line ({missing[0]}=...)")
     with _open(cfg):
         cfg.choices = choices
     return cfg
+
+
+def _check_mappings(choices: Mapping[str, str]) -> None:
+    """Each chosen group file holds a mapping (Hydra silently ignores a file that is a bare scalar or list)."""
+    root = config_dir()
+    for group, name in choices.items():
+        path = root / group / f"{name}.yaml"
+        if path.is_file():
+            data = yaml.safe_load(path.read_text())
+            check(data is None or isinstance(data, dict),
+                  f"malformed config file: {path} holds a {type(data).__name__}, not a mapping of fields")
 
 
 @contextmanager
@@ -222,8 +237,6 @@ def compose_points(points: Sequence[Sequence[str]]) -> list[DictConfig]:
         return [_compose(list(p)) for p in points]
 
 
-
-
 def to_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """A resolved plain-dict copy of a config."""
     if isinstance(cfg, DictConfig):
@@ -236,6 +249,11 @@ def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     data = {k: v for k, v in to_dict(cfg).items() if k not in (*NOT_HASHED, "choices")}
     text = json.dumps(data, sort_keys=True, default=str, allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def point_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """config_hash without the seed: the same benchmark point on any noise stream (`diffbench check` matches it)."""
+    return config_hash({k: v for k, v in to_dict(cfg).items() if k != "seed"})
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -271,9 +289,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
+        device = None
+    check(device is not None and device.type in ("cpu", "cuda"),
+          f"device={name} is not a device diffbench runs on; use auto, cpu, cuda or cuda:N")
     check(device.type != "cuda" or torch.cuda.is_available(),
           f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
+    check(device.type != "cuda" or device.index is None or device.index < torch.cuda.device_count(),
+          f"device={name}: there are only {torch.cuda.device_count()} CUDA devices; use cuda:0 .. cuda:N-1")
     return device
 
 
@@ -284,8 +306,27 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
     return int(value)
 
 
+# Counts in the metrics group: their minimum, and which may be null (ref_n: the whole dataset).
+METRIC_COUNTS = {"n_boot": 0, "error_n_boot": 0, "kid_subsets": 1, "kid_subset_size": 2, "ref_n": 2, "error_samples": 1}
+NULLABLE_METRICS = ("ref_n", "error_samples")
+
+
+def check_metric_numbers(metrics: Mapping[str, Any]) -> None:
+    """The metrics group's counts are integers >= their minimum (n_boot 0 or >= 2) and ci_level is in (0, 1)."""
+    for key, minimum in METRIC_COUNTS.items():
+        value = metrics.get(key)
+        if key in metrics and not (value is None and key in NULLABLE_METRICS):
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+                  f"metrics.{key} must be an integer >= {minimum} (got {value!r})")
+    check(metrics.get("n_boot") != 1, "metrics.n_boot must be 0 (no intervals) or >= 2 (got 1)")
+    level = metrics.get("ci_level", 0.95)
+    check(isinstance(level, int | float) and not isinstance(level, bool) and 0 < level < 1,
+          f"metrics.ci_level must be a number in (0, 1) (got {level!r})")
+
+
 def settings(cfg: DictConfig) -> RunSettings:
-    """Validate the top-level fields of a composed config."""
+    """Validate the top-level fields of a composed config and the metrics group's numbers."""
+    check_metric_numbers(cfg.get("metrics") or {})
     seed = cfg.get("seed")
     check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63,
           f"seed must be a non-negative integer (got {seed!r})")

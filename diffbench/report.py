@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,7 +72,21 @@ STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-c
 
 def write_report(df: pd.DataFrame, root: Path, out_dir: Path, title: str = "diffbench report",
                  metrics: Sequence[str] | None = None) -> tuple[Path, Path]:
-    """Draw the figures and write report.html (self-contained) and report.md into out_dir."""
+    """Draw the figures and write report.html (self-contained) and report.md into out_dir.
+
+    A folder this call creates is removed again if drawing or writing fails (nothing half-written).
+    """
+    created = not out_dir.exists()
+    try:
+        return _write_report(df, root, out_dir, title, metrics)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _write_report(df: pd.DataFrame, root: Path, out_dir: Path, title: str,
+                  metrics: Sequence[str] | None) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = plots.plot_all(df, root, out_dir / "figures", metrics)
     table = summary_table(df)

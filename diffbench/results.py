@@ -89,6 +89,7 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     df = load(path)
     check(not df.empty, f"no results table at {path}; run `diffbench sweep out=DIR` first or give its path")
     check(KEY in df.columns, f"{path} is not a diffbench results table (no '{KEY}' column)")
+    metric_columns(df)  # a UsageError when its metric_names are not the lists diffbench writes
     return df
 
 
@@ -167,7 +168,13 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     """Names of the metric columns a table reports (from each row's `metric_names`)."""
     names: list[str] = []
     for entry in df.get("metric_names", pd.Series(dtype=object)).dropna():
-        names += [n for n in json.loads(entry) if n not in names]
+        try:
+            listed = json.loads(entry)
+        except (TypeError, ValueError):
+            listed = None
+        check(isinstance(listed, list) and all(isinstance(n, str) for n in listed),
+              f"metric_names {entry!r} is not a JSON list of names; the table is not one diffbench wrote")
+        names += [n for n in listed if n not in names]
     return [n for n in names if n in df.columns]
 
 
@@ -179,45 +186,9 @@ def metric_row(values: Mapping[str, MetricValue]) -> dict[str, Any]:
     return row
 
 
-# Comparison with a baseline ---------------------------------------------------------------------
-
-def _half_width(df: pd.DataFrame, metric: str) -> pd.Series:
-    if f"{metric}_lo" not in df.columns or f"{metric}_hi" not in df.columns:
-        return pd.Series(0.0, index=df.index)
-    return ((df[f"{metric}_hi"] - df[f"{metric}_lo"]) / 2).fillna(0.0).clip(lower=0.0)
-
-
-def compare(current: pd.DataFrame, baseline: pd.DataFrame, metrics: Sequence[str] | None = None,
-            rtol: float = 0.0) -> pd.DataFrame:
-    """Per point and metric: current vs baseline with tolerance = both CI half-widths + rtol * |baseline|.
-
-    Points are matched by config hash. Lower is better, except for metrics named in HIGHER_IS_BETTER.
-    A baseline point that is missing or failed in the current table is a regression.
-    """
-    check(rtol >= 0, f"--rtol must be >= 0 (got {rtol})")
-    names = list(metrics or [m for m in metric_columns(baseline) if m in metric_columns(current)])
-    check(bool(names), "the two tables share no metric; name one with --metric")
-    for m in names:
-        check(m in baseline.columns and m in current.columns, f"--metric {m}: not in both tables")
-    base = baseline[baseline["status"] == "ok"].set_index(KEY)
-    cur = current.drop_duplicates(KEY).set_index(KEY)
-    check(bool(set(base.index) & set(cur.index)),
-          "no point of the results matches the baseline (config hashes differ); rerun the baseline's sweep")
-    rows = []
-    for key, b in base.iterrows():
-        c = cur.loc[key] if key in cur.index else None
-        for m in names:
-            row = {KEY: key, "solver": b.get("solver.name"), "schedule": b.get("schedule.name"),
-                   "nfe": b.get("nfe_measured"), "metric": m, "baseline": b[m]}
-            if c is None or c["status"] != "ok" or pd.isna(c[m]):
-                rows.append({**row, "current": None, "tolerance": None,
-                             "verdict": "regression", "why": "missing" if c is None else f"failed: {c.get('reason')}"})
-                continue
-            tol = float(_half_width(base.loc[[key]], m).iloc[0] + _half_width(cur.loc[[key]], m).iloc[0]) + rtol * abs(b[m])
-            worse = (b[m] - c[m]) if m in HIGHER_IS_BETTER else (c[m] - b[m])
-            verdict = "regression" if worse > tol else ("improved" if worse < -tol else "ok")
-            rows.append({**row, "current": c[m], "tolerance": tol, "verdict": verdict, "why": ""})
-    return pd.DataFrame(rows)
+def write_table(path: str | os.PathLike[str], df: pd.DataFrame) -> None:
+    """Replace a table with df, atomically (e.g. a baseline updated from a run)."""
+    _write_atomic(normalise(df.copy()), table_paths(path))
 
 
 # Provenance -------------------------------------------------------------------------------------

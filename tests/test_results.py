@@ -9,7 +9,7 @@ import pytest
 
 from diffbench import results
 from diffbench.errors import UsageError
-from diffbench.results import MetricValue, append, compare, load, metric_row, table_paths
+from diffbench.results import MetricValue, append, load, metric_row, table_paths
 
 
 def _row(key: str, value: float = 1.0, lo: float | None = None, hi: float | None = None, **extra) -> dict:
@@ -74,18 +74,6 @@ def test_missing_or_foreign_table_is_a_usage_error(tmp_path):
     pd.DataFrame({"x": [1]}).to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(UsageError, match="not a diffbench results table"):
         results.read_table(tmp_path / "other.csv")
-
-
-def test_compare_uses_the_intervals_as_tolerance():
-    base = pd.DataFrame([_row("a", 1.0, 0.9, 1.1), _row("b", 1.0, 0.9, 1.1), _row("c", 1.0)])
-    cur = pd.DataFrame([_row("a", 1.15, 1.05, 1.25), _row("b", 1.3, 1.2, 1.4),
-                        {**_row("c", float("nan")), "status": "failed", "reason": "NaN"}])
-    verdict = compare(cur, base).set_index("config_hash")["verdict"].to_dict()
-    # a: 0.15 worse, tolerance 0.1 + 0.1 -> ok; b: 0.3 worse -> regression; c: failed -> regression.
-    assert verdict == {"a": "ok", "b": "regression", "c": "regression"}
-    assert compare(cur.iloc[:2], base.iloc[:2], rtol=0.2).set_index("config_hash")["verdict"]["b"] == "ok"
-    with pytest.raises(UsageError, match="no point of the results matches"):
-        compare(pd.DataFrame([_row("z")]), base)
 
 
 def test_provenance_names_versions_git_and_command():
