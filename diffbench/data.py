@@ -30,6 +30,16 @@ from torch import Tensor
 
 from diffbench.errors import UsageError, check
 
+ASSETS = Path(__file__).resolve().parent / "assets"  # data and weights shipped with the package
+
+
+def resolve_data_path(path: str | os.PathLike) -> Path:
+    """dataset.path as given (relative to the working directory), else a name under diffbench/assets/."""
+    given = Path(path).expanduser()
+    if given.exists() or given.is_absolute() or not (ASSETS / given).exists():
+        return given
+    return ASSETS / given
+
 IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 
 
@@ -128,8 +138,8 @@ class NpzDataset(ArrayDataset):
     kind = "npz"
 
     def __init__(self, path: str | os.PathLike, key: str | None = None, split: str = "train"):
-        self.path = Path(path).expanduser()
-        check(self.path.is_file(), f"dataset.path={self.path} does not exist")
+        self.path = resolve_data_path(path)
+        check(self.path.is_file(), f"dataset.path={path} does not exist (nor under {ASSETS})")
         if self.path.suffix == ".npy":
             arr = np.load(self.path)
         else:

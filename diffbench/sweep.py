@@ -493,7 +493,8 @@ class MetricContext:
             name = "random_conv"
         options = {"resize_mode": str(m.resize_mode), "device": device}
         if name in ("inception", "auto"):
-            options["weights"] = m.get("extractor_weights")
+            options.update(weights=m.get("extractor_weights"), dtype=str(m.get("extractor_dtype", "float32")),
+                           channels_last=bool(m.get("extractor_channels_last", False)))
         key = json.dumps([name, str(options)])
         if key not in self._extractors:
             self._extractors[key] = make_extractor(name, **options)

@@ -120,9 +120,12 @@ def network_floor(overrides: list[str], sizes: list[int]) -> tuple[int, float]:
     return best_time_per_item(forward, sizes)
 
 
-def inception_floor(weights: str, sizes: list[int], shape: tuple[int, ...], device: str) -> dict[str, Any]:
-    """Inception's pure forward time per image at its best batch size, and the clean resize's time per image."""
-    extractor = make_extractor("inception", weights=weights, resize_mode="clean", device=device)
+def inception_floor(weights: str, sizes: list[int], shape: tuple[int, ...], device: str,
+                    metrics: Any) -> dict[str, Any]:
+    """Inception's pure forward time per image at its best batch size (in the run's metrics.extractor_dtype
+    and layout), and the clean resize's time per image."""
+    extractor = make_extractor("inception", weights=weights, resize_mode="clean", device=device,
+                               dtype=str(metrics.extractor_dtype), channels_last=bool(metrics.extractor_channels_last))
     images = to_uint8(torch.rand(max(sizes), *shape) * 2 - 1).to(device)
     pixels = extractor.preprocess(images)
     forward_bs, forward_s = best_time_per_item(lambda size: extractor.forward(pixels[:size]), sizes, repeats=2)
@@ -182,7 +185,8 @@ def diffbench_point(args: argparse.Namespace, base: list[str], out: Path) -> dic
     row = rows[0]
     keep = ("status", "reason", "fid", "fid_lo", "fid_hi", "nfe_measured", "time_total_s", "time_sampling_s",
             "time_metrics_s", "peak_memory_mb", "model.dtype", "tf32", "model.channels_last", "model.compile",
-            "batch_size", "device_name", "version.torch", "n_ref")
+            "batch_size", "metrics.extractor_dtype", "metrics.extractor_channels_last", "device_name",
+            "version.torch", "n_ref")
     return {**{k: row.get(k) for k in keep}, "wall_s": wall, "gpu_util_mean": mean(util)}
 
 
@@ -255,7 +259,7 @@ def point(args: argparse.Namespace, base: list[str], out: Path) -> dict[str, Any
     cfg = compose(base)
     net_bs, net_s = network_floor(base, args.sizes)
     shape = tuple(ModelCache().get(cfg.model).shape)
-    inception = inception_floor(args.weights, args.inception_sizes, shape, args.device)
+    inception = inception_floor(args.weights, args.inception_sizes, shape, args.device, cfg.metrics)
     floor = args.n * (args.nfe * net_s + inception["inception_s_per_image"])
     report: dict[str, Any] = {"floor": {"network_best_batch": net_bs, "network_s_per_sample": net_s, **inception,
                                         "floor_s": floor}}

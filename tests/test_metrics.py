@@ -303,3 +303,14 @@ def test_model_samples_independent_of_batch_size():
     assert a.shape == (1500, 3, 8, 8) and torch.equal(a, b)
     assert torch.equal(torch.cat(list(ds.batches(100, n=300))), a[:300])
     assert ds.fingerprint(1500) == ds.fingerprint(1500) != ds.fingerprint(1499)
+
+
+def test_shipped_mnist_dataset_resolves_from_any_working_directory(tmp_path, monkeypatch):
+    from diffbench.config import compose
+
+    monkeypatch.chdir(tmp_path)
+    data = make_dataset(compose(["dataset=mnist"]).dataset)
+    assert data.path.is_file() and data.path.parent.name == "assets"
+    assert len(data) == 10_000 and tuple(data.images.shape[1:]) == (3, 28, 28)  # grey as RGB, like Inception input
+    with pytest.raises(UsageError, match="does not exist"):
+        make_dataset({"kind": "npz", "path": "no_such_file.npz"})

@@ -22,7 +22,7 @@ from cleanfid.resize import build_resizer
 from PIL import Image
 
 from diffbench.data import ArrayDataset, to_uint8
-from diffbench.errors import AssetMissing
+from diffbench.errors import AssetMissing, UsageError
 from diffbench.metrics import MetricOptions, compute_metrics, extract, frechet_distance, make_extractor
 from diffbench.metrics.features import resize_clean, resize_legacy_tensorflow
 from diffbench.models.analytic import image_mixture
@@ -162,3 +162,23 @@ def test_inception_features_batch_invariant(sets):
     one = torch.cat([ex(x[i:i + 1]).features for i in range(8)])
     whole = ex(x).features
     torch.testing.assert_close(whole, one, rtol=1e-5, atol=1e-5 * float(one.abs().max()))
+
+
+@pytest.mark.parametrize("dtype, channels_last, rtol", [("float32", True, 1e-5), ("float16", False, 1e-2),
+                                                        ("bfloat16", True, 5e-2)])
+def test_inception_precision_options_change_features_only_by_rounding(sets, dtype, channels_last, rtol):
+    """Reduced precision / NHWC Inception stays close to float32 and says so in its identity."""
+    base = _inception("clean")
+    fast = make_extractor("inception", resize_mode="clean", dtype=dtype, channels_last=channels_last)
+    x = sets[1][:4]
+    ref, got = base(x).features, fast(x).features
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert float((got - ref).norm() / ref.norm()) < rtol
+    ident = fast.identity()
+    assert ident != base.identity() and ident.get("channels_last", False) == channels_last
+    assert ident.get("dtype", "float32") == dtype
+
+
+def test_unknown_inception_dtype_is_a_usage_error():
+    with pytest.raises(UsageError, match="extractor_dtype 'float8' is unknown"):
+        make_extractor("inception", dtype="float8")

@@ -53,6 +53,7 @@ INCEPTION_WEIGHTS = Asset(
 )
 
 RESIZE_MODES = ("clean", "legacy_tensorflow")
+EXTRACTOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------------------- resizing
@@ -207,20 +208,30 @@ class FeatureExtractor(ABC):
 
 
 class InceptionExtractor(FeatureExtractor):
-    """TF Inception-v3 (2015-12-05) pool3 features from a TorchScript file (fid-helper or NVIDIA)."""
+    """TF Inception-v3 (2015-12-05) pool3 features from a TorchScript file (fid-helper or NVIDIA).
+
+    ``dtype`` float16/bfloat16 runs the network in that precision (features returned as float32;
+    on an H100/H200 about twice as fast) and ``channels_last`` in NHWC layout: both are part of the
+    identity, so rows and cached reference statistics say how the features were made.
+    """
 
     name, dim, input_size = "inception", 2048, 299
 
     def __init__(self, weights: str | Path | None = None, resize_mode: str = "clean",
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", dtype: str = "float32", channels_last: bool = False):
         super().__init__(resize_mode, device)
+        check(dtype in EXTRACTOR_DTYPES,
+              f"metrics.extractor_dtype '{dtype}' is unknown; choose one of: {', '.join(EXTRACTOR_DTYPES)}")
+        self.dtype, self.channels_last = dtype, bool(channels_last)
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.path = resolve(INCEPTION_WEIGHTS, weights)
         self.weights_sha1 = file_digest(self.path, "sha1")
         with warnings.catch_warnings():  # torch >= 2.9 flags torch.jit.load as deprecated
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(self.path), map_location=self.device).eval()
         # fid-helper wraps the graph as module.net.layers; NVIDIA's file has module.layers + module.output
-        self.layers = module.layers if hasattr(module, "layers") else module.net.layers
+        layers = module.layers if hasattr(module, "layers") else module.net.layers
+        self.layers = layers.to(EXTRACTOR_DTYPES[dtype], memory_format=self.memory_format)
         head = getattr(module, "output", None)
         self.head_weight = head.weight if head is not None else None
         self.has_logits = self.head_weight is not None
@@ -230,14 +241,21 @@ class InceptionExtractor(FeatureExtractor):
 
     def forward(self, pixels: Tensor) -> Features:
         # Normalise as clean-fid's InceptionV3W: (x - 128) / 128.
-        x = (pixels - 128) / 128
-        feats = self.layers(x).reshape(-1, self.dim)
+        x = ((pixels - 128) / 128).to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)
+        feats = self.layers(x).reshape(-1, self.dim).float()
         # Logits without the output bias, as StyleGAN's IS (matching Salimans et al.'s TF code).
         logits = F.linear(feats, self.head_weight) if self.has_logits else None
         return Features(feats, logits)
 
     def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "weights_sha1": self.weights_sha1}
+        """Adds the weights' hash, and dtype / channels_last where they differ from the defaults
+        (so reference statistics cached before these options existed stay valid)."""
+        ident = {**super().identity(), "weights_sha1": self.weights_sha1}
+        if self.dtype != "float32":
+            ident["dtype"] = self.dtype
+        if self.channels_last:
+            ident["channels_last"] = True
+        return ident
 
 
 class RandomConvExtractor(FeatureExtractor):
@@ -294,10 +312,10 @@ def register_extractor(name: str) -> Callable[[ExtractorFactory], ExtractorFacto
 
 
 @register_extractor("inception")
-def inception(weights: str | None = None, resize_mode: str = "clean",
-              device: torch.device | str = "cpu") -> FeatureExtractor:
+def inception(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
+              dtype: str = "float32", channels_last: bool = False) -> FeatureExtractor:
     """TF Inception-v3 pool3 (FID's network); AssetMissing when its weights do not resolve."""
-    return InceptionExtractor(weights, resize_mode, device)
+    return InceptionExtractor(weights, resize_mode, device, dtype, channels_last)
 
 
 @register_extractor("random_conv")
@@ -307,11 +325,11 @@ def random_conv(seed: int = 0, resize_mode: str = "clean", device: torch.device 
 
 
 @register_extractor("auto")
-def auto(weights: str | None = None, resize_mode: str = "clean",
-         device: torch.device | str = "cpu") -> FeatureExtractor:
+def auto(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
+         dtype: str = "float32", channels_last: bool = False) -> FeatureExtractor:
     """Inception when its weights resolve, else random_conv (its ``fallback`` says why)."""
     try:
-        return InceptionExtractor(weights, resize_mode, device)
+        return InceptionExtractor(weights, resize_mode, device, dtype, channels_last)
     except AssetMissing as err:
         fallback = RandomConvExtractor(0, resize_mode, device)
         fallback.fallback = f"inception unavailable, using random_conv: {err}"

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffbench.data import ASSETS
 from diffbench.errors import AssetMissing, UsageError, check
 from diffbench.models.unet import build_from_checkpoint, is_checkpoint
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 EXTRA_FILE = "diffbench.json"
