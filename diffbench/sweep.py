@@ -395,9 +395,12 @@ class Runner:
 
     def _solve_reference(self, cfg: DictConfig, model: Denoiser, plan: Plan, run: RunSettings, n: int) -> Tensor:
         levels = plan.sigmas[plan.sigmas > 0]
+        # A one-step plan (sigma_max -> 0) has no span of its own: its reference runs the ODE down to the
+        # schedule's sigma_min, so its error is that of the whole jump.
+        low = float(levels[-1]) if len(levels) > 1 else float(model.schedule.sigma_min)
         options = to_dict(cfg.metrics.reference)
         ref_plan = make_plan(str(options.pop("solver")), 1, model.schedule, step_schedule="uniform_logsnr",
-                             solver_options=options, sigma_min=float(levels[-1]), sigma_max=float(levels[0]),
+                             solver_options=options, sigma_min=low, sigma_max=float(levels[0]),
                              final_zero=bool(plan.sigmas[-1] == 0))
         chunked = RunSettings(1, run.seed, n, REFERENCE_CHUNK, run.device, run.dtype)
         indices = distributed.shard_indices(n, REFERENCE_CHUNK)  # each rank solves its chunks

@@ -19,6 +19,6 @@ if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi
 out=$(mktemp -d "${TMPDIR:-/tmp}/diffbench-ci.XXXXXX")
 trap 'rm -rf "$out"' EXIT
 echo "== diffbench sweep (embedded default) into $out"
-diffbench sweep out="$out" --quiet --no-report || exit $?
+python3 -m diffbench.cli sweep out="$out" --quiet --no-report || exit $?
 echo "== diffbench check against results/baseline.parquet"
-diffbench check "$out" --baseline results/baseline.parquet
+python3 -m diffbench.cli check "$out" --baseline results/baseline.parquet

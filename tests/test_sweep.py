@@ -42,6 +42,14 @@ def test_nfe_policy_nearest_below_and_exact(tmp_path, sweep_cache):
         prepare(_args(tmp_path, sweep_cache, "solver=heun", "nfe=4", "sweep.nfe_policy=exact"))
 
 
+def test_one_step_plans_are_measured_against_the_whole_ode(tmp_path, sweep_cache):
+    """NFE 1 (sigma_max -> 0 in one jump) has a reference down to the schedule's sigma_min, not a zero span."""
+    df = run_sweep(_args(tmp_path, sweep_cache, "solver=euler,heun", "nfe=1,3"), progress=False).frame()
+    assert (df["status"] == "ok").all(), df["reason"].tolist()
+    error = df.set_index(["solver.name", "nfe_measured"])["rmse_ref"]
+    assert error[("euler", 1)] > error[("euler", 3)] > 0 and error[("heun", 1)] == error[("euler", 1)]
+
+
 def test_budget_below_the_solver_minimum_is_a_failed_row(tmp_path, sweep_cache):
     name = next(n for n, s in SOLVERS.items() if not s.adaptive and s.min_nfe(True) > 2)
     df = run_sweep(_args(tmp_path, sweep_cache, f"solver={name}", "nfe=2,3"), progress=False).frame()
