@@ -23,6 +23,9 @@ from diffbench.solvers._common import dynamic_threshold, multistep, phi
 from diffbench.solvers.registry import last_step_single, register
 
 DataFn = Callable[[Tensor, float], Tensor]
+# 3M's weight on the exact third-order term h^3 phi_3(-h) D'': "taylor" keeps it (third order);
+# "reference" halves it, as DPM-Solver's reference code, diffusers and k-diffusion do (second order).
+COEFFICIENTS = {"taylor": 1.0, "reference": 0.5}
 
 
 def data_prediction_step(x: Tensor, sigma: float, sigma_next: float, terms: Sequence[Tensor], eta: float = 0.0,
@@ -53,14 +56,19 @@ def data_model(denoiser: Denoiser, thresholding: bool, ratio: float, max_val: fl
 
 
 def sde_multistep(x: Tensor, sigmas: Tensor, noise: NoiseSource | None, order: int,
-                  eta: float, s_noise: float, lower_order_final: bool, model: DataFn) -> Tensor:
-    """DPM-Solver++(kM), with fresh noise of std sigma' sqrt(1 - e^(-2 eta h)) per step when eta > 0."""
+                  eta: float, s_noise: float, lower_order_final: bool, model: DataFn, d2_scale: float = 1.0) -> Tensor:
+    """DPM-Solver++(kM), with fresh noise of std sigma' sqrt(1 - e^(-2 eta h)) per step when eta > 0.
+
+    d2_scale multiplies the D'' Taylor term of third-order steps (see COEFFICIENTS).
+    """
     check(eta >= 0, f"solver.eta must be >= 0 (got {eta})")
     if eta > 0 and noise is None:
         raise ValueError("DPM-Solver++ SDE (eta > 0) needs a NoiseSource")
 
     def step(x: Tensor, sigma: float, sigma_next: float, terms: list[Tensor]) -> Tensor:
         # Exponential-integrator step of the (eta-scaled) linear part with the Taylor terms of D.
+        if len(terms) == 3:
+            terms = [terms[0], terms[1], d2_scale * terms[2]]
         x = data_prediction_step(x, sigma, sigma_next, terms, eta, midpoint=True)
         # Exact noise of the linear SDE over the step.
         if eta > 0 and sigma_next > 0:
@@ -84,20 +92,27 @@ def dpmpp_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
     return sde_multistep(x, sigmas, noise, 2, eta, s_noise, lower_order_final, model)
 
 
+@register("dpmpp_3m_diffusers", order=2, stochastic="eta", coefficients="reference")
 @register("dpmpp_3m_sde", order=2, stochastic="eta", eta=1.0)
 @register("dpmpp_3m", order=3, stochastic="eta")
 def dpmpp_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None, eta: float = 0.0,
-             s_noise: float = 1.0, lower_order_final: bool = False, thresholding: bool = False,
-             thresholding_ratio: float = 0.995, thresholding_max_val: float = 1.0) -> Tensor:
+             s_noise: float = 1.0, lower_order_final: bool = False, coefficients: str = "taylor",
+             thresholding: bool = False, thresholding_ratio: float = 0.995,
+             thresholding_max_val: float = 1.0) -> Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022b, reference code); eta > 0 is its SDE variant (eta=1 default).
 
-    D'' comes from the quadratic through the last three outputs with the exact third-order weight
-    h^3 phi_3(-h); the reference code's D2 term carries half of it (second order in the limit). The
-    first-order warm-up step makes the asymptotic order 2; over 8-32 steps the fitted order is ~3.1.
-    The SDE variant is registered with its weak order measured on Gaussian data, 2.
+    D'' comes from the quadratic through the last three outputs. coefficients="taylor" gives it the
+    exact third-order weight h^3 phi_3(-h); "reference" (registered as dpmpp_3m_diffusers) half of
+    it, as the reference code, diffusers' DPMSolverMultistepScheduler(solver_order=3) and k-diffusion
+    do: second order in the limit (fitted 2.4 over 8-32 steps on a Gaussian), but steadier on long
+    final log-SNR steps (results/SOLVER_ERROR.md). The first-order warm-up step makes the asymptotic
+    order of "taylor" 2 as well; over 8-32 steps its fitted order is ~3.1. The SDE variant is
+    registered with its weak order measured on Gaussian data, 2.
     """
+    check(coefficients in COEFFICIENTS,
+          f"solver.coefficients '{coefficients}' is unknown; choose one of: {', '.join(COEFFICIENTS)}")
     model = data_model(denoiser, thresholding, thresholding_ratio, thresholding_max_val)
-    return sde_multistep(x, sigmas, noise, 3, eta, s_noise, lower_order_final, model)
+    return sde_multistep(x, sigmas, noise, 3, eta, s_noise, lower_order_final, model, COEFFICIENTS[coefficients])
 
 
 @register("dpmpp_2s", order=2, nfe=last_step_single(2))
