@@ -210,9 +210,10 @@ class FeatureExtractor(ABC):
 class InceptionExtractor(FeatureExtractor):
     """TF Inception-v3 (2015-12-05) pool3 features from a TorchScript file (fid-helper or NVIDIA).
 
-    ``dtype`` float16/bfloat16 runs the network in that precision (features returned as float32;
-    on an H100/H200 about twice as fast) and ``channels_last`` in NHWC layout: both are part of the
-    identity, so rows and cached reference statistics say how the features were made.
+    ``dtype`` float16/bfloat16 runs the network in that precision (features returned as float32)
+    and ``channels_last`` in NHWC layout: both are part of the identity, so rows and cached
+    reference statistics say how the features were made. Measured on an H200 (results/bench/):
+    float16 moves FID by 0.004 and saves ~15% of metric time; this TorchScript graph gains little.
     """
 
     name, dim, input_size = "inception", 2048, 299
