@@ -45,7 +45,8 @@ def _error_at(model, name: str, steps: int, x_T: torch.Tensor) -> float:
 # order at 3, so the fitted slope lies between (3.3-3.9 measured over 24..256 steps; below 24 steps
 # the two error terms cancel and the slope is erratic).
 # DPM-Solver-3 singlestep leaves its pre-asymptotic bump (3.30 over 8..32) by 16 steps (3.17).
-# dpmpp_3m_diffusers (half the D'' weight) tends to 2 from above: 2.43 over 8..32, 2.20 over 16..64, 2.06 over 32..128.
+# dpmpp_3m_diffusers (half the D'' weight) tends to 2 from above: 2.43 over 8..32, 2.20 over 16..64, 2.06 over 32..128
+# (dpmpp_3m reaches 2 as well, but only past 64 steps, through its first-order warm-up: 3.14 over 8..32).
 WINDOW = {"dpmpp_3m_diffusers": (16, 24, 32, 48, 64), "ipndm": (16, 24, 32, 48, 64), "dpm_solver_3": (16, 24, 32, 48, 64), "unipc_bh1": (24, 32, 48, 64, 96), "unipc_bh2": (24, 32, 48, 64, 96)}
 CEILING = {"unipc_bh1": 4.0, "unipc_bh2": 4.0}
 

@@ -23,8 +23,8 @@ from diffbench.solvers._common import dynamic_threshold, multistep, phi
 from diffbench.solvers.registry import last_step_single, register
 
 DataFn = Callable[[Tensor, float], Tensor]
-# 3M's weight on the exact third-order term h^3 phi_3(-h) D'': "taylor" keeps it (third order);
-# "reference" halves it, as DPM-Solver's reference code, diffusers and k-diffusion do (second order).
+# 3M's weight on the exact third-order term h^3 phi_3(-h) D'': "taylor" keeps it (local error O(h^4));
+# "reference" halves it, as DPM-Solver's reference code, diffusers and k-diffusion do (local error O(h^3)).
 COEFFICIENTS = {"taylor": 1.0, "reference": 0.5}
 
 
@@ -104,10 +104,10 @@ def dpmpp_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
     D'' comes from the quadratic through the last three outputs. coefficients="taylor" gives it the
     exact third-order weight h^3 phi_3(-h); "reference" (registered as dpmpp_3m_diffusers) half of
     it, as the reference code, diffusers' DPMSolverMultistepScheduler(solver_order=3) and k-diffusion
-    do: second order in the limit (fitted 2.4 over 8-32 steps on a Gaussian), but steadier on long
-    final log-SNR steps (results/SOLVER_ERROR.md). The first-order warm-up step makes the asymptotic
-    order of "taylor" 2 as well; over 8-32 steps its fitted order is ~3.1. The SDE variant is
-    registered with its weak order measured on Gaussian data, 2.
+    do, which leaves an O(h^3) local error: fitted order 2.4 over 8-32 steps on a Gaussian (taylor:
+    3.1) and ~4x taylor's error at 128 steps, but steadier on long final log-SNR steps
+    (results/SOLVER_ERROR.md). Both tend to order 2 in the limit through the first-order warm-up
+    step. The SDE variant is registered with its weak order measured on Gaussian data, 2.
     """
     check(coefficients in COEFFICIENTS,
           f"solver.coefficients '{coefficients}' is unknown; choose one of: {', '.join(COEFFICIENTS)}")
