@@ -2,8 +2,8 @@
 
 A batch that raises torch.OutOfMemoryError is retried at half the size (the CUDA cache emptied
 first); the smaller size is kept for the rest of the point. Noise depends only on (seed, sample
-index), so samples do not change: bitwise for solvers that treat samples independently, within the
-tolerance for adaptive ones (rk45, dpm_solver_adaptive), whose step size is shared by a batch.
+index), so samples do not change: bitwise for fixed-step solvers, to float rounding for the adaptive
+ones (rk45, dpm_solver_adaptive), whose step sizes are controlled per sample.
 """
 from __future__ import annotations
 

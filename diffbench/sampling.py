@@ -62,7 +62,7 @@ class Batch:
 
     indices: list[int]
     x: Tensor
-    nfe_measured: int
+    nfe_measured: float  # evaluations per sample (mean over the batch; adaptive solvers differ per sample)
 
 
 def initial_noise(noise: NoiseSource, shape: Sequence[int], scale: float, dtype: torch.dtype) -> Tensor:
@@ -81,7 +81,8 @@ def sample_batch(denoiser: Denoiser, plan: Plan, indices: Sequence[int], seed: i
     if plan.nfe_declared is not None and counter.calls != plan.nfe_declared:
         raise RuntimeError(f"solver '{plan.solver.name}' made {counter.calls} evaluations, "
                            f"its registry entry declares {plan.nfe_declared}")
-    return Batch(list(indices), out, counter.calls)
+    per_sample = counter.calls if plan.nfe_declared is not None else counter.sample_evals / len(indices)
+    return Batch(list(indices), out, per_sample)
 
 
 def batches(indices: Sequence[int], batch_size: int) -> Iterator[list[int]]:

@@ -30,7 +30,7 @@ class Share:
     """What one rank measured of a point (all of it on one process); picklable, on the CPU."""
 
     indices: list[int] = field(default_factory=list)
-    nfe_measured: int | None = None
+    nfe_total: float = 0.0  # evaluations summed over the samples (adaptive solvers differ per sample)
     time_sampling_s: float = 0.0
     time_metrics_s: float = 0.0
     reason: str | None = None
@@ -40,14 +40,19 @@ class Share:
     mse: np.ndarray | None = None
     lpips: np.ndarray | None = None
 
-    def add(self, indices: Sequence[int], x: Tensor, seconds: float, nfe_measured: int, keep: int) -> None:
+    def add(self, indices: Sequence[int], x: Tensor, seconds: float, nfe_measured: float, keep: int) -> None:
         """Record one sampled batch; its first samples are kept while fewer than `keep` are."""
         self.indices += indices
         self.time_sampling_s += seconds
-        self.nfe_measured = nfe_measured
+        self.nfe_total += nfe_measured * len(indices)
         room = keep - sum(len(idx) for idx, _ in self.kept)
         if room > 0:
             self.kept.append((list(indices[:room]), x[:room].cpu()))
+
+    @property
+    def nfe_measured(self) -> float | None:
+        """Evaluations per sample, averaged over the samples (an integer for fixed-step solvers)."""
+        return per_sample_nfe(self.nfe_total, len(self.indices))
 
     def fail(self, indices: Sequence[int], reason: str) -> None:
         self.reason, self.failed_at = reason, indices[0]
@@ -78,13 +83,20 @@ def merge_shares(shares: Sequence[Share], suite: MetricSuite, keep: int) -> Shar
     failed = [s for s in shares if s.reason is not None]
     if failed:
         first = min(failed, key=lambda s: s.failed_at)
-        return Share(nfe_measured=first.nfe_measured, reason=first.reason, failed_at=first.failed_at, **slowest)
+        return Share(list(first.indices), first.nfe_total, reason=first.reason, failed_at=first.failed_at, **slowest)
     indices = [i for s in shares for i in s.indices]
-    last = max((s for s in shares if s.indices), key=lambda s: s.indices[-1])
     pieces = [piece for s in shares for piece in s.kept]
     grid = ([i for idx, _ in pieces for i in idx], rows_by_index(pieces))
     _load_state(shares, suite, indices)
-    return Share(sorted(indices), last.nfe_measured, kept=[(sorted(grid[0])[:keep], grid[1][:keep])], **slowest)
+    return Share(sorted(indices), sum(s.nfe_total for s in shares), kept=[(sorted(grid[0])[:keep], grid[1][:keep])], **slowest)
+
+
+def per_sample_nfe(total: float, n: int) -> float | None:
+    """Mean evaluations per sample; an integer when every sample made the same number (fixed-step solvers)."""
+    if n == 0:
+        return None
+    mean = total / n
+    return int(mean) if float(mean).is_integer() else mean
 
 
 def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int]) -> None:

@@ -58,10 +58,12 @@ class CountingDenoiser(Denoiser):
 
     def __init__(self, inner: Denoiser, budget: int | None = None):
         self.inner, self.budget, self.calls = inner, budget, 0
+        self.sample_evals = 0  # rows evaluated over all calls: adaptive solvers call on sub-batches
         self.schedule, self.dtype = inner.schedule, inner.dtype
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         self.calls += 1
+        self.sample_evals += x.shape[0]
         if self.budget is not None and self.calls > self.budget:
             raise RuntimeError(f"solver exceeded its NFE budget of {self.budget}")
         check(bool((sigma > 0).all()), "the denoiser was called at sigma <= 0; solvers must stop at sigma_min")

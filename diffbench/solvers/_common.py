@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import torch
 from torch import Tensor
 
 from diffbench.noise import NoiseSource
@@ -71,8 +73,19 @@ def phi(k: int, z: float) -> float:
     A power series near 0 avoids the closed form's cancellation.
     """
     if abs(z) < 1.0:
-        return sum(z**j / math.factorial(j + k) for j in range(24))
+        return _phi_series(k, z)
     return (math.exp(z) - sum(z**j / math.factorial(j) for j in range(k))) / z**k
+
+
+def phi_tensor(k: int, z: Tensor) -> Tensor:
+    """phi_k elementwise on a tensor of step sizes (the per-sample steps of adaptive solvers)."""
+    closed = (torch.exp(z) - sum(z**j / math.factorial(j) for j in range(k))) / z**k
+    return torch.where(z.abs() < 1.0, _phi_series(k, z), closed)
+
+
+def _phi_series(k: int, z: Any) -> Any:
+    """phi_k's power series sum_j z^j / (j + k)!, accurate for |z| < 1."""
+    return sum(z**j / float(math.factorial(j + k)) for j in range(24))
 
 
 def taylor_terms(lams: Sequence[float], values: Sequence[Tensor]) -> list[Tensor]:

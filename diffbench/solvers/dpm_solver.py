@@ -19,10 +19,11 @@ from itertools import accumulate
 import torch
 from torch import Tensor
 
-from diffbench.errors import UsageError, check
-from diffbench.models.base import Denoiser
+from diffbench.errors import check
+from diffbench.models.base import Denoiser, expand_as
 from diffbench.noise import NoiseSource
-from diffbench.solvers._common import multistep, phi, taylor_terms, to_d
+from diffbench.solvers._common import multistep, phi, phi_tensor, taylor_terms, to_d
+from diffbench.solvers._control import State, integrate, rms
 from diffbench.solvers.registry import last_step_single, per_step, register
 
 EpsFn = Callable[[Tensor, float], Tensor]
@@ -166,34 +167,72 @@ def dpm_solver_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Noise
 def dpm_solver_adaptive(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
                         order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
                         theta: float = 0.9) -> Tensor:
-    """Adaptive-step DPM-Solver-12 / -23 (Lu et al. 2022a, adaptive step size schedule).
+    """Adaptive-step DPM-Solver-12 / -23 (Lu et al. 2022a, adaptive step size schedule), per sample.
 
-    Each trial step takes DPM-Solver-`order` and its embedded lower-order estimate; the step in
-    lambda is accepted when the batch's largest RMS of (higher - lower) / max(atol, rtol max(|x_lower|,
-    |x_prev|)) is <= 1, and h <- theta h E^(-1/order). Rejected trials are evaluations (the counter
-    sees them); eps at the current point is kept across rejections (the reference re-evaluates it).
-    Integrates from the grid's first to its last nonzero sigma; a grid ending at 0 then denoises once.
+    Each trial step takes DPM-Solver-`order` and its embedded lower-order estimate; a sample accepts
+    its step in lambda when the RMS of (higher - lower) / max(atol, rtol max(|x_lower|, |x_prev|)) over
+    its own elements is <= 1, and h <- theta h E^(-1/order). The reference code takes the batch's
+    largest error, which makes a sample's steps depend on its batch; here each sample controls its own
+    steps (solvers/_control.py). Rejected trials are evaluations (the counter sees them); eps at the
+    current point is kept across rejections (the reference re-evaluates it). Integrates from the grid's
+    first to its last nonzero sigma; a grid ending at 0 then denoises once.
     """
     check(order in (2, 3), f"solver.order must be 2 or 3 for dpm_solver_adaptive (got {order})")
     check(atol > 0 and rtol >= 0 and h_init > 0 and 0 < theta <= 1,
           "dpm_solver_adaptive needs atol > 0, rtol >= 0, h_init > 0 and 0 < theta <= 1")
-    eps_fn, fractions = eps_model(denoiser), (0.5,) if order == 2 else (1 / 3, 2 / 3)
     levels = [float(s) for s in sigmas if s > 0]
-    sigma, sigma_end = levels[0], levels[-1]
-    lam, lam_end, h, x_prev, eps = -math.log(sigma), -math.log(sigma_end), h_init, x, None
-    while lam < lam_end:
-        eps = eps_fn(x, sigma) if eps is None else eps
-        # Trial step: the last one lands exactly on sigma_end.
-        sigma_next = sigma_end if h >= lam_end - lam else math.exp(-(lam + h))
-        stages = stage_levels(sigma, sigma_next, fractions)
-        lower, higher = dpm_solver_step(eps_fn, x, sigma, sigma_next, stages, eps)
+    pair = partial(adaptive_pair, denoiser, order)
+
+    def trial(state: State, lam: Tensor, lam_next: Tensor) -> tuple[State, State, Tensor]:
+        x, eps = state["x"], fresh_eps(denoiser, state, lam)
+        lower, higher = pair(x, lam, lam_next, eps)
         # Error estimate relative to the mixed tolerance.
-        delta = (rtol * torch.maximum(lower.abs(), x_prev.abs())).clamp(min=atol)
-        err = float(((higher - lower) / delta).flatten(1).pow(2).mean(1).sqrt().max())
-        if not math.isfinite(err):
-            raise UsageError("dpm_solver_adaptive: the error estimate is not finite (the model returned NaN/inf)")
-        if err <= 1:  # accept
-            x, x_prev, sigma, lam, eps = higher, lower, sigma_next, -math.log(sigma_next), None
-        h = min(theta * h * max(err, 1e-12) ** (-1 / order), lam_end - lam)
+        delta = (rtol * torch.maximum(lower.abs(), state["x_prev"].abs())).clamp(min=atol)
+        current = {**state, "eps": eps, "has_eps": torch.ones_like(state["has_eps"])}
+        accepted = {"x": higher, "x_prev": lower, "eps": eps, "has_eps": torch.zeros_like(state["has_eps"])}
+        return accepted, current, rms((higher - lower) / delta)
+
+    state = {"x": x, "x_prev": x, "eps": torch.zeros_like(x), "has_eps": torch.zeros(len(x), dtype=torch.bool, device=x.device)}
+    h = torch.full((len(x),), h_init, dtype=x.dtype, device=x.device)
+    x = integrate(state, -math.log(levels[0]), -math.log(levels[-1]), h, trial,
+                  lambda h, err: theta * h * err.clamp(min=1e-12) ** (-1 / order), "dpm_solver_adaptive")["x"]
     # Optional final denoise to sigma = 0.
-    return denoiser(x, sigma_end) if float(sigmas[-1]) == 0 else x
+    return denoiser(x, levels[-1]) if float(sigmas[-1]) == 0 else x
+
+
+def fresh_eps(denoiser: Denoiser, state: State, lam: Tensor) -> Tensor:
+    """eps at each sample's current point, evaluated only for samples whose cached value is stale."""
+    stale = (~state["has_eps"]).nonzero().squeeze(1)
+    eps = state["eps"].clone()
+    if stale.numel():
+        x = state["x"][stale]
+        eps[stale] = sample_eps(denoiser, x, torch.exp(-expand_as(lam[stale], x)))
+    return eps
+
+
+def sample_eps(denoiser: Denoiser, x: Tensor, level: Tensor) -> Tensor:
+    """eps = (x - D(x, sigma)) / sigma with a noise level per sample, `level` shaped [B, 1, ...]."""
+    return (x - denoiser(x, level.reshape(-1))) / level
+
+
+def adaptive_pair(denoiser: Denoiser, order: int, x: Tensor, lam: Tensor,
+                  lam_next: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """dpm_solver_step's (DPM-Solver-(k-1), DPM-Solver-k) pair with a step size per sample (k = order)."""
+    h = expand_as(lam_next - lam, x)
+    sigma, sigma_next = torch.exp(-expand_as(lam, x)), torch.exp(-expand_as(lam_next, x))
+
+    def to(level: Tensor, terms: list[Tensor]) -> Tensor:  # noise_prediction_step from sigma to `level`
+        step = torch.log(sigma / level)
+        return x - sum(level * step ** (j + 1) * phi_tensor(j + 1, step) * t for j, t in enumerate(terms))
+
+    first = to(sigma_next, [eps])
+    r1 = 0.5 if order == 2 else 1 / 3
+    s1 = sigma * (sigma_next / sigma) ** r1
+    slope1 = (sample_eps(denoiser, to(s1, [eps]), s1) - eps) / (r1 * h)
+    # Midpoint form of the second-order step: weight h w_0 / 2 on the slope (DPM-Solver-2, Alg. 1).
+    second = first - 0.5 * h * (sigma - sigma_next) * slope1
+    if order == 2:
+        return first, second
+    s2 = sigma * (sigma_next / sigma) ** (2 / 3)
+    slope2 = (sample_eps(denoiser, to(s2, [eps, slope1]), s2) - eps) / (2 / 3 * h)
+    return second, to(sigma_next, [eps, slope2])
