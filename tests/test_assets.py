@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from diffbench.errors import AssetMissing
-from diffbench.metrics import assets, features, lpips
-from diffbench.metrics.assets import Asset, resolve
+from diffbench import assetstore as assets
+from diffbench.metrics import features, lpips
+from diffbench.assetstore import Asset, resolve
 
 REAL_CACHES = {key: os.environ.get(key) for key in ("DIFFBENCH_CACHE", "TORCH_HOME")}
 

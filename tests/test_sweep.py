@@ -10,7 +10,8 @@ from conftest import sweep_args as _args  # tests/ is on sys.path under pytest
 from diffbench import results
 from diffbench.errors import UsageError
 from diffbench.solvers import SOLVERS
-from diffbench.sweep import prepare, run_sweep
+from diffbench.engine.points import prepare
+from diffbench.engine.sweep import run_sweep
 
 METRICS = ["rmse_ref", "rmse_ref_lo", "rmse_ref_hi"]
 
