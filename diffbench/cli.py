@@ -149,7 +149,7 @@ def _print_results(df: Any) -> None:
     for label in columns.values():
         view.add_column(label, no_wrap=True)
     for _, row in df.iterrows():
-        view.add_row(*(_cell(row.get(col)) for col in columns))
+        view.add_row(*(_cell(row.get(name)) for name in columns))
     out.print(view)
 
 
@@ -261,8 +261,8 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
                            metric_options(cfg, run.device), total=len(dataset), progress=progress_callback(advance))
     values, extra = feature_values(res, extractor)
     view = Table(header_style="bold")
-    for col in ("metric", "value", "interval"):
-        view.add_column(col)
+    for header in ("metric", "value", "interval"):
+        view.add_column(header)
     for name, v in values.items():
         view.add_row(name, _cell(v.value), "" if v.lo is None else f"[{_cell(v.lo)}, {_cell(v.hi)}]")
     out.print(view)

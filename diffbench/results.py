@@ -118,11 +118,11 @@ def append(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], *, r
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:
     """Leading columns first; a column mixing value types (e.g. float and str) becomes text."""
-    for col in df.columns:
-        if df[col].dtype == object:
-            kinds = {type(v) for v in df[col] if v is not None and not (isinstance(v, float) and v != v)}
+    for name in df.columns:
+        if df[name].dtype == object:
+            kinds = {type(v) for v in df[name] if v is not None and not (isinstance(v, float) and v != v)}
             if len(kinds) > 1 and not kinds <= {int, float}:
-                df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and v != v) else str(v))
+                df[name] = df[name].map(lambda v: None if v is None or (isinstance(v, float) and v != v) else str(v))
     first = [c for c in FIRST if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]]
 
