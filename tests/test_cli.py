@@ -117,3 +117,14 @@ def test_doctor_reports_packages_configs_and_devices(capsys):
     assert code == 0
     for word in ("torch", "hydra-core", "configs", "cuda", "inception"):
         assert word in out
+
+
+def test_ctrl_c_says_how_to_resume(capsys, monkeypatch):
+    from diffbench.engine import points
+
+    def interrupted(overrides):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(points, "prepare", interrupted)
+    code, _, err = _run(capsys, "sweep", "--dry-run")
+    assert code == 130 and len(err.strip().splitlines()) == 1 and "rerun the same command to resume" in err
