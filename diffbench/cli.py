@@ -567,9 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except typer.Exit as e:
         return int(e.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        print("interrupted (Ctrl-C): stopped without partial files; rerun the same command to resume "
-              "(a sweep skips the points already in its table)", file=sys.stderr)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
         return 130
     except _CLICK_ERROR as e:
         return _fail(e.format_message())

@@ -120,11 +120,14 @@ def test_doctor_reports_packages_configs_and_devices(capsys):
 
 
 def test_ctrl_c_says_how_to_resume(capsys, monkeypatch):
-    from diffbench.engine import points
+    import os
+    import signal
+
+    from diffbench.engine import sweep
 
     def interrupted(overrides):
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the sweep prepares its points
 
-    monkeypatch.setattr(points, "prepare", interrupted)
-    code, _, err = _run(capsys, "sweep", "--dry-run")
+    monkeypatch.setattr(sweep, "prepare", interrupted)
+    code, _, err = _run(capsys, "sweep")
     assert code == 130 and len(err.strip().splitlines()) == 1 and "rerun the same command to resume" in err
