@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from diffbench import columns as col
 from diffbench.errors import StorageError, UsageError, check
 
 app = typer.Typer(name="diffbench", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
@@ -54,24 +55,25 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
         diffbench sweep hydra/launcher=slurm hydra.launcher.partition=gpu out=runs/mine   # one SLURM job per point
     """
     from diffbench import distributed
-    from diffbench import sweep as engine
+    from diffbench.engine.points import prepare
+    from diffbench.engine.sweep import run_sweep
 
     index, count = _parse_shard(shard)
     overrides, launcher = _split_launcher(overrides or [], shard, jobs)
     if dry_run:
-        points = engine.prepare(overrides)
+        points = prepare(overrides)
         if not distributed.is_main():
             return
         for p in points:
-            out.print(f"{p.key}  {p.label}" + (f"  (budget {p.nfe_budget})" if p.nfe_budget != p.cfg.nfe else ""))
+            out.print(f"{p.key}  {p.label}" + (f"  (budget {p.nfe_budget})" if p.nfe_budget != p.nfe else ""))
         out.print(f"{len(points)} points")
         return
     if launcher:
         summary, incomplete = _launch_jobs(overrides, launcher, jobs, retry_failed)
     else:
-        summary, incomplete = engine.run_sweep(overrides, progress=not quiet, shard=(index, count),
-                                               retry_failed=retry_failed, command=_ARGV,
-                                               on_row=(lambda row: None) if quiet else _print_row_status), 0
+        summary, incomplete = run_sweep(overrides, progress=not quiet, shard=(index, count),
+                                        retry_failed=retry_failed, command=_ARGV,
+                                        on_row=(lambda row: None) if quiet else _print_row_status), 0
     if not distributed.is_main():
         return  # under torchrun rank 0 prints and writes the report
     df = summary.frame()
@@ -79,7 +81,7 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
     if not quiet:
         _print_results(df)
     out.print(f"results: {summary.table} (+ .csv)")
-    if report and not df.empty and (df["status"] == "ok").any():
+    if report and not df.empty and (df[col.STATUS] == col.OK).any():
         from diffbench.report import write_report
 
         html, md = write_report(df, summary.table.parent, summary.table.parent / "report")
@@ -125,8 +127,8 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _print_row_status(row: dict[str, Any]) -> None:
-    if row["status"] != "ok":
-        err.print(f"[yellow]point {row['config_hash']} failed:[/] {row['reason']}", highlight=False)
+    if row[col.STATUS] != col.OK:
+        err.print(f"[yellow]point {row[col.CONFIG_HASH]} failed:[/] {row[col.REASON]}", highlight=False)
 
 
 def _print_results(df: Any) -> None:
@@ -135,19 +137,19 @@ def _print_results(df: Any) -> None:
 
     if df.empty:
         return
-    df = df.sort_values([c for c in ("choices.model", "solver.name", "schedule.name", "nfe_measured", "nfe_budget",
-                                     "seed") if c in df.columns])
-    columns = {"solver.name": "solver", "schedule.name": "schedule", "nfe_measured": "NFE"}
-    for optional, label in (("seed", "seed"), ("choices.model", "model")):
+    df = df.sort_values([c for c in (col.MODEL_CHOICE, col.SOLVER, col.SCHEDULE, col.NFE_MEASURED, col.NFE_BUDGET,
+                                     col.SEED) if c in df.columns])
+    columns = {col.SOLVER: "solver", col.SCHEDULE: "schedule", col.NFE_MEASURED: "NFE"}
+    for optional, label in ((col.SEED, "seed"), (col.MODEL_CHOICE, "model")):
         if optional in df.columns and df[optional].nunique() > 1:
             columns = {optional: label, **columns}
     columns.update({m: m for m in results.metric_columns(df)})
-    columns.update({"time_sampling_s": "sample s", "status": "status"})
+    columns.update({col.TIME_SAMPLING: "sample s", col.STATUS: "status"})
     view = Table(header_style="bold", caption="intervals and figures: see the report")
     for label in columns.values():
         view.add_column(label, no_wrap=True)
     for _, row in df.iterrows():
-        view.add_row(*(_cell(row.get(col)) for col in columns))
+        view.add_row(*(_cell(row.get(name)) for name in columns))
     out.print(view)
 
 
@@ -174,13 +176,15 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     import torch
 
     from diffbench import plots, results
-    from diffbench import sweep as engine
     from diffbench.atomicio import check_writable
     from diffbench.config import compose
+    from diffbench.engine.points import ModelCache, resolve_point
+    from diffbench.engine.progress import Reporter
+    from diffbench.sampling import first_nonfinite, sample_points
 
     cfg = compose(overrides or [])
-    models = engine.ModelCache()
-    point = engine.resolve_point(cfg, models, policy="exact")
+    models = ModelCache()
+    point = resolve_point(cfg, models, policy="exact")
     indices = _parse_seeds(seeds) if seeds else list(range(point.run.n_samples))
     path = output or Path(cfg.out) / "samples" / f"{cfg.solver.name}_{cfg.schedule.name}_nfe{cfg.nfe}_seed{cfg.seed}.npz"
     check(path.suffix == ".npz", f"--output {path}: give a .npz path")
@@ -188,12 +192,12 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     model = models.get(cfg.model)
     assert point.plan is not None  # policy "exact" always gives a plan or raises
     xs, seconds, nfe = [], 0.0, None
-    with engine.Reporter(not quiet) as reporter, reporter.task(point.label, len(indices)) as advance:
-        for batch, dt in engine.sample_points(model, point.plan, point.run, indices, advance):
+    with Reporter(not quiet) as reporter, reporter.task(point.label, len(indices)) as advance:
+        for batch, dt in sample_points(model, point.plan, point.run, indices, advance):
             xs.append(batch.x.cpu())
             seconds, nfe = seconds + dt, batch.nfe_measured
     x = torch.cat(xs)
-    reason = engine.first_nonfinite(x)
+    reason = first_nonfinite(x)
     check(reason is None, f"samples: {reason}; try more NFE (nfe=...) or another schedule (schedule=...)")
     results.save_npz(path, x=x.float().numpy(), indices=np.asarray(indices), seed=cfg.seed, nfe=nfe,
                      solver=str(cfg.solver.name), schedule=str(cfg.schedule.name))
@@ -235,29 +239,30 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     """
     import json
 
-    from diffbench import sweep as engine
     from diffbench.batching import FEATURE_BATCH
     from diffbench.config import compose, settings
+    from diffbench.engine.points import ModelCache
+    from diffbench.engine.progress import Reporter
     from diffbench.metrics import evaluate, parse_metrics
+    from diffbench.metrics.suite import MetricContext, feature_values, metric_options, progress_callback
 
     cfg = compose(overrides or [])
     run = settings(cfg)
     feature, _ = parse_metrics(list(cfg.metrics.names))
     check(bool(feature), "metrics.names holds no feature metric (fd, kid, is, prdc); eval computes only those")
     dataset = _samples_dataset(samples, key)
-    model = engine.ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
-    with engine.Reporter(not quiet) as reporter:
-        context = engine.MetricContext(reporter)
+    model = ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
+    with Reporter(not quiet) as reporter:
+        context = MetricContext(reporter)
         extractor = context.extractor(cfg, run.device)
-        ref = context.reference(cfg, model, extractor, run.batch_size)
+        stats = context.dataset_statistics(cfg, model, extractor, run.batch_size)
         with reporter.task(f"features ({extractor.name})", len(dataset)) as advance:
-            res = evaluate(dataset.batches(min(run.batch_size, FEATURE_BATCH)), ref, extractor, feature,
-                           engine.metric_options(cfg, run.device), total=len(dataset),
-                           progress=engine.progress_callback(advance))
-    values, extra = engine.feature_values(res, extractor)
+            res = evaluate(dataset.batches(min(run.batch_size, FEATURE_BATCH)), stats, extractor, feature,
+                           metric_options(cfg, run.device), total=len(dataset), progress=progress_callback(advance))
+    values, extra = feature_values(res, extractor)
     view = Table(header_style="bold")
-    for col in ("metric", "value", "interval"):
-        view.add_column(col)
+    for header in ("metric", "value", "interval"):
+        view.add_column(header)
     for name, v in values.items():
         view.add_row(name, _cell(v.value), "" if v.lo is None else f"[{_cell(v.lo)}, {_cell(v.hi)}]")
     out.print(view)
@@ -303,16 +308,18 @@ def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
         diffbench ref
         diffbench ref dataset=folder dataset.path=/data/cifar10/train metrics.extractor=inception
     """
-    from diffbench import sweep as engine
     from diffbench.config import compose, settings
+    from diffbench.engine.points import ModelCache
+    from diffbench.engine.progress import Reporter
+    from diffbench.metrics.suite import MetricContext
 
     cfg = compose(overrides or [])
     run = settings(cfg)
-    model = engine.ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
-    with engine.Reporter(not quiet) as reporter:
-        context = engine.MetricContext(reporter)
+    model = ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
+    with Reporter(not quiet) as reporter:
+        context = MetricContext(reporter)
         extractor = context.extractor(cfg, run.device)
-        stats = context.reference(cfg, model, extractor, run.batch_size)
+        stats = context.dataset_statistics(cfg, model, extractor, run.batch_size)
     state = "built" if stats.built else "found in the cache"
     out.print(f"reference {stats.id}: {stats.stats.n} images, {extractor.name} features ({stats.stats.dim}-d), {state}")
     out.print(f"files:     {stats.path}.npz / .features.npy / .json")
@@ -513,7 +520,7 @@ def _doctor() -> dict[str, dict[str, str]]:
     from diffbench import results
     from diffbench.config import config_dir
     from diffbench.errors import AssetMissing
-    from diffbench.metrics.assets import cache_dir, resolve
+    from diffbench.assetstore import cache_dir, resolve
     from diffbench.metrics.features import INCEPTION_WEIGHTS
     from diffbench.metrics.lpips import BACKBONES, backbone_asset
 

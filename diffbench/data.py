@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from diffbench.assetstore import PACKAGE_ASSETS as ASSETS  # data and weights shipped with the package
 from diffbench.errors import UsageError, check
 
-ASSETS = Path(__file__).resolve().parent / "assets"  # data and weights shipped with the package
 
 
 def resolve_data_path(path: str | os.PathLike) -> Path:

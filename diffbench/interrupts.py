@@ -17,7 +17,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived (a BaseException, so handlers of failed points never swallow it)."""
+    """SIGTERM or SIGINT (Ctrl-C) arrived (a BaseException, so handlers of failed points never swallow it)."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -34,8 +34,6 @@ class _Held:
 
 
 def _raise(signum: int) -> None:
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
     raise Terminated(signum)
 
 
@@ -52,7 +50,11 @@ def _main_thread() -> bool:
 
 @contextmanager
 def signals_raise() -> Iterator[None]:
-    """While active, SIGTERM raises Terminated and SIGINT KeyboardInterrupt (held inside `uninterrupted`)."""
+    """While active, SIGTERM and SIGINT raise Terminated (held inside `uninterrupted`).
+
+    Ctrl-C is a Terminated too, not a KeyboardInterrupt: Typer would turn that into a silent exit 130,
+    and the user is owed the line that says how to resume.
+    """
     if not _main_thread():
         yield
         return

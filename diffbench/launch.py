@@ -5,7 +5,7 @@ validates the grid (sweep.params, comma lists, NFE policy), drops the points the
 already holds (resume), and hands the launcher chosen with ``hydra/launcher=...`` one override list
 per job through the plugin interface (``setup`` + ``launch``). Each job composes its config as any
 Hydra multirun job does and runs its point, or its shard with ``--jobs N``, through
-``diffbench.sweep.run_sweep``, which appends the rows to the shared table under its file lock. The
+``diffbench.engine.sweep.run_sweep``, which appends the rows to the shared table under its file lock. The
 parent waits for every job and reports each job or point that failed in one line.
 """
 from __future__ import annotations
@@ -33,7 +33,8 @@ from omegaconf.errors import OmegaConfBaseException
 from diffbench import results
 from diffbench.config import _hydra, _one_line, parse_overrides
 from diffbench.errors import UsageError, check
-from diffbench.sweep import Point, SweepSummary, prepare, run_sweep
+from diffbench.engine.points import Point, prepare
+from diffbench.engine.sweep import SweepSummary, run_sweep
 
 LAUNCHER_GROUP = "hydra/launcher"
 PLAIN_VALUE = re.compile(r"[\w/.@+-]+")

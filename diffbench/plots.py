@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from diffbench import columns as col  # noqa: E402
 from diffbench import results  # noqa: E402
 from diffbench.errors import check  # noqa: E402
 
@@ -27,9 +28,9 @@ DPI = 110
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Successful rows with a measured NFE; metric columns as numbers (a missing interval is NaN)."""
-    if df.empty or "status" not in df.columns:
+    if df.empty or col.STATUS not in df.columns:
         return df.iloc[0:0]
-    df = df[(df["status"] == "ok") & df["nfe_measured"].notna()]
+    df = df[(df[col.STATUS] == col.OK) & df[col.NFE_MEASURED].notna()]
     numeric = [c for m in results.metric_columns(df) for c in (m, f"{m}_lo", f"{m}_hi") if c in df.columns]
     return df.assign(**{c: pd.to_numeric(df[c], errors="coerce") for c in numeric})
 
@@ -40,8 +41,8 @@ def _slug(text: str) -> str:
 
 def _model_label(df: pd.DataFrame) -> pd.Series:
     """The model's config choice (e.g. image_mixture_32), else its kind."""
-    col = "choices.model" if "choices.model" in df.columns else "model.kind"
-    return df[col].astype(str) if col in df.columns else pd.Series("model", index=df.index)
+    name = col.MODEL_CHOICE if col.MODEL_CHOICE in df.columns else col.MODEL_KIND
+    return df[name].astype(str) if name in df.columns else pd.Series("model", index=df.index)
 
 
 def _aggregate(df: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
@@ -64,8 +65,8 @@ def _errorbars(agg: pd.DataFrame, metric: str) -> np.ndarray | None:
 def _style_maps(df: pd.DataFrame) -> tuple[dict[str, object], dict[str, str]]:
     """Colour per solver, line style per step schedule (stable across figures)."""
     cmap = plt.get_cmap("tab10")
-    solvers = sorted(df["solver.name"].astype(str).unique())
-    schedules = sorted(df["schedule.name"].astype(str).unique())
+    solvers = sorted(df[col.SOLVER].astype(str).unique())
+    schedules = sorted(df[col.SCHEDULE].astype(str).unique())
     return ({s: cmap(i % 10) for i, s in enumerate(solvers)},
             {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(schedules)})
 
@@ -96,12 +97,12 @@ def nfe_plot(df: pd.DataFrame, metric: str, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 4.4), squeeze=False)
     for ax, model in zip(axes[0], names):
         part = df[models == model]
-        for (solver, schedule), group in part.groupby(["solver.name", "schedule.name"]):
-            agg = _aggregate(group, "nfe_measured", metric)
-            ax.errorbar(agg["nfe_measured"], agg[metric], yerr=_errorbars(agg, metric), color=colours[str(solver)],
+        for (solver, schedule), group in part.groupby([col.SOLVER, col.SCHEDULE]):
+            agg = _aggregate(group, col.NFE_MEASURED, metric)
+            ax.errorbar(agg[col.NFE_MEASURED], agg[metric], yerr=_errorbars(agg, metric), color=colours[str(solver)],
                         linestyle=styles[str(schedule)], marker="o", ms=4, capsize=2, label=f"{solver} ({schedule})")
         ax.set_xscale("log")
-        nfes = sorted(part["nfe_measured"].astype(int).unique())
+        nfes = sorted(part[col.NFE_MEASURED].astype(int).unique())
         ax.set_xticks(nfes, labels=[str(n) for n in nfes])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         _label_axes(ax, part[metric], "NFE (measured)", metric, f"{metric} vs NFE: {model}")
@@ -119,13 +120,13 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(front, dtype=int)
 
 
-def pareto_plot(df: pd.DataFrame, metric: str, path: Path, time_col: str = "time_sampling_s") -> Path:
+def pareto_plot(df: pd.DataFrame, metric: str, path: Path, time_col: str = col.TIME_SAMPLING) -> Path:
     """Metric vs sampling wall time per point, with the Pareto front (lower-left is better)."""
     df = ok_rows(df).dropna(subset=[metric, time_col])
     check(not df.empty, f"no successful rows with '{metric}' and '{time_col}' to plot")
     colours, _ = _style_maps(df)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, (solver, group) in enumerate(df.groupby("solver.name")):
+    for i, (solver, group) in enumerate(df.groupby(col.SOLVER)):
         ax.scatter(group[time_col], group[metric], color=colours[str(solver)], marker=MARKERS[i % len(MARKERS)],
                    s=22, label=str(solver))
     x, y = df[time_col].to_numpy(float), df[metric].to_numpy(float)
@@ -173,9 +174,9 @@ def grid_plot(df: pd.DataFrame, root: Path, path: Path, per_cell: int = 4) -> Pa
     A cell whose solver ran below the budget (nfe_policy=nearest_below) names its measured NFE.
     """
     df = ok_rows(df)
-    check("samples_path" in df.columns and not df.empty, "no successful rows with stored samples to draw")
-    budget = "nfe_budget" if "nfe_budget" in df.columns else "nfe_measured"
-    df = df.assign(_row=df["solver.name"].astype(str) + " / " + df["schedule.name"].astype(str),
+    check(col.SAMPLES_PATH in df.columns and not df.empty, "no successful rows with stored samples to draw")
+    budget = col.NFE_BUDGET if col.NFE_BUDGET in df.columns else col.NFE_MEASURED
+    df = df.assign(_row=df[col.SOLVER].astype(str) + " / " + df[col.SCHEDULE].astype(str),
                    _col=df[budget].astype(int))
     rows, cols = sorted(df["_row"].unique()), sorted(df["_col"].unique())
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.5 * len(cols) + 1.2, 1.5 * len(rows) + 0.6),
@@ -186,10 +187,10 @@ def grid_plot(df: pd.DataFrame, root: Path, path: Path, per_cell: int = 4) -> Pa
             ax.set_xticks([])
             ax.set_yticks([])
             match = df[(df["_row"] == name) & (df["_col"] == nfe)]
-            x = _load_samples(root, match["samples_path"].iloc[0]) if len(match) else None
+            x = _load_samples(root, match[col.SAMPLES_PATH].iloc[0]) if len(match) else None
             if x is not None:
                 _draw_cell(ax, x[:per_cell] if x.ndim == 4 else x)
-                measured = int(match["nfe_measured"].iloc[0])
+                measured = int(match[col.NFE_MEASURED].iloc[0])
                 if measured != nfe:
                     ax.set_xlabel(f"NFE {measured}", fontsize=7)
             if i == 0:
@@ -227,8 +228,8 @@ def plot_all(df: pd.DataFrame, root: Path, out_dir: Path, metrics: Sequence[str]
     for metric in metrics:
         if ok_rows(df)[metric].notna().any():
             paths.append(nfe_plot(df, metric, out_dir / f"nfe_{_slug(metric)}.png"))
-            if "time_sampling_s" in df.columns:
+            if col.TIME_SAMPLING in df.columns:
                 paths.append(pareto_plot(df, metric, out_dir / f"pareto_{_slug(metric)}.png"))
-    if "samples_path" in df.columns:
+    if col.SAMPLES_PATH in df.columns:
         paths.append(grid_plot(df, root, out_dir / "samples_grid.png"))
     return paths

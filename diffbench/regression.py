@@ -28,10 +28,11 @@ from typing import Any
 
 import pandas as pd
 
+from diffbench import columns as col
 from diffbench.errors import check
 from diffbench.results import HIGHER_IS_BETTER, KEY, metric_columns
 
-POINT = "point_hash"  # the config hash without the seed (config.point_hash)
+POINT = col.POINT_HASH  # the config hash without the seed (config.point_hash)
 ALPHA = 0.05
 DEFAULT_LEVEL = 0.95
 
@@ -58,10 +59,10 @@ def compare(current: pd.DataFrame, baseline: pd.DataFrame, metrics: Sequence[str
     check(rtol >= 0 and math.isfinite(rtol), f"--rtol must be a number >= 0 (got {rtol})")
     check(0 < alpha < 1, f"--alpha must be in (0, 1) (got {alpha})")
     for name, df in (("results", current), ("baseline", baseline)):
-        check("status" in df.columns, f"the {name} table has no 'status' column; give a diffbench results table")
+        check(col.STATUS in df.columns, f"the {name} table has no '{col.STATUS}' column; give a diffbench results table")
     names = _metric_names(current, baseline, metrics)
     key = match_key(current, baseline)
-    base = baseline[baseline["status"] == "ok"].set_index(key, drop=False)
+    base = baseline[baseline[col.STATUS] == col.OK].set_index(key, drop=False)
     cur = current.set_index(key, drop=False)
     check(bool(set(base.index) & set(cur.index)),
           "no point of the results matches the baseline (configs differ); rerun the baseline's sweep command")
@@ -96,11 +97,11 @@ def std_error(row: pd.Series, metric: str) -> float:
 
 
 def _verdict(b: pd.Series, c: pd.Series | None, metric: str, z: float, rtol: float) -> dict[str, Any]:
-    row = {KEY: b[KEY], "model": b.get("choices.model"), "solver": b.get("solver.name"),
-           "schedule": b.get("schedule.name"), "nfe": b.get("nfe_measured"), "metric": metric,
+    row = {KEY: b[KEY], "model": b.get(col.MODEL_CHOICE), "solver": b.get(col.SOLVER),
+           "schedule": b.get(col.SCHEDULE), "nfe": b.get(col.NFE_MEASURED), "metric": metric,
            "baseline": b[metric]}
-    if c is None or c["status"] != "ok" or pd.isna(c[metric]):
-        why = "missing" if c is None else (f"failed: {c.get('reason')}" if c["status"] != "ok" else "no value")
+    if c is None or c[col.STATUS] != col.OK or pd.isna(c[metric]):
+        why = "missing" if c is None else (f"failed: {c.get(col.REASON)}" if c[col.STATUS] != col.OK else "no value")
         return {**row, "current": None, "tolerance": None, "verdict": "regression", "why": why}
     tol = z * math.hypot(std_error(b, metric), std_error(c, metric)) + rtol * abs(b[metric])
     worse = (b[metric] - c[metric]) if metric in HIGHER_IS_BETTER else (c[metric] - b[metric])

@@ -15,11 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from diffbench import plots, results
+from diffbench import columns as col
 
-IDENTITY = ("config_hash", "choices.model", "solver.name", "schedule.name", "nfe_budget", "nfe_declared",
-            "nfe_measured", "seed", "n_samples")
-TAIL = ("time_sampling_s", "time_metrics_s", "status", "reason")
-PROVENANCE = ("command", "git_sha", "device_name", "version.diffbench", "version.torch", "version.python")
+IDENTITY = (col.CONFIG_HASH, col.MODEL_CHOICE, col.SOLVER, col.SCHEDULE, col.NFE_BUDGET, col.NFE_DECLARED,
+            col.NFE_MEASURED, col.SEED, col.N_SAMPLES)
+TAIL = (col.TIME_SAMPLING, col.TIME_METRICS, col.STATUS, col.REASON)
+PROVENANCE = (col.COMMAND, col.GIT_SHA, col.DEVICE_NAME, *(col.VERSION_PREFIX + p for p in ("diffbench", "torch", "python")))
 
 
 def _fmt(value: object) -> str:
@@ -39,10 +40,10 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         if lo is not None and hi is not None:
             cells = [f"{c} [{_fmt(a)}, {_fmt(b)}]" if c and _fmt(a) else c for c, a, b in zip(cells, lo, hi)]
         out[metric] = cells
-    for col in TAIL:
-        if col in df.columns:
-            out[col] = df[col]
-    sort = [c for c in ("choices.model", "solver.name", "schedule.name", "nfe_measured") if c in out.columns]
+    for name in TAIL:
+        if name in df.columns:
+            out[name] = df[name]
+    sort = [c for c in (col.MODEL_CHOICE, col.SOLVER, col.SCHEDULE, col.NFE_MEASURED) if c in out.columns]
     return out.sort_values(sort, kind="stable") if sort else out
 
 
@@ -91,7 +92,7 @@ def _write_report(df: pd.DataFrame, root: Path, out_dir: Path, title: str,
     figures = plots.plot_all(df, root, out_dir / "figures", metrics)
     table = summary_table(df)
     prov = provenance(df)
-    n_ok = int((df["status"] == "ok").sum()) if "status" in df.columns else len(df)
+    n_ok = int((df[col.STATUS] == col.OK).sum()) if col.STATUS in df.columns else len(df)
     intro = f"{len(df)} points ({n_ok} ok, {len(df) - n_ok} failed)."
 
     imgs = "".join(f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'

@@ -26,7 +26,9 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from diffbench import columns as col
 from diffbench.atomicio import atomic_write, staged
+from diffbench.columns import MetricValue
 from diffbench.errors import UsageError, check
 from diffbench.interrupts import uninterrupted
 
@@ -34,25 +36,13 @@ if TYPE_CHECKING:  # torch is imported where a device is inspected: concurrent w
     import torch
 
 TABLE_NAME = "results.parquet"
-KEY = "config_hash"
+KEY = col.CONFIG_HASH
 # Leading columns, in this order; config fields and provenance follow.
-FIRST = ("config_hash", "status", "reason", "model.kind", "solver.name", "schedule.name", "nfe_budget",
-         "nfe_declared", "nfe_measured", "steps", "seed", "n_samples")
+FIRST = (col.CONFIG_HASH, col.STATUS, col.REASON, col.MODEL_KIND, col.SOLVER, col.SCHEDULE, col.NFE_BUDGET,
+         col.NFE_DECLARED, col.NFE_MEASURED, col.STEPS, col.SEED, col.N_SAMPLES)
 PACKAGES = ("diffbench", "torch", "numpy", "hydra-core", "clean-fid", "torchmetrics")
 LOCK_TIMEOUT_S = 600
 HIGHER_IS_BETTER = frozenset({"is", "inception_score", "precision", "recall", "density", "coverage"})
-
-
-@dataclass(frozen=True)
-class MetricValue:
-    """A metric with its confidence interval (lo = hi = value when none was computed)."""
-
-    value: float
-    lo: float | None = None
-    hi: float | None = None
-
-    def columns(self, name: str) -> dict[str, float | None]:
-        return {name: self.value, f"{name}_lo": self.lo, f"{name}_hi": self.hi}
 
 
 @dataclass(frozen=True)
@@ -99,7 +89,7 @@ def done_keys(path: str | os.PathLike[str], *, ok_only: bool = False) -> set[str
     if df.empty:
         return set()
     if ok_only:
-        df = df[df["status"] == "ok"]
+        df = df[df[col.STATUS] == col.OK]
     return set(df[KEY].astype(str))
 
 
@@ -128,11 +118,11 @@ def append(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], *, r
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:
     """Leading columns first; a column mixing value types (e.g. float and str) becomes text."""
-    for col in df.columns:
-        if df[col].dtype == object:
-            kinds = {type(v) for v in df[col] if v is not None and not (isinstance(v, float) and v != v)}
+    for name in df.columns:
+        if df[name].dtype == object:
+            kinds = {type(v) for v in df[name] if v is not None and not (isinstance(v, float) and v != v)}
             if len(kinds) > 1 and not kinds <= {int, float}:
-                df[col] = df[col].map(lambda v: None if v is None or (isinstance(v, float) and v != v) else str(v))
+                df[name] = df[name].map(lambda v: None if v is None or (isinstance(v, float) and v != v) else str(v))
     first = [c for c in FIRST if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]]
 
@@ -167,7 +157,7 @@ def _remove_stale_temporaries(paths: TablePaths) -> None:
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Names of the metric columns a table reports (from each row's `metric_names`)."""
     names: list[str] = []
-    for entry in df.get("metric_names", pd.Series(dtype=object)).dropna():
+    for entry in df.get(col.METRIC_NAMES, pd.Series(dtype=object)).dropna():
         try:
             listed = json.loads(entry)
         except (TypeError, ValueError):
@@ -180,7 +170,7 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 def metric_row(values: Mapping[str, MetricValue]) -> dict[str, Any]:
     """Metric values and CIs as row columns, with the list of names."""
-    row: dict[str, Any] = {"metric_names": json.dumps(list(values))}
+    row: dict[str, Any] = {col.METRIC_NAMES: json.dumps(list(values))}
     for name, v in values.items():
         row.update(v.columns(name))
     return row
@@ -258,5 +248,5 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
 def provenance(device: torch.device, command: Sequence[str] | None = None) -> dict[str, Any]:
     """Versions, git SHA, device and the exact command line, as row columns."""
     argv = list(command) if command is not None else ["diffbench", *sys.argv[1:]]
-    return {"device_name": device_name(device), "git_sha": git_sha(), "command": shlex.join(argv),
-            **{f"version.{k}": v for k, v in versions().items()}}
+    return {col.DEVICE_NAME: device_name(device), col.GIT_SHA: git_sha(), col.COMMAND: shlex.join(argv),
+            **{f"{col.VERSION_PREFIX}{k}": v for k, v in versions().items()}}

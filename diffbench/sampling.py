@@ -1,17 +1,21 @@
 """The sampling engine: NFE budget -> step grid -> batches of samples from common noise.
 
 Solvers stay pure; this module owns the NFE accounting (declared vs measured), the per-index noise
-and the batching, so results do not depend on batch size or sharding.
+and the batching (halved on out-of-memory, diffbench.batching), so results do not depend on batch
+size or sharding.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from diffbench.batching import BatchSizer
+from diffbench.config import RunSettings
 from diffbench.errors import check
 from diffbench.models.base import CountingDenoiser, Denoiser
 from diffbench.noise import NoiseSource
@@ -43,11 +47,11 @@ class Plan:
                 "final_zero": bool(self.sigmas[-1] == 0), "nfe_declared": self.nfe_declared}
 
 
-def make_plan(solver: str, nfe: int, schedule: NoiseSchedule, *, step_schedule: str = "karras",
+def make_plan(solver: str | SolverSpec, nfe: int, schedule: NoiseSchedule, *, step_schedule: str = "karras",
               step_options: Mapping[str, Any] | None = None, solver_options: Mapping[str, Any] | None = None,
               sigma_min: float | None = None, sigma_max: float | None = None, final_zero: bool = True) -> Plan:
-    """Resolve a solver name, NFE budget and step schedule into a Plan (UsageError on bad input)."""
-    spec = get_solver(solver)
+    """Resolve a solver (name or spec), NFE and step schedule into a Plan (UsageError on bad input)."""
+    spec = solver if isinstance(solver, SolverSpec) else get_solver(solver)
     options = spec.bind(solver_options or {})
     steps = spec.steps_for_nfe(nfe, final_zero, options)
     sigmas = make_sigmas(step_schedule, steps, schedule, sigma_min=sigma_min, sigma_max=sigma_max,
@@ -91,3 +95,46 @@ def batches(indices: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     for start in range(0, len(indices), batch_size):
         yield list(indices[start:start + batch_size])
 
+
+
+def sample_points(model: Denoiser, plan: Plan, run: RunSettings, indices: Sequence[int],
+                  advance: Callable[[int], None] = lambda n: None,
+                  sizer: BatchSizer | None = None) -> Iterator[tuple[Batch, float]]:
+    """Yield (batch, seconds spent sampling it) over `indices` in batches of run.batch_size.
+
+    A batch that runs out of memory is sampled again at half the size (diffbench.batching); pass
+    `sizer` to read how often that happened.
+    """
+    sizer = sizer or BatchSizer(run.batch_size, run.device)
+    for idx, (batch, seconds) in sizer.map(lambda idx: _timed_batch(model, plan, run, idx), indices):
+        yield batch, seconds
+        advance(len(idx))
+
+
+def _timed_batch(model: Denoiser, plan: Plan, run: RunSettings, idx: list[int]) -> tuple[Batch, float]:
+    start = time.perf_counter()
+    batch = sample_batch(model, plan, idx, run.seed, sample_shape(model), device=run.device, dtype=run.dtype)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    return batch, time.perf_counter() - start
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 tensor-core maths for float32 matmuls and convolutions (Ampere+ GPUs); off = true float32."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def sample_shape(model: Denoiser) -> tuple[int, ...]:
+    """The shape of one sample, as the model declares it."""
+    shape = getattr(model, "shape", None)
+    check(shape is not None, "the model does not declare its sample shape (model.shape)")
+    return tuple(shape)
+
+
+def first_nonfinite(x: Tensor) -> str | None:
+    """A reason string when samples hold NaN or inf."""
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    if bool(bad.any()):
+        return f"{int(bad.sum())} samples contain NaN or inf (solver diverged)"
+    return None

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from diffbench.errors import AssetMissing
-from diffbench.metrics import assets, features, lpips
-from diffbench.metrics.assets import Asset, resolve
+from diffbench import assetstore as assets
+from diffbench.metrics import features, lpips
+from diffbench.assetstore import Asset, resolve
 
 REAL_CACHES = {key: os.environ.get(key) for key in ("DIFFBENCH_CACHE", "TORCH_HOME")}
 
@@ -192,3 +193,13 @@ def test_lpips_when_weights_are_present(monkeypatch):
     x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
     metric.update(x, x)
     assert metric.result()["lpips"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cache_root_moves_weights_and_ems_to_a_configs_cache_dir(tmp_path):
+    """A sweep opens cache_root(cfg.cache_dir): weights and EMS follow it, not only $DIFFBENCH_CACHE."""
+    from diffbench.solvers import ems
+
+    outside = assets.cache_dir()
+    with assets.cache_root(tmp_path / "c"):
+        assert assets.weights_dir() == tmp_path / "c" / "weights" and ems.cache_dir() == tmp_path / "c" / "ems"
+    assert assets.cache_dir() == outside != tmp_path / "c"

@@ -19,9 +19,10 @@ from diffbench import results
 from diffbench.distributed import backend, shard_indices
 from diffbench.errors import UsageError
 from diffbench.metrics import ErrorStats, StreamingStats
-from diffbench.shares import Share, merge_shares
+from diffbench.engine.shares import Share, merge_shares
 from diffbench.solvers import SOLVERS
-from diffbench.sweep import GRID_SAMPLES, REFERENCE_CHUNK, run_sweep
+from diffbench.engine.references import REFERENCE_CHUNK
+from diffbench.engine.sweep import GRID_SAMPLES, run_sweep
 
 WORLD = 2
 BATCH = 8

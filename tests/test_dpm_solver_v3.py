@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from diffbench import ems as ems_mod
+from diffbench.solvers import ems as ems_mod
 from diffbench.errors import UsageError
-from diffbench.ems import EMS, cached_ems, compute_ems, lambda_grid, samples_for_ems
+from diffbench.solvers.ems import EMS, cached_ems, compute_ems, lambda_grid, samples_for_ems
 from diffbench.models.analytic import GaussianDenoiser
 from diffbench.noise import NoiseSource
 from diffbench.sampling import make_plan, sample_batch

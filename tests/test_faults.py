@@ -35,15 +35,18 @@ from diffbench.batching import AUTO_CPU, AUTO_CUDA_START, BatchSizer, resolve_ba
 from diffbench.cli import main
 from diffbench.config import RunSettings, compose, settings
 from diffbench.data import ArrayDataset, to_uint8
-from diffbench.ems import cached_ems, lambda_grid
+from diffbench.solvers.ems import cached_ems, lambda_grid
 from diffbench.errors import StorageError, UsageError
 from diffbench.metrics import load_or_build_reference, make_extractor
 from diffbench.models import MODELS
 from diffbench.models.analytic import MixtureDenoiser, gaussian, image_mixture
 from diffbench.sampling import make_plan
 from diffbench.solvers import SOLVERS, register
-from diffbench.sweep import (ModelCache, Point, Reporter, Runner, SweepSummary, prepare, run_sweep,
-                             sample_points)
+from diffbench.engine.points import ModelCache, Point, prepare
+from diffbench.engine.progress import Reporter
+from diffbench.engine.references import ReferenceSolutions
+from diffbench.engine.sweep import SweepSummary, run_sweep
+from diffbench.sampling import sample_points
 
 # Four points whose sweep subprocess, slowed down per evaluation, lasts a few seconds: long enough to
 # stop it mid-point or overlap it with another sweep; in this process the same points take no time.
@@ -302,7 +305,7 @@ def _reference_solution(root: Path) -> tuple[np.ndarray, Path]:
     cfg = point.cfg.copy()
     cfg.cache_dir = str(root / "cache")
     model = ModelCache().get(cfg.model)
-    x = Runner(Reporter(enabled=False)).reference_solution(cfg, model, point.plan, point.run, point.run.n_samples)
+    x = ReferenceSolutions(Reporter(enabled=False)).get(cfg, model, point.plan, point.run, point.run.n_samples)
     (path,) = (root / "cache" / "reference").glob("*.pt")
     return x.numpy(), path
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from diffbench import results
 from diffbench.cli import main
 from diffbench.config import CONFIG_ENV, compose, config_dir, flatten, group_options, to_dict
-from diffbench.sweep import NFE_POLICIES
+from diffbench.engine.points import NFE_POLICIES
 
 # No shrinking: a failing example is reported as drawn (each one runs a command, shrinking would take minutes).
 FUZZ = settings(max_examples=8, deadline=None, derandomize=True, database=None,

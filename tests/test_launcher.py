@@ -9,7 +9,7 @@ import pytest
 
 from diffbench import results
 from diffbench.cli import main
-from diffbench.sweep import run_sweep
+from diffbench.engine.sweep import run_sweep
 
 # A tiny CPU sweep with a feature metric (random-conv FD) and the solver error, both fast.
 TINY = ["debug=default", "n_samples=32", "schedule=karras", "nfe=3"]

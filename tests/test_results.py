@@ -83,3 +83,15 @@ def test_provenance_names_versions_git_and_command():
     assert prov["command"] == "diffbench sweep nfe=4"
     assert prov["version.torch"] == torch.__version__ and prov["git_sha"]
     assert json.dumps(prov)
+
+
+def test_row_schema_names_every_fixed_column_once_with_a_meaning():
+    from diffbench import columns
+
+    fixed = {v for k, v in vars(columns).items() if k.isupper() and isinstance(v, str) and v in columns.FIXED}
+    assert {columns.CONFIG_HASH, columns.STATUS, columns.NFE_BUDGET, columns.NFE_DECLARED, columns.NFE_MEASURED} <= fixed
+    assert all(len(text) > 10 for text in columns.meanings().values())
+    assert set(results.FIRST) - {columns.MODEL_KIND, columns.SOLVER, columns.SCHEDULE, columns.SEED,
+                                 columns.N_SAMPLES} <= columns.FIXED
+    with pytest.raises(TypeError, match="not ResultRow columns: nfe_budgett"):
+        columns.ResultRow().update(nfe_budgett=3)

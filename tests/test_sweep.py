@@ -8,9 +8,11 @@ import torch
 from conftest import sweep_args as _args  # tests/ is on sys.path under pytest
 
 from diffbench import results
+from diffbench.columns import ResultRow
 from diffbench.errors import UsageError
 from diffbench.solvers import SOLVERS
-from diffbench.sweep import prepare, run_sweep
+from diffbench.engine.points import prepare
+from diffbench.engine.sweep import run_sweep
 
 METRICS = ["rmse_ref", "rmse_ref_lo", "rmse_ref_hi"]
 
@@ -57,8 +59,13 @@ def test_budget_below_the_solver_minimum_is_a_failed_row(tmp_path, sweep_cache):
     assert row["status"] == "failed" and "minimum" in row["reason"]
 
 
-def test_row_has_provenance_timings_and_config_fields(tmp_path, sweep_cache):
-    row = run_sweep(_args(tmp_path, sweep_cache, "solver=euler", "nfe=3"), progress=False, command=["diffbench", "sweep"]).frame().iloc[0]
+def test_row_has_provenance_timings_and_config_fields(tmp_path, sweep_cache, capsys):
+    row = run_sweep(_args(tmp_path, sweep_cache, "solver=euler", "nfe=3,4"), command=["diffbench", "sweep"]).frame()
+    # stderr is not a terminal here: no bars, one plain line per finished point.
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["[1/2] euler / karras / nfe 3", "[2/2] euler / karras / nfe 4"]
+    assert set(ResultRow().columns()) <= set(row.columns)  # every fixed column of the schema is in the table
+    row = row.set_index("nfe_budget").loc[3]
     for col in ("config_hash", "model.kind", "solver.name", "schedule.rho", "nfe_declared", "nfe_measured", "n_samples",
                 "time_sampling_s", "time_metrics_s", "time_per_nfe_s", "peak_memory_mb", "device_name", "git_sha",
                 "version.torch", "command", "rmse_ref_lo", "status", "samples_path"):

@@ -40,7 +40,7 @@ from PIL import Image
 from torch import Tensor
 
 from diffbench.errors import AssetMissing, UsageError, check
-from diffbench.metrics.assets import Asset, file_digest, resolve, weights_dir
+from diffbench.assetstore import Asset, file_digest, resolve, weights_dir
 from diffbench.noise import NoiseSource
 
 INCEPTION_WEIGHTS = Asset(

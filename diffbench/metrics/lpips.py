@@ -2,7 +2,7 @@
 
 torchmetrics ships LPIPS's linear heads but its backbone (torchvision's ImageNet AlexNet / VGG16 /
 SqueezeNet weights) downloads at construction. Here the backbone file resolves offline first
-(diffbench.metrics.assets: explicit path -> diffbench cache -> torch's hub cache -> opt-in
+(diffbench.assetstore: explicit path -> diffbench cache -> torch's hub cache -> opt-in
 download), and torchvision is pointed at that file through a private TORCH_HOME, so nothing
 downloads silently. Images smaller than the backbone's minimum (AlexNet 32 px, SqueezeNet 24,
 VGG 16) are upsampled bilinearly to that minimum.
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffbench.errors import UsageError, check
-from diffbench.metrics.assets import Asset, cache_dir, resolve
+from diffbench.assetstore import Asset, cache_dir, resolve
 from diffbench.metrics.features import check_images
 
 # net -> (torchvision's DEFAULT weights URL for its backbone, smallest input side the net accepts)

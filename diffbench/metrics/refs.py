@@ -26,8 +26,8 @@ from filelock import FileLock
 
 from diffbench.atomicio import atomic_write
 from diffbench.errors import warn
-from diffbench.metrics.assets import cache_dir as default_cache_dir
-from diffbench.metrics.assets import file_digest
+from diffbench.assetstore import cache_dir as default_cache_dir
+from diffbench.assetstore import file_digest
 from diffbench.metrics.stats import FeatureStats, Progress, extract
 
 FORMAT = 1

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffbench.data import ASSETS
+from diffbench.assetstore import PACKAGE_ASSETS, weights_dir
 from diffbench.errors import AssetMissing, UsageError, check
 from diffbench.models.unet import build_from_checkpoint, is_checkpoint
 
@@ -37,9 +37,7 @@ def resolve_file(path: str, expected: str) -> Path:
     given = Path(path).expanduser()
     if given.is_file():
         return given
-    from diffbench.metrics.assets import weights_dir  # the cache layout the metrics' weights share
-
-    places = [ASSETS / path, weights_dir() / path] if not given.is_absolute() else []
+    places = [PACKAGE_ASSETS / path, weights_dir() / path] if not given.is_absolute() else []
     for candidate in places:
         if candidate.is_file():
             return candidate

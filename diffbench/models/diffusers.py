@@ -71,7 +71,7 @@ def local_folder(path: str, revision: str | None = None) -> Path:
         raise AssetMissing(f"model.path={path} is not a directory; expected {EXPECTED}")
     from huggingface_hub import snapshot_download
 
-    from diffbench.metrics.assets import ALLOW_DOWNLOAD_ENV, download_allowed
+    from diffbench.assetstore import ALLOW_DOWNLOAD_ENV, download_allowed
 
     try:
         return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES, local_files_only=True))

@@ -1,6 +1,6 @@
 """DPM-Solver-v3 (Zheng et al. 2023): multistep predictor-corrector on the EMS-reparameterised ODE.
 
-With EMS l, s, b (diffbench.ems) and cumulative integrals L = int l, S = int s, B = int e^{-S} b,
+With EMS l, s, b (diffbench.solvers.ems) and cumulative integrals L = int l, S = int s, B = int e^{-S} b,
 a step from node s to t in EDM coordinates (alpha cancels) is the paper's local solution (Sec. 3):
 
     y_t = e^{-(L_t - L_s)} y_s - int_s^t e^{L - L_t} e^{S - S_s} [g(lam) + e^{S_s} (B(lam) - B_s)] dlam,
@@ -12,7 +12,7 @@ evaluated f, so it costs no NFE). EMS are piecewise linear in lambda, so samplin
 lie on the EMS grid: every integral is composite 4-point Gauss-Legendre over the EMS cells (cells no
 wider than 0.05), exact for the degenerate EMS to float64 rounding.
 
-EMS come through the ``ems`` option, resolved by ``diffbench.ems.resolve`` (the solver stays a
+EMS come through the ``ems`` option, resolved by ``diffbench.solvers.ems.resolve`` (the solver stays a
 function of its options): ``none`` = the degenerate EMS l=1, s=b=0 (v3 is then a data-prediction
 multistep PC solver akin to DPM-Solver++(3M) with a UniC-like corrector), ``auto`` = statistics of
 this model, computed once (ems_points x ems_samples, 2 JVPs each; not counted as sampling NFE) and
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffbench.ems import EMS, resolve
+from diffbench.solvers.ems import EMS, resolve
 from diffbench.errors import check
 from diffbench.models.base import Denoiser
 from diffbench.noise import NoiseSource

@@ -1,10 +1,15 @@
-"""Offline-first resolution of weight files (DESIGN.md "Weights and data never download silently").
+"""Where diffbench finds files: assets shipped in the package, the cache folder, weight files offline-first.
 
-A file resolves from, in order: an explicit path given in the config -> the diffbench cache dir
-($DIFFBENCH_CACHE or ~/.cache/diffbench, under ``weights/``) -> an installed package that ships it
-(located with importlib's finder, never imported) or a library's own download cache -> a download,
-only when DIFFBENCH_ALLOW_DOWNLOAD=1 (never in tests). Otherwise ``AssetMissing`` says, in one line,
-which file is missing and the ways to provide it.
+One resolver for models, metrics, EMS and data. The cache root is the innermost `cache_root(...)`
+block (a sweep opens one with its config's ``cache_dir``), else $DIFFBENCH_CACHE, else
+~/.cache/diffbench; weights live under its ``weights/``, EMS under ``ems/``, dataset statistics under
+``refs/`` and reference solutions under ``reference/``.
+
+A weight file resolves from, in order: an explicit path given in the config -> the cache's
+``weights/`` -> an installed package that ships it (located with importlib's finder, never
+imported) or a library's own download cache -> a download, only when DIFFBENCH_ALLOW_DOWNLOAD=1
+(never in tests). Otherwise ``AssetMissing`` says, in one line, which file is missing and the ways
+to provide it (DESIGN.md "Weights and data never download silently").
 """
 from __future__ import annotations
 
@@ -13,18 +18,34 @@ import importlib.util
 import os
 import tempfile
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffbench.errors import AssetMissing
 
 ALLOW_DOWNLOAD_ENV = "DIFFBENCH_ALLOW_DOWNLOAD"
+CACHE_ENV = "DIFFBENCH_CACHE"
+PACKAGE_ASSETS = Path(__file__).resolve().parent / "assets"  # data and weights shipped with the package
+_ROOTS: list[Path] = []  # cache roots of the open cache_root blocks, innermost last
 
 
 def cache_dir() -> Path:
-    """The diffbench cache root: $DIFFBENCH_CACHE, else ~/.cache/diffbench."""
-    return Path(os.environ.get("DIFFBENCH_CACHE") or Path.home() / ".cache" / "diffbench")
+    """The diffbench cache root: the innermost cache_root block's, else $DIFFBENCH_CACHE, else ~/.cache/diffbench."""
+    if _ROOTS:
+        return _ROOTS[-1]
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "diffbench")
+
+
+@contextmanager
+def cache_root(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Inside the block every cache (weights, EMS, statistics) lives under `path` (a config's cache_dir)."""
+    _ROOTS.append(Path(path).expanduser())
+    try:
+        yield
+    finally:
+        _ROOTS.pop()
 
 
 def weights_dir() -> Path:

@@ -22,7 +22,7 @@ from diffbench.distributed import rows_by_index
 from diffbench.metrics import StreamingStats
 
 if TYPE_CHECKING:
-    from diffbench.sweep import MetricSuite
+    from diffbench.metrics.suite import MetricSuite
 
 
 @dataclass

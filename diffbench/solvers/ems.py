@@ -22,7 +22,7 @@ use forward-mode autodiff (``torch.func.jvp``) or, for models it cannot trace, c
 differences with a step of eps^(1/3) relative. Where f has no variance (a linear D makes f
 deterministic) the regression is ridged to s = 0.
 
-Results are cached on disk under ``$DIFFBENCH_CACHE/ems`` (default ``~/.cache/diffbench/ems``),
+Results are cached on disk under ``ems/`` of the cache root (diffbench.assetstore: a sweep's ``cache_dir``),
 keyed by a content hash of the model (its description plus a fingerprint of its outputs on fixed
 probes), schedule, sample shape, lambda grid, N, seed, sample source and JVP method; files are
 written atomically and carry their provenance and the SHA-256 of their tensors: a cached file that
@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -45,10 +44,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffbench import assetstore
 from diffbench.atomicio import atomic_write
 from diffbench.errors import UsageError, check, warn
 from diffbench.models.base import CountingDenoiser, Denoiser
 from diffbench.noise import NoiseSource
+from diffbench.solvers.euler import heun
+from diffbench.steps import make_sigmas
 from diffbench.tensorcache import digest
 
 FORMAT = 1
@@ -105,7 +107,7 @@ class EMS:
     def load(cls, path: str | Path) -> EMS:
         """Read an EMS file; a damaged one (unreadable, or not matching its SHA-256) is a UsageError."""
         path = Path(path).expanduser()
-        check(path.is_file(), f"solver.ems: no EMS file at '{path}'; give a file saved by diffbench.ems, "
+        check(path.is_file(), f"solver.ems: no EMS file at '{path}'; give a file saved by diffbench.solvers.ems, "
                               "'auto' to compute and cache them for this model, or 'none'")
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -121,9 +123,8 @@ class EMS:
 
 
 def cache_dir() -> Path:
-    """Where EMS live: $DIFFBENCH_CACHE/ems, else ~/.cache/diffbench/ems."""
-    root = os.environ.get("DIFFBENCH_CACHE") or Path.home() / ".cache" / "diffbench"
-    return Path(root) / "ems"
+    """Where EMS live: ems/ under the cache root (a sweep's cache_dir; diffbench.assetstore)."""
+    return assetstore.cache_dir() / "ems"
 
 
 def lambda_grid(lam_lo: float, lam_hi: float, points: int) -> Tensor:
@@ -240,9 +241,6 @@ class _Moments:
 def _reference_samples(model: Denoiser, shape: Sequence[int], n: int, seed: int, batch_size: int,
                        device: torch.device) -> Tensor:
     """x0 for models without data: a 64-step Heun solve (karras grid) from common noise."""
-    from diffbench.solvers.euler import heun  # solvers import this module; import late
-    from diffbench.steps import make_sigmas
-
     counted = CountingDenoiser(model)
     sigmas = make_sigmas("karras", REFERENCE_STEPS, model.schedule)
     scale = model.schedule.prior_std(float(sigmas[0]))

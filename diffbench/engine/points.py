@@ -1,0 +1,144 @@
+"""Grid -> resolved points: every sweep point validated and resolved once, before anything runs.
+
+A `Point` is frozen: its solver spec (looked up once), solver options, step plan, NFE budget and the
+NFE it runs, model identity and config hash are computed here and only read afterwards. The config
+stays as composed (`cfg.nfe` is the budget); the config as run, whose hash is the resume key, has
+`nfe` set to the NFE the point runs.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from diffbench.config import (RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings,
+                              to_dict)
+from diffbench.errors import UsageError, check
+from diffbench.metrics.suite import check_metrics
+from diffbench.models import Denoiser, make_model
+from diffbench.sampling import Plan, make_plan
+from diffbench.solvers import SolverSpec, get_solver
+
+NFE_POLICIES = ("exact", "nearest_below")
+POINT_ERRORS = (UsageError, RuntimeError, ValueError, FloatingPointError)  # a point that raises one is a failed row
+
+
+@dataclass(frozen=True)
+class Point:
+    """One validated grid point: config, run settings, solver, plan and NFE (or why it cannot run)."""
+
+    cfg: DictConfig  # as composed: cfg.nfe is the budget
+    run: RunSettings
+    spec: SolverSpec
+    solver_options: dict[str, Any]  # as configured (the plan holds them bound to the function's defaults)
+    nfe_policy: str
+    nfe_budget: int
+    nfe: int  # the NFE the point runs: the budget, or the largest valid one below it (nearest_below)
+    plan: Plan | None
+    model_key: str  # the model's identity: kind and options
+    config: dict[str, Any]  # the config as run (nfe = the NFE the point runs): what the row records
+    key: str  # config_hash of `config`: the resume key
+    reason: str | None = None
+    overrides: tuple[str, ...] = ()  # the override list that composes this point alone
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name} / {self.cfg.schedule.name} / nfe {self.nfe}"
+
+
+def model_identity(model_cfg: DictConfig) -> tuple[str, dict[str, Any], str]:
+    """(kind, options, key) of a model config; the key is the same for configs that build the same model."""
+    options = to_dict(model_cfg)
+    kind = options.pop("kind", None)
+    check(isinstance(kind, str), "model.kind is missing; pick a model with model=<name>")
+    return kind, options, json.dumps([kind, options], sort_keys=True)
+
+
+class ModelCache:
+    """Builds each distinct model config once per process."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Denoiser] = {}
+
+    def get(self, model_cfg: DictConfig) -> Denoiser:
+        kind, options, key = model_identity(model_cfg)
+        if key not in self._models:
+            self._models[key] = make_model(kind, options)
+        return self._models[key]
+
+
+def feasible_nfe(spec: SolverSpec, budget: int, final_zero: bool, policy: str) -> int | None:
+    """The NFE a solver runs under a budget: the budget itself (exact), or the largest valid one below."""
+    check(policy in NFE_POLICIES, f"sweep.nfe_policy={policy} is unknown; use one of: {', '.join(NFE_POLICIES)}")
+    if policy == "exact" or spec.adaptive:
+        return budget
+    for nfe in range(budget, 0, -1):
+        try:
+            spec.steps_for_nfe(nfe, final_zero)
+            return nfe
+        except UsageError:
+            continue
+    return None
+
+
+def step_options(cfg: DictConfig) -> dict[str, Any]:
+    """A step-schedule config's own options (everything but its name and span)."""
+    return {k: v for k, v in to_dict(cfg.schedule).items() if k not in ("name", "sigma_min", "sigma_max", "final_zero")}
+
+
+def make_point_plan(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], model: Denoiser, nfe: int) -> Plan:
+    """The solver plan of a composed config at a given NFE (UsageError on bad input)."""
+    return make_plan(spec, nfe, model.schedule, step_schedule=str(cfg.schedule.name),
+                     step_options=step_options(cfg), solver_options=options,
+                     sigma_min=cfg.schedule.sigma_min, sigma_max=cfg.schedule.sigma_max,
+                     final_zero=bool(cfg.schedule.final_zero))
+
+
+def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] = (), policy: str | None = None) -> Point:
+    """Validate one composed config into a Point; raises UsageError on bad input.
+
+    `policy` overrides the config's sweep.nfe_policy (`diffbench sample` runs the budget exactly).
+    """
+    run = settings(cfg)
+    model = models.get(cfg.model)
+    check_metrics(cfg, model, run)
+    spec = get_solver(str(cfg.solver.name))
+    options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}
+    policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
+    final_zero = bool(cfg.schedule.final_zero)
+    nfe = feasible_nfe(spec, run.nfe, final_zero, policy)
+    fixed = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
+                 model_key=model_identity(cfg.model)[2], overrides=tuple(overrides))
+    if nfe is None:
+        minimum = spec.min_nfe(final_zero)
+        make_point_plan(cfg, spec, options, model, minimum)  # validates the rest of the point
+        return Point(**fixed, nfe=run.nfe, plan=None, **_as_run(cfg, run.nfe),
+                     reason=f"nfe budget {run.nfe} is below solver '{spec.name}''s minimum of {minimum}")
+    return Point(**fixed, nfe=nfe, plan=make_point_plan(cfg, spec, options, model, nfe), **_as_run(cfg, nfe))
+
+
+def _as_run(cfg: DictConfig, nfe: int) -> dict[str, Any]:
+    """The config as a point runs it (its nfe field the NFE it runs) and its hash."""
+    config = {**to_dict(cfg), "nfe": nfe}
+    return {"config": config, "key": config_hash(config)}
+
+
+def prepare(overrides: Sequence[str]) -> list[Point]:
+    """Compose and validate every grid point (nothing runs or is written before all are valid)."""
+    for o in parse_overrides(overrides):
+        check(not o.key_or_group.startswith("hydra"),
+              f"{o.input_line}: a Hydra launcher option; `diffbench sweep` (diffbench.launch) takes it and runs the "
+              "points as jobs")
+    grid = expand_grid(overrides)
+    cfgs = compose_points(grid)
+    outs = {str(c.out) for c in cfgs}
+    check(len(outs) == 1, f"out takes one value per sweep (got {', '.join(sorted(outs))}); run one sweep per out")
+    models = ModelCache()
+    points: dict[str, Point] = {}
+    for point_overrides, cfg in zip(grid, cfgs):
+        point = resolve_point(cfg, models, point_overrides)
+        points.setdefault(point.key, point)  # budgets that resolve to one NFE run once
+    return list(points.values())

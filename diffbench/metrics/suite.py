@@ -1,0 +1,243 @@
+"""The metric suite of a point: extractors and dataset statistics shared across points, streamed updates.
+
+Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; paired metrics
+(solver_error, lpips) compare the first samples with their same-noise reference solutions. The
+engine hands batches to a MetricFeed, which can overlap a batch's metric work with the sampling of
+the next one; progress goes to any object with `task(description, total)` (diffbench.engine.progress).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from diffbench.batching import FEATURE_BATCH
+from diffbench.columns import MetricValue
+from diffbench.config import RunSettings, to_dict
+from diffbench.data import make_dataset, to_uint8
+from diffbench.errors import check
+from diffbench.metrics.error import ErrorStats
+from diffbench.metrics.evaluate import MetricOptions, compute_metrics, parse_metrics
+from diffbench.metrics.features import FeatureExtractor, make_extractor
+from diffbench.metrics.fid import FrechetTarget
+from diffbench.metrics.lpips import LPIPS
+from diffbench.metrics.refs import RefStats, load_or_build_reference
+from diffbench.metrics.stats import StreamingStats
+from diffbench.metrics.uncertainty import bootstrap, fd_interval
+from diffbench.models import Denoiser
+
+
+class Tasks(Protocol):
+    """Where progress goes: a bar of `total` units yielding advance(n)."""
+
+    def task(self, description: str, total: int) -> AbstractContextManager[Callable[[int], None]]: ...
+
+
+def progress_callback(advance: Callable[[int], None]) -> Callable[[int, int | None], None]:
+    """Adapt a bar's advance(n) to diffbench.metrics' progress(done, total) callbacks."""
+    done = [0]
+
+    def progress(count: int, total: int | None) -> None:
+        advance(count - done[0])
+        done[0] = count
+
+    return progress
+
+
+class MetricFeed:
+    """Feeds sample batches to a MetricSuite in order, on the samples' device (no host round trip).
+
+    With background=True (CUDA) each update runs in a worker thread, so the metric work of batch k
+    (CPU resize, Inception on the GPU) overlaps the sampling of batch k+1; `seconds` sums the updates.
+    """
+
+    def __init__(self, suite: MetricSuite, solutions: Tensor | None, background: bool):
+        self.suite, self.solutions, self.seconds = suite, solutions, 0.0
+        self.pool = ThreadPoolExecutor(max_workers=1) if background else None
+        self.pending: Future[None] | None = None
+
+    def __enter__(self) -> MetricFeed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+
+    def submit(self, x: Tensor, indices: Sequence[int]) -> None:
+        """Wait for the previous batch's update, then start this one's."""
+        self.wait()
+        if self.pool is None:
+            self._update(x, indices)
+        else:
+            self.pending = self.pool.submit(self._update, x, indices)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def _update(self, x: Tensor, indices: Sequence[int]) -> None:
+        start = time.perf_counter()
+        self.suite.update(x, indices, self.solutions)
+        self.seconds += time.perf_counter() - start
+
+
+class MetricContext:
+    """Extractors and dataset statistics shared by the points of one sweep (built once each)."""
+
+    def __init__(self, reporter: Tasks):
+        self.reporter = reporter
+        self._extractors: dict[str, FeatureExtractor] = {}
+        self._refs: dict[str, RefStats] = {}
+        self._targets: dict[str, FrechetTarget] = {}
+
+    def extractor(self, cfg: DictConfig, device: torch.device) -> FeatureExtractor:
+        """metrics.extractor: inception | random_conv | auto (inception if its weights resolve; on a
+        CPU only with metrics.inception_on_cpu, as Inception is too slow there for a quick sweep)."""
+        m = cfg.metrics
+        name = str(m.extractor)
+        if name == "auto" and device.type == "cpu" and not m.get("inception_on_cpu", False):
+            name = "random_conv"
+        options = {"resize_mode": str(m.resize_mode), "device": device}
+        if name in ("inception", "auto"):
+            options.update(weights=m.get("extractor_weights"), dtype=str(m.get("extractor_dtype", "float32")),
+                           channels_last=bool(m.get("extractor_channels_last", False)))
+        key = json.dumps([name, str(options)])
+        if key not in self._extractors:
+            self._extractors[key] = make_extractor(name, **options)
+        return self._extractors[key]
+
+    def frechet_target(self, ref: RefStats, device: torch.device) -> FrechetTarget:
+        """The dataset statistics' Gaussian with its covariance square root, computed once per statistics."""
+        if ref.id not in self._targets:
+            self._targets[ref.id] = FrechetTarget.of(ref.stats, device)
+        return self._targets[ref.id]
+
+    def dataset_statistics(self, cfg: DictConfig, model: Denoiser | None, extractor: FeatureExtractor,
+                           batch_size: int) -> RefStats:
+        """The dataset's feature statistics, from the cache or built now (with a progress bar)."""
+        ref_n = cfg.metrics.get("ref_n")
+        key = json.dumps([to_dict(cfg.dataset), to_dict(cfg.model), extractor.identity(), ref_n], sort_keys=True)
+        if key not in self._refs:
+            dataset = make_dataset(to_dict(cfg.dataset), model=model, model_config=to_dict(cfg.model))
+            n = len(dataset) if ref_n is None else int(ref_n)
+            with self.reporter.task(f"dataset statistics ({extractor.name})", n) as advance:
+                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir, batch_size=min(batch_size, FEATURE_BATCH),
+                                                          progress=progress_callback(advance))
+        return self._refs[key]
+
+
+def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
+    """Metric choices that cannot work with this model or sample count (UsageError naming the fix)."""
+    feature, paired = parse_metrics(list(cfg.metrics.names))
+    shape = getattr(model, "shape", ())
+    if feature or "lpips" in paired:
+        check(len(shape) == 3 and shape[0] in (1, 3),
+              f"metrics {', '.join(feature or paired)} need image samples [1 or 3, H, W] but the model's shape "
+              f"is {tuple(shape)}; use metrics=error_only for this model")
+    if feature:
+        check(run.n_samples >= 2, f"metrics {', '.join(feature)} need n_samples >= 2 (got {run.n_samples})")
+
+
+class MetricSuite:
+    """Streams one point's sample batches into its metrics (diffbench.metrics' public API).
+
+    Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; they are
+    named after the extractor unless it is Inception (fid, kid, ...), so a Frechet distance on
+    random_conv features reads `fd_random_conv`, never FID. solver_error compares the first
+    metrics.error_samples samples with their same-noise reference solutions (`rmse_ref`).
+    """
+
+    def __init__(self, cfg: DictConfig, model: Denoiser, run: RunSettings, context: MetricContext):
+        self.cfg, self.context = cfg, context
+        self.feature, self.paired = parse_metrics(list(cfg.metrics.names))
+        self.needs_solutions = bool(self.paired)
+        self.error = ErrorStats()
+        self.lpips = (LPIPS(str(cfg.metrics.get("lpips_net", "alex")), run.device, cfg.metrics.get("lpips_weights"))
+                      if "lpips" in self.paired else None)
+        self.extractor = context.extractor(cfg, run.device) if self.feature else None
+        self.dataset_stats = (context.dataset_statistics(cfg, model, self.extractor, run.batch_size)
+                              if self.extractor else None)
+        self.stats = StreamingStats(keep_features=True, device=self.extractor.device) if self.extractor else None
+
+    def update(self, x: Tensor, indices: Sequence[int], solutions: Tensor | None) -> None:
+        """Add one batch of samples (indices: their sample indices) to every metric."""
+        if self.extractor is not None:
+            for part in x.split(FEATURE_BATCH):  # batch_size=auto may hand over thousands of samples
+                out = self.extractor(to_uint8(part))
+                self.stats.update(out.features, out.logits)
+        if solutions is not None:
+            keep = [k for k, i in enumerate(indices) if i < len(solutions)]
+            if keep:
+                pairs = x[keep], solutions[[indices[k] for k in keep]].to(x)
+                self.error.update(*pairs)
+                if self.lpips is not None:
+                    self.lpips.update(to_uint8(pairs[0]), to_uint8(pairs[1]))
+
+    def compute(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:
+        """(metric values with intervals, extra row columns: extractor, reference id, notes, ...)."""
+        values, extra = self._feature_metrics() if self.stats is not None else ({}, {})
+        if "solver_error" in self.paired:
+            mse = self.error.per_sample_mse
+            n_boot = int(self.cfg.metrics.get("error_n_boot", 0))
+            if n_boot >= 2:
+                iv = bootstrap(lambda idx: math.sqrt(float(mse[idx].mean())), len(mse), n_boot,
+                               float(self.cfg.metrics.get("ci_level", 0.95)))
+                values["rmse_ref"] = MetricValue(iv.estimate, iv.low, iv.high)
+            else:
+                values["rmse_ref"] = MetricValue(self.error.result()["rmse"])
+            extra["n_error_samples"] = len(mse)
+        if self.lpips is not None:
+            values["lpips_ref"] = MetricValue(self.lpips.result()["lpips"])
+        return values, extra
+
+    def _feature_metrics(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:
+        opts = metric_options(self.cfg, self.extractor.device)
+        gen = self.stats.finalize(self.extractor.identity())
+        others = [name for name in self.feature if name != "fd"]
+        out = compute_metrics(gen, self.dataset_stats, others, opts, self.extractor.logits_unavailable)
+        if "fd" in self.feature:  # FD against the context's cached target: one eigh per statistics, not per point
+            target = self.context.frechet_target(self.dataset_stats, self.extractor.device)
+            out["fd"] = target.distance(gen.mean, gen.cov)
+            if opts.n_boot:
+                out.update(fd_interval(gen.features, target, opts.n_boot, opts.ci_level, opts.seed).fields("fd"))
+        return feature_values(out, self.extractor)
+
+
+def metric_options(cfg: DictConfig, device: torch.device) -> MetricOptions:
+    """The metrics config group as diffbench.metrics' MetricOptions."""
+    m = cfg.metrics
+    return MetricOptions(kid_subsets=int(m.kid_subsets), kid_subset_size=int(m.kid_subset_size),
+                         n_boot=int(m.get("n_boot", 0)), ci_level=float(m.get("ci_level", 0.95)), device=str(device))
+
+
+def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[dict[str, MetricValue], dict[str, Any]]:
+    """compute_metrics' dict as labelled metric values plus row columns (extractor, reference id, notes).
+
+    A metric keeps its own name only on Inception features (`fid`, `kid`, ...); on other features
+    it carries the extractor's name (`fd_random_conv`), so it is never mistaken for FID.
+    """
+    suffix = "" if extractor.name == "inception" else f"_{extractor.name}"
+    values: dict[str, MetricValue] = {}
+    extra: dict[str, Any] = {}
+    for name in ("fd", "kid", "is", "precision", "recall", "density", "coverage"):
+        if out.get(name) is not None:
+            label = ("fid" if name == "fd" and not suffix else name) + suffix
+            values[label] = MetricValue(out[name], out.get(f"{name}_low"), out.get(f"{name}_high"))
+            if out.get(f"{name}_std") is not None:
+                extra[f"{label}_std"] = out[f"{name}_std"]
+    notes = ([extractor.fallback] if extractor.fallback else []) + list(out["notes"])
+    extra.update(feature_extractor=out["feature_extractor"], resize_mode=out["resize_mode"], ref_id=out["ref_id"],
+                 n_ref=out["n_ref"], notes="; ".join(notes) or None)
+    return values, extra
