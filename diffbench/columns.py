@@ -8,7 +8,8 @@ columns through the constants below, never through string literals.
 NFE vocabulary: `nfe_budget` is what the config asked for, `nfe_declared` what the solver's NFE
 rule gives for the step grid it runs (the budget, or the largest valid NFE below it under
 `sweep.nfe_policy=nearest_below`; none for adaptive solvers), `nfe_measured` the denoiser calls
-counted while sampling. The config field `nfe` is recorded as run: the declared NFE (the budget for
+counted while sampling, per sample (a mean over the samples for adaptive solvers, whose samples
+each take their own steps). The config field `nfe` is recorded as run: the declared NFE (the budget for
 adaptive solvers).
 """
 from __future__ import annotations
