@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from diffbench import ems as ems_mod
-from diffbench.errors import UsageError
 from diffbench.ems import EMS, cached_ems, compute_ems, lambda_grid, samples_for_ems
+from diffbench.errors import UsageError
 from diffbench.models.analytic import GaussianDenoiser
 from diffbench.noise import NoiseSource
 from diffbench.sampling import make_plan, sample_batch

@@ -25,9 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import slow_model  # tests/ is on sys.path under pytest
 import torch
-from conftest import FAST_SWEEP, sweep_args
 
 from diffbench import results
 from diffbench.atomicio import temporary_path
@@ -42,8 +40,9 @@ from diffbench.models import MODELS
 from diffbench.models.analytic import MixtureDenoiser, gaussian, image_mixture
 from diffbench.sampling import make_plan
 from diffbench.solvers import SOLVERS, register
-from diffbench.sweep import (ModelCache, Point, Reporter, Runner, SweepSummary, prepare, run_sweep,
-                             sample_points)
+from diffbench.sweep import ModelCache, Point, Reporter, Runner, SweepSummary, prepare, run_sweep, sample_points
+from tests.helpers import slow_model
+from tests.helpers.sweeps import FAST_SWEEP, sweep_args
 
 # Four points whose sweep subprocess, slowed down per evaluation, lasts a few seconds: long enough to
 # stop it mid-point or overlap it with another sweep; in this process the same points take no time.
@@ -233,7 +232,8 @@ def test_non_finite_samples_fail_the_point_and_the_sweep_goes_on(tmp_path, sweep
         return x
 
     try:
-        summary = run_sweep(sweep_args(tmp_path, sweep_cache, "solver=diverges_for_tests,euler", "nfe=3"), progress=False)
+        grid = sweep_args(tmp_path, sweep_cache, "solver=diverges_for_tests,euler", "nfe=3")
+        summary = run_sweep(grid, progress=False)
     finally:
         SOLVERS.pop("diverges_for_tests")
     df = summary.frame().set_index("solver.name")

@@ -93,7 +93,8 @@ def test_slurm_options_reach_sbatch_and_a_rejected_submission_is_exit_2(tmp_path
     code, _, stderr = _sweep(capsys, *TINY, "solver=euler", f"out={tmp_path / 'out'}", f"cache_dir={tmp_path}",
                              "hydra/launcher=slurm", "hydra.launcher.partition=tiny", "hydra.launcher.timeout_min=7")
     assert code == 2
-    assert stderr.strip().splitlines()[-1].endswith("submission failed: sbatch: error: invalid partition specified: tiny")
+    last = stderr.strip().splitlines()[-1]
+    assert last.endswith("submission failed: sbatch: error: invalid partition specified: tiny")
     text = script.read_text()
     assert "#SBATCH --partition=tiny" in text and "#SBATCH --time=7" in text and "#SBATCH --gpus-per-node=1" in text
     assert not results.table_paths(tmp_path / "out").parquet.exists()

@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import sweep_args as _args  # tests/ is on sys.path under pytest
 
 from diffbench import results
 from diffbench.errors import UsageError
 from diffbench.solvers import SOLVERS
 from diffbench.sweep import prepare, run_sweep
+from tests.helpers.sweeps import sweep_args as _args
 
 METRICS = ["rmse_ref", "rmse_ref_lo", "rmse_ref_hi"]
 
@@ -58,7 +58,9 @@ def test_budget_below_the_solver_minimum_is_a_failed_row(tmp_path, sweep_cache):
 
 
 def test_row_has_provenance_timings_and_config_fields(tmp_path, sweep_cache):
-    row = run_sweep(_args(tmp_path, sweep_cache, "solver=euler", "nfe=3"), progress=False, command=["diffbench", "sweep"]).frame().iloc[0]
+    summary = run_sweep(_args(tmp_path, sweep_cache, "solver=euler", "nfe=3"), progress=False,
+                        command=["diffbench", "sweep"])
+    row = summary.frame().iloc[0]
     for col in ("config_hash", "model.kind", "solver.name", "schedule.rho", "nfe_declared", "nfe_measured", "n_samples",
                 "time_sampling_s", "time_metrics_s", "time_per_nfe_s", "peak_memory_mb", "device_name", "git_sha",
                 "version.torch", "command", "rmse_ref_lo", "status", "samples_path"):
