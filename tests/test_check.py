@@ -132,6 +132,7 @@ def _relabel_as(degraded: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     return degraded.assign(config_hash=[p["config_hash"] for p in pairs], point_hash=[p["point_hash"] for p in pairs])
 
 
+@pytest.mark.slow
 def test_check_flags_the_same_points_run_with_half_the_nfe(sweeps, capsys):
     baseline = results.read_table(sweeps / "base")
     results.write_table(sweeps / "relabelled", _relabel_as(results.read_table(sweeps / "halved"), baseline))
@@ -143,6 +144,7 @@ def test_check_flags_the_same_points_run_with_half_the_nfe(sweeps, capsys):
         assert f"REGRESSION {point} rmse_ref: worse by" in out
 
 
+@pytest.mark.slow
 def test_check_passes_an_unchanged_rerun_on_another_seed(sweeps, capsys):
     capsys.readouterr()
     assert main(["check", str(sweeps / "seed1"), "--baseline", str(sweeps / "base")]) == 0
@@ -151,6 +153,7 @@ def test_check_passes_an_unchanged_rerun_on_another_seed(sweeps, capsys):
     assert f"{len(SOLVERS) * len(BUDGETS) * len(metrics)} comparisons, 0 regressions" in out
 
 
+@pytest.mark.slow
 def test_update_writes_the_results_as_the_baseline(sweeps, capsys):
     target = sweeps / "new" / "baseline.parquet"
     assert main(["check", str(sweeps / "seed1"), "--baseline", str(target), "--update"]) == 0

@@ -149,6 +149,7 @@ def _grid(root, *extra: str) -> list[str]:
             f"cache_dir={root / 'cache'}", *extra]
 
 
+@pytest.mark.slow
 def test_torchrun_sweep_equals_one_process(tmp_path, entry, one_thread):
     single = run_sweep(_grid(tmp_path / "single"), progress=False).frame()
     multi = tmp_path / "multi"

@@ -115,6 +115,7 @@ def _same_metrics(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 # 1 and 6: signals, resume, concurrent writers ------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_mid_point_beside_another_sweep_then_resume(tmp_path, sweep_cache, clean):
     root = tmp_path / "shared"
     table = results.table_paths(root / "out").parquet
@@ -140,6 +141,7 @@ def test_sigterm_mid_point_beside_another_sweep_then_resume(tmp_path, sweep_cach
     _same_metrics(final[final["config_hash"].isin(clean.keys)], clean.frame())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_point_then_resume_stores_every_point_once(tmp_path, sweep_cache, clean):
     root = tmp_path / "killed"
     table = results.table_paths(root / "out").parquet

@@ -26,6 +26,7 @@ def _by_key(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(results.KEY).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_submitit_local_jobs_equal_a_local_sweep_and_skip_the_points_already_stored(tmp_path, capsys):
     cache, out = tmp_path / "cache", tmp_path / "jobs"
     grid = [*TINY, f"cache_dir={cache}", "solver=euler,heun,dpmpp_2m"]
@@ -51,6 +52,7 @@ def test_submitit_local_jobs_equal_a_local_sweep_and_skip_the_points_already_sto
                                   _by_key(local.frame())[[results.KEY, *COMPARED]])
 
 
+@pytest.mark.slow
 def test_jobs_n_runs_one_job_per_shard_holding_missing_points(tmp_path, capsys):
     grid = [*TINY, "metrics=error_only", f"cache_dir={tmp_path / 'cache'}", "solver=euler,heun,dpmpp_2m",
             f"out={tmp_path / 'out'}"]
