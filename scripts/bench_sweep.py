@@ -14,7 +14,8 @@ variants. Each run prints a table and writes JSON (with this command) to --out. 
     python scripts/bench_sweep.py speed --model diffbench-mnist --n 16384 --out results/bench/speed_mnist.json
     python scripts/bench_sweep.py point --model diffbench-mnist --n 50000 --weights /root/default_1.pt \\
         --out results/bench/point_mnist.json
-    python scripts/bench_sweep.py point --unet35m --n 50000 --weights ... --no-baseline --out results/bench/point_35m.json
+    python scripts/bench_sweep.py point --unet35m --n 50000 --weights ... --no-baseline \\
+        --out results/bench/point_35m.json
 """
 from __future__ import annotations
 
@@ -172,7 +173,8 @@ def diffbench_point(args: argparse.Namespace, base: list[str], out: Path) -> dic
     common = [*base, "solver=dpmpp_2m", f"nfe={args.nfe}", f"batch_size={args.batch}", "metrics.names=[fd]",
               "metrics.extractor=inception", f"metrics.extractor_weights={args.weights}", "metrics.n_boot=20",
               "sweep.params.solver=dpmpp_2m", f"sweep.params.nfe={args.nfe}"]
-    run_sweep([*common, f"n_samples={args.batch}", f"out={out / 'warm'}"], progress=False)  # reference stats -> cache, compile
+    # Warm-up: reference statistics into the cache, compilation.
+    run_sweep([*common, f"n_samples={args.batch}", f"out={out / 'warm'}"], progress=False)
     rows: list[dict[str, Any]] = []
     with gpu_utilisation() as util:
         start = time.perf_counter()

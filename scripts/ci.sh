@@ -1,18 +1,42 @@
 #!/usr/bin/env bash
-# The project's CI, and the README's test command: install, run the tests, then run the embedded
-# default sweep and check its quality numbers against the committed baseline (exit 1 on a regression).
-#   bash scripts/ci.sh            # everything
-#   SKIP_SWEEP_CHECK=1 bash scripts/ci.sh   # install + tests only
+# The project's CI, and the README's test command: install, lint and type-check, run the fast test suite
+# then the slow one (`pytest -m slow`), then run the embedded default sweep and check its quality numbers
+# against the committed baseline (exit 1 on a regression).
+#   bash scripts/ci.sh                      # everything
+#   SKIP_SWEEP_CHECK=1 bash scripts/ci.sh   # install, lint + tests only
+#   STRICT_LINT=1 bash scripts/ci.sh        # ruff / mypy errors fail CI (by default they are reported only)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m pip install -q -e '.[test]' || exit $?
 
-python3 -m pytest -q
-rc=$?
+# Lint and types (configured in pyproject.toml); skipped with a line when the tool is not installed.
+lint() {
+    local tool=$1
+    shift
+    if ! python3 -m "$tool" --version >/dev/null 2>&1; then
+        echo "== $tool not installed: skipped (pip install $tool)"
+        return 0
+    fi
+    echo "== $tool $*"
+    python3 -m "$tool" "$@" && return 0
+    [ -n "${STRICT_LINT:-}" ] && return 1
+    echo "== $tool found errors (reported only; STRICT_LINT=1 makes them fail CI)"
+}
+lint ruff check diffbench tests scripts || exit 1
+lint mypy diffbench || exit 1
+
 # pytest exits 5 when it collected no tests: that is not a failure of the install.
-if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi
-[ "$rc" -eq 0 ] || exit "$rc"
+run_pytest() {
+    python3 -m pytest -q "$@"
+    local rc=$?
+    if [ "$rc" -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi
+    return "$rc"
+}
+echo "== pytest (fast suite: the default selection, -m 'not slow')"
+run_pytest || exit $?
+echo "== pytest -m slow (statistical and multi-process tests)"
+run_pytest -m slow || exit $?
 [ -n "${SKIP_SWEEP_CHECK:-}" ] && exit 0
 
 # The default sweep into a scratch folder (its reference solutions are cached as usual), then the check.

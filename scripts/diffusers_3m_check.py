@@ -27,7 +27,8 @@ OURS = [("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpmpp_3m", {"lower_order_final": T
         ("unipc_bh2", {}), ("unipc_bh2", {"lower_order_final": True})]
 
 
-def diffusers_run(model: Denoiser, n: int, nfe: int, order: int, lower_order_final: bool, sigma_data: float) -> torch.Tensor:
+def diffusers_run(model: Denoiser, n: int, nfe: int, order: int, lower_order_final: bool,
+                  sigma_data: float) -> torch.Tensor:
     """diffusers' DPM-Solver++ loop on the model's D (through the inverse of EDM's output preconditioning)."""
     scheduler = EDMDPMSolverMultistepScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=sigma_data, rho=7.0,
                                                solver_order=order, algorithm_type="dpmsolver++",
@@ -54,10 +55,12 @@ def main() -> None:
     cfg = compose([f"model={args.model}"])
     model = ModelCache().get(cfg.model)
     shape, idx = tuple(model.shape), range(args.n)
-    reference = make_plan("rk45", 1, model.schedule, step_schedule="karras", solver_options={"rtol": 1e-5, "atol": 1e-5})
+    reference = make_plan("rk45", 1, model.schedule, step_schedule="karras",
+                          solver_options={"rtol": 1e-5, "atol": 1e-5})
     ref = sample_batch(model, reference, idx, 0, shape).x.float()
     rmse = lambda x: float((x.float() - ref).pow(2).mean().sqrt())  # noqa: E731
-    print(f"# {'python ' + shlex.join(sys.argv)}\n# RMSE vs RK45, {args.n} samples, NFE {args.nfe}, karras, final sigma 0")
+    print(f"# {'python ' + shlex.join(sys.argv)}\n"
+          f"# RMSE vs RK45, {args.n} samples, NFE {args.nfe}, karras, final sigma 0")
     for name, options in OURS:
         plan = make_plan(name, args.nfe, model.schedule, step_schedule="karras", solver_options=options)
         print(f"{rmse(sample_batch(model, plan, idx, 0, shape).x):.4f}  diffbench {name} {options or ''}")

@@ -99,7 +99,8 @@ def ratio_line(rows: list[dict], key: str, what: str) -> str:
     """How much better than DDIM the best order>=2 solver is at NFE 10, by the given column."""
     ddim = next(r[key] for r in rows if r["solver"] == "ddim")
     best = min((r[key], r["solver"]) for r in rows if r["order"] >= 2 and r.get(key) is not None)
-    return f"NFE 10, {what}: best order>=2 solver {best[1]} {best[0]:.2e} vs ddim {ddim:.2e}: {ddim / best[0]:.1f}x better"
+    return (f"NFE 10, {what}: best order>=2 solver {best[1]} {best[0]:.2e} vs ddim {ddim:.2e}: "
+            f"{ddim / best[0]:.1f}x better")
 
 
 def write(rows: list[dict], args: argparse.Namespace, ref_nfe: int) -> None:
@@ -123,7 +124,8 @@ def write(rows: list[dict], args: argparse.Namespace, ref_nfe: int) -> None:
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = (f"# Solver error vs RK45 reference (RMSE, same noise)\n\nCommand: `{command}`\n\n"
           f"Model: {meta['model']}; {args.n} samples; step schedule `{args.schedule}`, last step to 0; "
-          f"reference {meta['reference']} ({ref_nfe} NFE). '—': the solver cannot use exactly that NFE.\n\n{table}\n\n{verdict}\n")
+          f"reference {meta['reference']} ({ref_nfe} NFE). '—': the solver cannot use exactly that NFE.\n\n"
+          f"{table}\n\n{verdict}\n")
     out.with_suffix(".md").write_text(md)
 
 

@@ -1,14 +1,13 @@
-"""Shared fixtures: tiny analytic models with exact answers; fast sweep arguments and cache."""
-from __future__ import annotations
+"""Shared fixtures: tiny analytic models with exact answers, a sweep cache; GPU tests skipped without CUDA.
 
-from pathlib import Path
+Shared non-fixture helpers live in tests/helpers/.
+"""
+from __future__ import annotations
 
 import pytest
 import torch
 
 from diffbench.models.analytic import gaussian, image_mixture
-from diffbench.models.base import Denoiser
-from diffbench.schedules import EDM
 
 
 @pytest.fixture
@@ -21,15 +20,6 @@ def gauss():
 def mixture():
     """A small image-shaped Gaussian mixture."""
     return image_mixture(shape=(1, 4, 4), components=3, std=0.2)
-
-
-# Sweeps in tests: the tiny debug config and error-only metrics (the full metric path runs in test_cli).
-FAST_SWEEP = ["debug=default", "metrics=error_only"]
-
-
-def sweep_args(root: Path, cache: Path, *extra: str) -> list[str]:
-    """Overrides of a fast sweep writing to root/out with reference solutions cached in `cache`."""
-    return [*FAST_SWEEP, f"out={root / 'out'}", f"cache_dir={cache}", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +47,6 @@ def sqrtm_disp_shim(monkeypatch):
     if "disp" not in inspect.signature(scipy.linalg.sqrtm).parameters:
         original = scipy.linalg.sqrtm
         monkeypatch.setattr(scipy.linalg, "sqrtm", lambda a, disp=True: original(a) if disp else (original(a), None))
-
-
-class AnalyticFirstDenoiser(Denoiser):
-    """A model whose noise estimate is exactly AMED's analytic one, eps = x / sqrt(sigma^2 + 1)."""
-
-    dtype = torch.float64
-    schedule = EDM()
-
-    def denoise(self, x, sigma):
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        return x - s * x / (s**2 + 1).sqrt()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,8 +10,8 @@ from diffbench.models.base import CountingDenoiser
 from diffbench.noise import NoiseSource
 from diffbench.sampling import make_plan, sample_batch
 from diffbench.solvers import SOLVERS
+from tests.helpers.convergence import SPAN
 
-SPAN = dict(step_schedule="uniform_logsnr", sigma_min=0.02, sigma_max=20.0, final_zero=False)
 ADAPTIVE = sorted(n for n, s in SOLVERS.items() if s.adaptive)
 
 

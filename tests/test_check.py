@@ -68,7 +68,8 @@ def test_unchanged_reruns_fail_the_check_at_most_alpha_and_real_shifts_are_caugh
     for _ in range(checks):
         base = [_row(f"p{j}", v, s) for j, (v, s) in enumerate(zip(mu + se * rng.standard_normal(m), se))]
         rerun = mu + se * rng.standard_normal(m)
-        false_alarms += "regression" in _verdicts([_row(f"p{j}", v, s) for j, (v, s) in enumerate(zip(rerun, se))], base).values()
+        same = [_row(f"p{j}", v, s) for j, (v, s) in enumerate(zip(rerun, se))]
+        false_alarms += "regression" in _verdicts(same, base).values()
         worse = _verdicts([_row(f"p{j}", v, s) for j, (v, s) in enumerate(zip(rerun + shift, se))], base)
         caught += sum(v == "regression" for v in worse.values())
     alpha = regression.ALPHA
@@ -131,6 +132,7 @@ def _relabel_as(degraded: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     return degraded.assign(config_hash=[p["config_hash"] for p in pairs], point_hash=[p["point_hash"] for p in pairs])
 
 
+@pytest.mark.slow
 def test_check_flags_the_same_points_run_with_half_the_nfe(sweeps, capsys):
     baseline = results.read_table(sweeps / "base")
     results.write_table(sweeps / "relabelled", _relabel_as(results.read_table(sweeps / "halved"), baseline))
@@ -142,6 +144,7 @@ def test_check_flags_the_same_points_run_with_half_the_nfe(sweeps, capsys):
         assert f"REGRESSION {point} rmse_ref: worse by" in out
 
 
+@pytest.mark.slow
 def test_check_passes_an_unchanged_rerun_on_another_seed(sweeps, capsys):
     capsys.readouterr()
     assert main(["check", str(sweeps / "seed1"), "--baseline", str(sweeps / "base")]) == 0
@@ -150,6 +153,7 @@ def test_check_passes_an_unchanged_rerun_on_another_seed(sweeps, capsys):
     assert f"{len(SOLVERS) * len(BUDGETS) * len(metrics)} comparisons, 0 regressions" in out
 
 
+@pytest.mark.slow
 def test_update_writes_the_results_as_the_baseline(sweeps, capsys):
     target = sweeps / "new" / "baseline.parquet"
     assert main(["check", str(sweeps / "seed1"), "--baseline", str(target), "--update"]) == 0

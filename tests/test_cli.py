@@ -97,7 +97,8 @@ def test_sweep_end_to_end_then_check_against_baselines(tmp_path, capsys):
     assert "0 points run, 4 already in the table" in _run(capsys, "sweep", "debug=default", f"out={out_dir}", "-q")[1]
 
     assert _run(capsys, "check", str(out_dir), "--baseline", str(out_dir))[0] == 0
-    better = df.assign(rmse_ref=df["rmse_ref"] / 10, rmse_ref_lo=df["rmse_ref_lo"] / 10, rmse_ref_hi=df["rmse_ref_hi"] / 10)
+    better = df.assign(rmse_ref=df["rmse_ref"] / 10, rmse_ref_lo=df["rmse_ref_lo"] / 10,
+                       rmse_ref_hi=df["rmse_ref_hi"] / 10)
     results.append(tmp_path / "baseline", better.to_dict("records"))
     code, out, _ = _run(capsys, "check", str(out_dir), "--baseline", str(tmp_path / "baseline"),
                         "--metric", "rmse_ref")

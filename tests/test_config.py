@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from diffbench.config import (compose, compose_grid, config_dir, config_hash, expand_grid, group_options, settings)
+from diffbench.config import compose, compose_grid, config_dir, config_hash, expand_grid, group_options, settings
 from diffbench.errors import UsageError
 
 DEBUG = ["debug=default"]

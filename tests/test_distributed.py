@@ -150,6 +150,7 @@ def _grid(root, *extra: str) -> list[str]:
             f"cache_dir={root / 'cache'}", *extra]
 
 
+@pytest.mark.slow
 def test_torchrun_sweep_equals_one_process(tmp_path, entry, one_thread):
     single = run_sweep(_grid(tmp_path / "single"), progress=False).frame()
     multi = tmp_path / "multi"
@@ -158,7 +159,8 @@ def test_torchrun_sweep_equals_one_process(tmp_path, entry, one_thread):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", f"--master_port={_free_port()}",
            str(entry), "sweep", "--quiet", "--no-report", *_grid(multi)]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env={**env, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120,
+                          env={**env, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{len(single) - 1} points run, 1 already in the table, 2 failed" in proc.stdout  # printed once, by rank 0
     assert proc.stdout.count("points run") == 1

@@ -19,8 +19,8 @@ from diffbench.solvers import SOLVERS
 from diffbench.solvers._common import dynamic_threshold, phi, taylor_terms
 from diffbench.solvers.dpm_solver import fast_orders
 from diffbench.solvers.dpm_solver_pp import data_prediction_step
+from tests.helpers.convergence import SPAN
 
-SPAN = dict(step_schedule="uniform_logsnr", sigma_min=0.02, sigma_max=20.0, final_zero=False)
 MULTISTEP = ["dpm_solver_2m", "dpm_solver_3m", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "dpmpp_3m_sde"]
 
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from diffbench.solvers import ems as ems_mod
 from diffbench.errors import UsageError
+from diffbench.solvers import ems as ems_mod
 from diffbench.solvers.ems import EMS, cached_ems, compute_ems, lambda_grid, samples_for_ems
 from diffbench.models.analytic import GaussianDenoiser
 from diffbench.noise import NoiseSource

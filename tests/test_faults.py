@@ -25,9 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import slow_model  # tests/ is on sys.path under pytest
 import torch
-from conftest import FAST_SWEEP, sweep_args
 
 from diffbench import results
 from diffbench.atomicio import temporary_path
@@ -47,6 +45,8 @@ from diffbench.engine.progress import Reporter
 from diffbench.engine.references import ReferenceSolutions
 from diffbench.engine.sweep import SweepSummary, run_sweep
 from diffbench.sampling import sample_points
+from tests.helpers import slow_model
+from tests.helpers.sweeps import FAST_SWEEP, sweep_args
 
 # Four points whose sweep subprocess, slowed down per evaluation, lasts a few seconds: long enough to
 # stop it mid-point or overlap it with another sweep; in this process the same points take no time.
@@ -119,6 +119,7 @@ def _same_metrics(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 # 1 and 6: signals, resume, concurrent writers ------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_mid_point_beside_another_sweep_then_resume(tmp_path, sweep_cache, clean):
     root = tmp_path / "shared"
     table = results.table_paths(root / "out").parquet
@@ -144,6 +145,7 @@ def test_sigterm_mid_point_beside_another_sweep_then_resume(tmp_path, sweep_cach
     _same_metrics(final[final["config_hash"].isin(clean.keys)], clean.frame())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_point_then_resume_stores_every_point_once(tmp_path, sweep_cache, clean):
     root = tmp_path / "killed"
     table = results.table_paths(root / "out").parquet
@@ -236,7 +238,8 @@ def test_non_finite_samples_fail_the_point_and_the_sweep_goes_on(tmp_path, sweep
         return x
 
     try:
-        summary = run_sweep(sweep_args(tmp_path, sweep_cache, "solver=diverges_for_tests,euler", "nfe=3"), progress=False)
+        grid = sweep_args(tmp_path, sweep_cache, "solver=diverges_for_tests,euler", "nfe=3")
+        summary = run_sweep(grid, progress=False)
     finally:
         SOLVERS.pop("diverges_for_tests")
     df = summary.frame().set_index("solver.name")

@@ -26,6 +26,7 @@ def _by_key(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(results.KEY).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_submitit_local_jobs_equal_a_local_sweep_and_skip_the_points_already_stored(tmp_path, capsys):
     cache, out = tmp_path / "cache", tmp_path / "jobs"
     grid = [*TINY, f"cache_dir={cache}", "solver=euler,heun,dpmpp_2m"]
@@ -51,6 +52,7 @@ def test_submitit_local_jobs_equal_a_local_sweep_and_skip_the_points_already_sto
                                   _by_key(local.frame())[[results.KEY, *COMPARED]])
 
 
+@pytest.mark.slow
 def test_jobs_n_runs_one_job_per_shard_holding_missing_points(tmp_path, capsys):
     grid = [*TINY, "metrics=error_only", f"cache_dir={tmp_path / 'cache'}", "solver=euler,heun,dpmpp_2m",
             f"out={tmp_path / 'out'}"]
@@ -93,7 +95,8 @@ def test_slurm_options_reach_sbatch_and_a_rejected_submission_is_exit_2(tmp_path
     code, _, stderr = _sweep(capsys, *TINY, "solver=euler", f"out={tmp_path / 'out'}", f"cache_dir={tmp_path}",
                              "hydra/launcher=slurm", "hydra.launcher.partition=tiny", "hydra.launcher.timeout_min=7")
     assert code == 2
-    assert stderr.strip().splitlines()[-1].endswith("submission failed: sbatch: error: invalid partition specified: tiny")
+    last = stderr.strip().splitlines()[-1]
+    assert last.endswith("submission failed: sbatch: error: invalid partition specified: tiny")
     text = script.read_text()
     assert "#SBATCH --partition=tiny" in text and "#SBATCH --time=7" in text and "#SBATCH --gpus-per-node=1" in text
     assert not results.table_paths(tmp_path / "out").parquet.exists()

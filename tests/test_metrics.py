@@ -19,10 +19,27 @@ from PIL import Image, ImageFilter
 
 from diffbench.data import ArrayDataset, FolderDataset, NpzDataset, make_dataset, to_uint8
 from diffbench.errors import UsageError
-from diffbench.metrics import (ErrorStats, FeatureExtractor, Features, FeatureStats, FrechetTarget, MetricOptions,
-                               StreamingStats, evaluate, extract, frechet_distance,
-                               inception_score, kid, load_or_build_reference, make_extractor, paired_fd_difference,
-                               paired_mean_difference, parse_metrics, prdc, solver_error)
+from diffbench.metrics import (
+    ErrorStats,
+    FeatureExtractor,
+    Features,
+    FeatureStats,
+    FrechetTarget,
+    MetricOptions,
+    StreamingStats,
+    evaluate,
+    extract,
+    frechet_distance,
+    inception_score,
+    kid,
+    load_or_build_reference,
+    make_extractor,
+    paired_fd_difference,
+    paired_mean_difference,
+    parse_metrics,
+    prdc,
+    solver_error,
+)
 from diffbench.metrics.uncertainty import fd_interval
 from diffbench.models.analytic import image_mixture
 

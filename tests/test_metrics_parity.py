@@ -12,7 +12,6 @@ normalisation mismatch still shows in the numbers.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -14,8 +14,8 @@ from diffbench.schedules import EDM
 from diffbench.solvers import SOLVERS
 from diffbench.solvers.momentum import _GHVB, dpmpp_2m_hb, ghvb_combine, plms_ghvb
 from diffbench.steps import make_sigmas
+from tests.helpers.convergence import SPAN
 
-SPAN = dict(step_schedule="uniform_logsnr", sigma_min=0.02, sigma_max=20.0, final_zero=False)
 AB = {1: [1.0], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24],
       5: [1901 / 720, -2774 / 720, 2616 / 720, -1274 / 720, 251 / 720]}
 

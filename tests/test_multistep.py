@@ -1,8 +1,6 @@
 """iPNDM, DEIS tAB and PNDM/PLMS: coefficients, exact limits, warm-up NFE, AFS."""
 from __future__ import annotations
 
-from conftest import AnalyticFirstDenoiser  # noqa: E402  (tests/ is on sys.path under pytest)
-
 import math
 
 import numpy as np
@@ -13,8 +11,8 @@ from diffbench.sampling import make_plan, sample_batch
 from diffbench.solvers import SOLVERS
 from diffbench.solvers.deis import deis_time, tab_coefficients
 from diffbench.solvers.pndm import AB_COEFFS, adams_bashforth
-
-from test_solver_contracts import _error_at  # noqa: E402  (tests/ is on sys.path under pytest)
+from tests.helpers.convergence import error_at
+from tests.helpers.models import AnalyticFirstDenoiser
 
 
 def _run(model, name, nfe, n=16, final_zero=True, **options):
@@ -66,7 +64,7 @@ def test_slopes_on_finer_grids(gauss, name, low, high):
     """Beyond the generic 8..32-step window: iPNDM settles at 2 (see pndm.py); deis_3 heads from 2.7 to 2."""
     x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20.0
     steps = [32, 64, 128]
-    errs = [_error_at(gauss, name, n, x_T) for n in steps]
+    errs = [error_at(gauss, name, n, x_T) for n in steps]
     slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
     assert low <= slope <= high, (slope, errs)
 

@@ -17,6 +17,7 @@ from diffbench.errors import UsageError
 from diffbench.models.analytic import gaussian
 from diffbench.sampling import make_plan, sample_batch
 from diffbench.solvers import SOLVERS
+from tests.helpers.convergence import SPAN, error_at
 
 FIXED = sorted(n for n, s in SOLVERS.items() if not s.adaptive)
 DETERMINISTIC = sorted(n for n in FIXED if not SOLVERS[n].is_stochastic())
@@ -25,18 +26,6 @@ _SWITCH = {"s_churn": 40.0, "eta": 0.5}
 STOCHASTIC = sorted([(n, {}) for n, s in SOLVERS.items() if s.is_stochastic()]
                     + [(n, {s.stochastic: _SWITCH[s.stochastic]}) for n, s in SOLVERS.items()
                        if isinstance(s.stochastic, str) and not s.is_stochastic()], key=lambda c: c[0])
-# Convergence grid: uniform in log-sigma from 20 down to 0.02, no final jump to 0.
-SPAN = dict(step_schedule="uniform_logsnr", sigma_min=0.02, sigma_max=20.0, final_zero=False)
-
-
-def _error_at(model, name: str, steps: int, x_T: torch.Tensor) -> float:
-    spec = SOLVERS[name]
-    nfe = spec.nfe_for(steps, False)
-    plan = make_plan(name, nfe, model.schedule, **SPAN)
-    assert plan.steps == steps
-    out = plan.solver.fn(model, x_T, plan.sigmas, noise=None, **plan.options)
-    exact = model.exact_ode(x_T, 20.0, 0.02)
-    return float((out - exact).pow(2).mean().sqrt())
 
 
 # Where a solver's asymptotic regime starts later on this problem, fit further out (measured, see note):
@@ -47,14 +36,15 @@ def _error_at(model, name: str, steps: int, x_T: torch.Tensor) -> float:
 # DPM-Solver-3 singlestep leaves its pre-asymptotic bump (3.30 over 8..32) by 16 steps (3.17).
 # dpmpp_3m_diffusers (half the D'' weight) tends to 2 from above: 2.43 over 8..32, 2.20 over 16..64, 2.06 over 32..128
 # (dpmpp_3m reaches 2 as well, but only past 64 steps, through its first-order warm-up: 3.14 over 8..32).
-WINDOW = {"dpmpp_3m_diffusers": (16, 24, 32, 48, 64), "ipndm": (16, 24, 32, 48, 64), "dpm_solver_3": (16, 24, 32, 48, 64), "unipc_bh1": (24, 32, 48, 64, 96), "unipc_bh2": (24, 32, 48, 64, 96)}
+WINDOW = {"dpmpp_3m_diffusers": (16, 24, 32, 48, 64), "ipndm": (16, 24, 32, 48, 64),
+          "dpm_solver_3": (16, 24, 32, 48, 64), "unipc_bh1": (24, 32, 48, 64, 96), "unipc_bh2": (24, 32, 48, 64, 96)}
 CEILING = {"unipc_bh1": 4.0, "unipc_bh2": 4.0}
 
 
 def fitted_order(model, name: str, x_T: torch.Tensor) -> tuple[float, list[float]]:
     """Slope of -log(error) against log(steps), over step counts whose error stays above 1e-11."""
     steps = [s * SOLVERS[name].min_steps for s in WINDOW.get(name, (8, 12, 16, 24, 32))]
-    errs = [_error_at(model, name, s, x_T) for s in steps]
+    errs = [error_at(model, name, s, x_T) for s in steps]
     pts = [(math.log(s), math.log(e)) for s, e in zip(steps, errs) if e > 1e-11]
     assert len(pts) >= 3, f"{name}: errors hit the float64 floor: {errs}"
     xs, ys = zip(*pts)

@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import sweep_args as _args  # tests/ is on sys.path under pytest
 
 from diffbench import results
 from diffbench.columns import ResultRow
@@ -13,6 +12,7 @@ from diffbench.errors import UsageError
 from diffbench.solvers import SOLVERS
 from diffbench.engine.points import prepare
 from diffbench.engine.sweep import run_sweep
+from tests.helpers.sweeps import sweep_args as _args
 
 METRICS = ["rmse_ref", "rmse_ref_lo", "rmse_ref_hi"]
 

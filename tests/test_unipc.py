@@ -1,8 +1,6 @@
 """UniPC: DDIM limit, polynomial exactness of UniP/UniC, free corrector, convergence, AFS."""
 from __future__ import annotations
 
-from conftest import AnalyticFirstDenoiser  # noqa: E402  (tests/ is on sys.path under pytest)
-
 import math
 
 import numpy as np
@@ -13,8 +11,8 @@ from diffbench.models.base import Denoiser
 from diffbench.sampling import make_plan, sample_batch
 from diffbench.schedules import EDM
 from diffbench.solvers.unipc import unipc_update, unipc_weights
-
-from test_solver_contracts import SPAN, _error_at  # noqa: E402  (tests/ is on sys.path under pytest)
+from tests.helpers.convergence import SPAN, error_at
+from tests.helpers.models import AnalyticFirstDenoiser
 
 
 class PathDenoiser(Denoiser):
@@ -94,7 +92,7 @@ def test_order3_converges_at_least_cubically_on_finer_grids(gauss, name):
     """The generic 8..32-step fit sits in UniPC-3's pre-asymptotic range; from 24 steps the slope is >= 3."""
     x_T = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20.0
     steps = [24, 48, 96]
-    errs = [_error_at(gauss, name, n, x_T) for n in steps]
+    errs = [error_at(gauss, name, n, x_T) for n in steps]
     slope = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
     assert 2.9 <= slope <= 4.3, (slope, errs)
 

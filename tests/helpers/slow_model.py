@@ -1,7 +1,7 @@
 """A test model kind whose evaluations can be slowed down, and a `diffbench` entry point that knows it.
 
 `slow_image_mixture` is the analytic image mixture, sleeping $DIFFBENCH_TEST_DELAY_S seconds per
-evaluation (none when unset). A sweep subprocess started as `python tests/slow_model.py sweep ...`
+evaluation (none when unset). A sweep subprocess started as `python tests/helpers/slow_model.py sweep ...`
 with a delay lasts long enough to be interrupted mid-point or to overlap another sweep, while the
 same points run at full speed in the test process: the delay is not part of the config, so both
 share config hashes and cached reference solutions.
