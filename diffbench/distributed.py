@@ -24,6 +24,9 @@ from diffbench.errors import UsageError, check
 T = TypeVar("T")
 # Rank 0 builds caches (reference statistics) alone while the other ranks wait at a barrier.
 TIMEOUT = timedelta(hours=1)
+# Testing multi-rank code on fewer GPUs: DIFFBENCH_SHARE_GPUS=1 puts rank r on cuda:(LOCAL_RANK mod GPUs);
+# NCCL refuses two ranks on one GPU, so sharing needs DIFFBENCH_DIST_BACKEND=gloo (default nccl on CUDA).
+SHARE_ENV, BACKEND_ENV = "DIFFBENCH_SHARE_GPUS", "DIFFBENCH_DIST_BACKEND"
 
 
 def launched() -> bool:
@@ -72,10 +75,13 @@ def backend(devices: set[torch.device]) -> str:
         raise UsageError(f"device=cuda:{pinned[0]} puts every rank on one GPU; under torchrun give device=cuda "
                          "(rank r then runs on cuda:LOCAL_RANK)")
     local, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
-    check(local < visible, f"LOCAL_RANK={local} but {visible} CUDA devices are visible; "
-                           f"use --nproc_per_node={visible} or fewer")
-    torch.cuda.set_device(local)
-    return "nccl"
+    share = os.environ.get(SHARE_ENV) == "1"
+    check(local < visible or share, f"LOCAL_RANK={local} but {visible} CUDA devices are visible; "
+                                    f"use --nproc_per_node={visible} or fewer")
+    torch.cuda.set_device(local % visible)
+    name = os.environ.get(BACKEND_ENV, "nccl")
+    check(name in ("nccl", "gloo"), f"{BACKEND_ENV}={name}: use nccl or gloo")
+    return name
 
 
 def shard_indices(n: int, batch_size: int, rank_: int | None = None, world: int | None = None) -> list[int]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffbench.batching import FEATURE_BATCH
 from diffbench.distributed import rows_by_index
 from diffbench.metrics import StreamingStats
 
@@ -72,11 +73,13 @@ class Share:
         return rows_by_index(self.kept)
 
 
-def merge_shares(shares: Sequence[Share], suite: MetricSuite, keep: int) -> Share:
+def merge_shares(shares: Sequence[Share], suite: MetricSuite, keep: int, batch_size: int) -> Share:
     """The point's Share as one process would have it, loading the merged metric state into `suite`.
 
     A failure is the failed batch with the lowest first index: the one a single process meets
-    first. Times are the slowest rank's (the ranks run side by side).
+    first. Times are the slowest rank's (the ranks run side by side). Feature moments of several
+    shares are recomputed from their rows in the order and chunks one process adds them
+    (`replay`), so they equal one process's bit for bit, not only up to summation order.
     """
     slowest = {"time_sampling_s": max(s.time_sampling_s for s in shares),
                "time_metrics_s": max(s.time_metrics_s for s in shares)}
@@ -87,7 +90,7 @@ def merge_shares(shares: Sequence[Share], suite: MetricSuite, keep: int) -> Shar
     indices = [i for s in shares for i in s.indices]
     pieces = [piece for s in shares for piece in s.kept]
     grid = ([i for idx, _ in pieces for i in idx], rows_by_index(pieces))
-    _load_state(shares, suite, indices)
+    _load_state(shares, suite, indices, batch_size)
     return Share(sorted(indices), sum(s.nfe_total for s in shares), kept=[(sorted(grid[0])[:keep], grid[1][:keep])], **slowest)
 
 
@@ -99,20 +102,29 @@ def per_sample_nfe(total: float, n: int) -> float | None:
     return int(mean) if float(mean).is_integer() else mean
 
 
-def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int]) -> None:
+def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int], batch_size: int) -> None:
     """Set the suite's accumulators to the union of the shares', per-sample rows in index order."""
     if suite.stats is not None:
-        stats = StreamingStats(keep_features=True, device=suite.stats.device)
-        for s in shares:
-            stats.merge(s.stats)
         order = torch.as_tensor(np.argsort(indices, kind="stable"))
-        stats.rows = [torch.cat(stats.rows)[order]]
-        stats.logit_rows = [torch.cat(stats.logit_rows)[order]] if stats.logit_rows else []
-        suite.stats = stats
-    # The paired metrics compare exactly the samples 0..n-1 that have a reference solution.
+        rows = torch.cat([r for s in shares for r in s.stats.rows])[order]
+        logit_rows = [r for s in shares for r in s.stats.logit_rows]
+        logits = torch.cat(logit_rows)[order] if logit_rows else None
+        suite.stats = replay(rows, logits, batch_size, suite.stats.device) if len(shares) > 1 else shares[0].stats
+        # The paired metrics compare exactly the samples 0..n-1 that have a reference solution.
     n_paired = sum(len(s.mse) for s in shares)
     paired = [i for i in indices if i < n_paired]
     order = np.argsort(paired, kind="stable")
     suite.error.mse = [np.concatenate([s.mse for s in shares])[order]]
     if suite.lpips is not None:
         suite.lpips.scores = [np.concatenate([s.lpips for s in shares])[order]]
+
+
+def replay(rows: Tensor, logits: Tensor | None, batch_size: int, device: torch.device) -> StreamingStats:
+    """Feature rows (index order) accumulated as one process does: sampling batches, each in FEATURE_BATCH parts."""
+    stats = StreamingStats(keep_features=True, device=device)
+    for start in range(0, len(rows), batch_size):
+        stop = min(start + batch_size, len(rows))
+        for part in range(start, stop, FEATURE_BATCH):
+            end = min(part + FEATURE_BATCH, stop)
+            stats.update(rows[part:end], None if logits is None else logits[part:end])
+    return stats

@@ -147,7 +147,7 @@ class Runner:
             lambda: self._sample_share(point, model, suite, solutions, sizer), POINT_ERRORS))
         if gathered is None:
             return {}, None  # rank 0 writes the row
-        share = merge_shares(distributed.unwrap(gathered), suite, GRID_SAMPLES)
+        share = merge_shares(distributed.unwrap(gathered), suite, GRID_SAMPLES, sizer.size)
         t_sample, nfe_measured = share.time_sampling_s, share.nfe_measured
         row.update(nfe_measured=nfe_measured, time_sampling_s=t_sample, **sizer.columns())
         if share.reason:
