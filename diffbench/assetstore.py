@@ -32,9 +32,12 @@ _ROOTS: list[Path] = []  # cache roots of the open cache_root blocks, innermost 
 
 
 def cache_dir() -> Path:
-    """The diffbench cache root: the innermost cache_root block's, else $DIFFBENCH_CACHE, else ~/.cache/diffbench."""
-    if _ROOTS:
-        return _ROOTS[-1]
+    """The diffbench cache root: the innermost cache_root block's, else the default root."""
+    return _ROOTS[-1] if _ROOTS else default_cache_dir()
+
+
+def default_cache_dir() -> Path:
+    """$DIFFBENCH_CACHE, else ~/.cache/diffbench."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "diffbench")
 
 
@@ -138,7 +141,8 @@ def verify(asset: Asset, path: Path, name: str | None = None) -> bool:
 
 def candidates(asset: Asset) -> list[Path]:
     """Every place the file may already be, in resolution order (explicit path excluded)."""
-    found = [weights_dir() / name for name in asset.filenames]
+    folders = dict.fromkeys([weights_dir(), default_cache_dir() / "weights"])  # a config's cache_dir, then the default
+    found = [folder / name for folder in folders for name in asset.filenames]
     if asset.package:
         shipped = _package_file(*asset.package)
         if shipped is not None:

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from diffbench import assetstore
 from diffbench import columns as col
 from diffbench.errors import StorageError, UsageError, check
 
@@ -192,7 +193,8 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     model = models.get(cfg.model)
     assert point.plan is not None  # policy "exact" always gives a plan or raises
     xs, seconds, nfe = [], 0.0, None
-    with Reporter(not quiet) as reporter, reporter.task(point.label, len(indices)) as advance:
+    with assetstore.cache_root(cfg.cache_dir), Reporter(not quiet) as reporter, \
+            reporter.task(point.label, len(indices)) as advance:
         for batch, dt in sample_points(model, point.plan, point.run, indices, advance):
             xs.append(batch.x.cpu())
             seconds, nfe = seconds + dt, batch.nfe_measured
@@ -252,7 +254,7 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     check(bool(feature), "metrics.names holds no feature metric (fd, kid, is, prdc); eval computes only those")
     dataset = _samples_dataset(samples, key)
     model = ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
-    with Reporter(not quiet) as reporter:
+    with assetstore.cache_root(cfg.cache_dir), Reporter(not quiet) as reporter:
         context = MetricContext(reporter)
         extractor = context.extractor(cfg, run.device)
         stats = context.dataset_statistics(cfg, model, extractor, run.batch_size)
@@ -316,7 +318,7 @@ def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
     cfg = compose(overrides or [])
     run = settings(cfg)
     model = ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
-    with Reporter(not quiet) as reporter:
+    with assetstore.cache_root(cfg.cache_dir), Reporter(not quiet) as reporter:
         context = MetricContext(reporter)
         extractor = context.extractor(cfg, run.device)
         stats = context.dataset_statistics(cfg, model, extractor, run.batch_size)

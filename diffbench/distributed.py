@@ -4,7 +4,7 @@
 and LOCAL_RANK in their environment. Every rank expands the same grid and runs the same points;
 a point's batches (the very batches one process would sample, so batch-coupled solvers such as
 rk45 give the same samples) are dealt round-robin to the ranks, and rank 0 gathers what the ranks
-measured (diffbench.shares) and writes the row. Backend: nccl when the points run on CUDA (rank r
+measured (diffbench.engine.shares) and writes the row. Backend: nccl when the points run on CUDA (rank r
 on cuda:LOCAL_RANK), gloo on the CPU. Without torchrun every helper here acts as for one process.
 """
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from diffbench import assetstore
 from diffbench.config import (RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings,
                               to_dict)
 from diffbench.errors import UsageError, check
@@ -103,7 +104,8 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     `policy` overrides the config's sweep.nfe_policy (`diffbench sample` runs the budget exactly).
     """
     run = settings(cfg)
-    model = models.get(cfg.model)
+    with assetstore.cache_root(cfg.cache_dir):  # model weights resolve in the config's cache_dir
+        model = models.get(cfg.model)
     check_metrics(cfg, model, run)
     spec = get_solver(str(cfg.solver.name))
     options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}
