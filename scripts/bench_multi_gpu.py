@@ -77,7 +77,9 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="multi-gpu-"))
     env = {**os.environ, "DIFFBENCH_CACHE": str(work / "cache"), "DIFFBENCH_DIST_BACKEND": args.backend,
-           "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+           "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+           # torchrun sets 1 thread per process; CPU kernels round differently with other thread counts
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     if args.share_gpu:
         env["DIFFBENCH_SHARE_GPUS"] = "1"
     sweep = ["-m", "diffbench.cli", "sweep", *args.overrides, "--quiet", "--no-report"]
