@@ -10,11 +10,12 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from diffbench.errors import StorageError, UsageError
+from diffbench.interrupts import uninterrupted
 
 HOST = socket.gethostname()
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[^@/]+)\.tmp$")
@@ -38,6 +39,8 @@ def staged(target: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except StorageError:
+        raise  # from a nested staged block: it names its own target
     except OSError as e:
         raise StorageError(e.errno, e.strerror or str(e), str(target)) from e
     finally:
@@ -48,6 +51,16 @@ def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     """write(tmp) to a temporary file beside target, then rename it over target (see `staged`)."""
     with staged(target) as tmp:
         write(tmp)
+
+
+def write_all(contents: Mapping[Path, bytes]) -> None:
+    """Write every file to its temporary first, then rename them all: a failed write (disk full) changes none.
+
+    SIGTERM / SIGINT wait until the renames are done, so a set of files (a report) never gets out of step.
+    """
+    with uninterrupted(), ExitStack() as stack:
+        for target, data in contents.items():
+            stack.enter_context(staged(target)).write_bytes(data)
 
 
 def remove_orphans(folder: Path) -> None:
