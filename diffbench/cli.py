@@ -345,10 +345,13 @@ def plot(results_path: Results,
     ```
     """
     from diffbench import plots, results
+    from diffbench.atomicio import check_output_folder
 
     df = results.read_table(results_path)
     root = results.table_paths(results_path).parquet.parent
-    for path in plots.plot_all(df, root, out_dir or root / "figures", metric):
+    target = out_dir or root / "figures"
+    check_output_folder(target, "--out")
+    for path in plots.plot_all(df, root, target, metric):
         out.print(str(path))
 
 
@@ -366,11 +369,14 @@ def report(results_path: Results,
     ```
     """
     from diffbench import results
+    from diffbench.atomicio import check_output_folder
     from diffbench.report import write_report
 
     df = results.read_table(results_path)
     root = results.table_paths(results_path).parquet.parent
-    html, md = write_report(df, root, out_dir or root / "report", title)
+    target = out_dir or root / "report"
+    check_output_folder(target, "--out")
+    html, md = write_report(df, root, target, title)
     out.print(f"report: {html}\n        {md}")
 
 

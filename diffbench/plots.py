@@ -26,6 +26,7 @@ from diffbench.errors import check  # noqa: E402
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 DPI = 110
+PLOT_COLUMNS = ("solver.name", "schedule.name", "nfe_measured")
 STOCHASTIC_MARK = "\N{DAGGER}"  # marks stochastic solvers, whose rmse_ref is not a convergence error
 
 
@@ -44,6 +45,7 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
         return df.iloc[0:0]
     df = df[(df["status"] == "ok") & df["nfe_measured"].notna()]
     numeric = [c for m in results.metric_columns(df) for c in (m, f"{m}_lo", f"{m}_hi") if c in df.columns]
+    numeric += [c for c in ("nfe_measured", "nfe_budget", "time_sampling_s") if c in df.columns]
     return df.assign(**{c: pd.to_numeric(df[c], errors="coerce") for c in numeric})
 
 
@@ -277,6 +279,11 @@ def hide_overlapping_tick_labels(fig: plt.Figure) -> None:
 def charts(df: pd.DataFrame, root: Path, metrics: Sequence[str] | None = None) -> list[Chart]:
     """Every figure for a table, with captions: NFE and Pareto plots per metric, plus the sample grid."""
     metrics = list(metrics or results.metric_columns(df))
+    lacking = [c for c in PLOT_COLUMNS if c not in df.columns]
+    check(not lacking, f"the results table lacks the column(s) {', '.join(lacking)} that plots need; "
+                       "give a table written by `diffbench sweep`")
+    check(ok_rows(df)["nfe_measured"].notna().all(), "the results table's nfe_measured holds non-numbers; "
+                                                      "give a table written by `diffbench sweep`")
     check(not ok_rows(df).empty, "the results table has no successful rows to plot")
     missing = [m for m in metrics if m not in df.columns]
     check(not missing, f"metric {', '.join(missing)} is not in the table; it has: {', '.join(results.metric_columns(df))}")
