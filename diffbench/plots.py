@@ -26,6 +26,7 @@ from diffbench.errors import check  # noqa: E402
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 DPI = 110
+LABEL_GAP_PX = 3  # the least room between two tick labels
 PLOT_COLUMNS = ("solver.name", "schedule.name", "nfe_measured")
 STOCHASTIC_MARK = "\N{DAGGER}"  # marks stochastic solvers, whose rmse_ref is not a convergence error
 
@@ -222,7 +223,8 @@ def grid_plot(df: pd.DataFrame, root: Path, per_cell: int = 4) -> plt.Figure:
                 _draw_cell(ax, x[:per_cell] if x.ndim == 4 else x)
                 measured = int(match["nfe_measured"].iloc[0])
                 if measured != nfe:
-                    ax.set_xlabel(f"ran NFE {measured}", fontsize=7)
+                    ax.text(0.03, 0.97, f"ran NFE {measured}", transform=ax.transAxes, fontsize=6, va="top",
+                            bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "linewidth": 0})
             if i == 0:
                 ax.set_title(f"NFE {nfe}", fontsize=8)
             if j == 0:
@@ -270,7 +272,7 @@ def hide_overlapping_tick_labels(fig: plt.Figure) -> None:
             boxes = sorted(((t.get_window_extent(renderer), t) for t in labels), key=lambda bt: getattr(bt[0], start))
             kept = None
             for box, label in boxes:
-                if kept is not None and box.overlaps(kept):
+                if kept is not None and box.overlaps(kept.padded(LABEL_GAP_PX)):
                     label.set_visible(False)
                 else:
                     kept = box
