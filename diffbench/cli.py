@@ -235,7 +235,7 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     """Compute the feature metrics (FD/FID, KID, IS, PR) of saved samples against the configured dataset.
 
     ```
-    diffbench eval runs/default/samples/heun_karras_nfe9_seed0.npz
+    diffbench eval runs/default/samples/heun_karras_nfe9_seed0.npz   # from: diffbench sample solver=heun nfe=9
     diffbench eval my_samples/ dataset=npz dataset.path=ref.npz metrics.extractor=inception
     ```
     """
@@ -422,7 +422,9 @@ def check_cmd(results_path: Results,
                                  same_seed_rtol=regression.SAME_SEED_RTOL if same_seed else None)
     bad = verdict[verdict["verdict"] == "regression"]
     skipped = verdict[verdict["verdict"] == "skipped"]
-    _print_frame(verdict[~verdict["verdict"].isin(("regression", "skipped"))].drop(columns="why"))
+    passed = verdict[~verdict["verdict"].isin(("regression", "skipped"))]
+    if len(passed):
+        _print_frame(passed.drop(columns="why"))
     summary = f"{len(verdict) - len(skipped)} comparisons, {len(bad)} regressions"
     if len(skipped):
         summary += (f"; {skipped['config_hash'].nunique()} baseline points not in the run, not compared "

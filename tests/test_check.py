@@ -150,6 +150,10 @@ def test_check_counts_points_not_in_the_run_and_prints_each_regression_once(tmp_
     assert "(p3) fd: not in the run" in capsys.readouterr().out
     results.write_table(tmp_path / "part", pd.DataFrame([_row("p1", 1.0, 0.1)]))
     assert main(["check", str(tmp_path / "part"), "--baseline", str(tmp_path / "base")]) == 0
+    results.write_table(tmp_path / "worse", pd.DataFrame([_row("p2", 9.0, 0.1)]))
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "worse"), "--baseline", str(tmp_path / "base")]) == 1
+    assert capsys.readouterr().out.splitlines()[0].startswith("1 comparisons, 1 regressions")  # no empty table
 
 
 # End to end: real sweeps ---------------------------------------------------------------------------
