@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ SKIPPED = {
 def readme_commands() -> list[str]:
     """Each command of the README's ```bash blocks: continuation lines joined, `a && b` split."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+    for block in re.findall(r"```bash\n(.*?)```", README, re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             commands += [part.strip() for part in line.split("&&") if part.strip()]
     return commands
@@ -68,7 +67,7 @@ def test_every_readme_command_runs_at_tiny_size(tmp_path, monkeypatch, capsys):
         ran.append(command)
     assert len(ran) >= 12
     # The output paths the README promises for the default sweep.
-    promised = re.search(r"land in `runs/default/`: (.*?)\.\n\n", README, re.S).group(1)
+    promised = re.search(r"land in `runs/default/`: (.*?)\.\n\n", README, re.DOTALL).group(1)
     for name in re.findall(r"`([^`]+)`", promised):
         assert (tmp_path / "runs" / "default" / name).exists(), name
     assert (tmp_path / "runs/mine/report/report.html").is_file() and (tmp_path / "runs/mine/figures").is_dir()
