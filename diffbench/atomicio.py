@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from diffbench.errors import StorageError, UsageError
+from diffbench.errors import StorageError, UsageError, check
+from diffbench.interrupts import uninterrupted
 
 HOST = socket.gethostname()
+MIN_FREE_BYTES = 8 * 2**20  # room for a report: the default sweep's figures and pages take ~0.5 MB
 _TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[^@/]+)\.tmp$")
 
 
@@ -38,6 +41,8 @@ def staged(target: Path) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except StorageError:
+        raise  # from a nested staged block: it names its own target
     except OSError as e:
         raise StorageError(e.errno, e.strerror or str(e), str(target)) from e
     finally:
@@ -48,6 +53,16 @@ def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     """write(tmp) to a temporary file beside target, then rename it over target (see `staged`)."""
     with staged(target) as tmp:
         write(tmp)
+
+
+def write_all(contents: Mapping[Path, bytes]) -> None:
+    """Write every file to its temporary first, then rename them all: a failed write (disk full) changes none.
+
+    SIGTERM / SIGINT wait until the renames are done, so a set of files (a report) never gets out of step.
+    """
+    with uninterrupted(), ExitStack() as stack:
+        for target, data in contents.items():
+            stack.enter_context(staged(target)).write_bytes(data)
 
 
 def remove_orphans(folder: Path) -> None:
@@ -77,3 +92,19 @@ def check_writable(folder: Path, field: str) -> None:
     except OSError as e:
         raise UsageError(f"{field}={folder}: cannot create or write this folder ({e.strerror or e}); "
                          f"choose a writable {field}=") from None
+
+
+def check_output_folder(folder: Path, option: str, min_free: int = MIN_FREE_BYTES) -> None:
+    """UsageError unless folder is (or can become) a writable folder with min_free bytes free; creates nothing."""
+    check(not folder.exists() or folder.is_dir(), f"{option} {folder}: this is a file; give a folder")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    check(existing.is_dir(), f"{option} {folder}: {existing} is a file, so this folder cannot be created; give another")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UsageError(f"{option} {folder}: cannot write in {existing} ({e.strerror or e}); "
+                         f"give a writable {option}") from None
+    free = shutil.disk_usage(existing).free
+    check(free >= min_free, f"{option} {folder}: only {free / 2**20:.1f} MB free on its device "
+                            f"(need {min_free / 2**20:.0f} MB); free space or give another {option}")

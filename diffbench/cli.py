@@ -49,11 +49,13 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
     With no arguments: the embedded default (an analytic image-shaped Gaussian mixture, CPU, no
     downloads). Comma lists sweep, a rerun skips the points already in the table (resume):
 
-        diffbench sweep
-        diffbench sweep solver=euler,heun,dpmpp_2m nfe=5,10,20 out=runs/mine
-        diffbench sweep debug=default out=runs/smoke   # tiny, for a smoke test
-        torchrun --nproc_per_node=4 -m diffbench.cli sweep out=runs/mine   # 4 GPUs share each point's samples
-        diffbench sweep hydra/launcher=slurm hydra.launcher.partition=gpu out=runs/mine   # one SLURM job per point
+    ```
+    diffbench sweep
+    diffbench sweep solver=euler,heun,dpmpp_2m nfe=5,10,20 out=runs/mine
+    diffbench sweep debug=default out=runs/smoke   # tiny, for a smoke test
+    torchrun --nproc_per_node=4 -m diffbench.cli sweep out=runs/mine   # 4 GPUs share each point's samples
+    diffbench sweep hydra/launcher=slurm hydra.launcher.partition=gpu out=runs/mine   # one SLURM job per point
+    ```
     """
     from diffbench import distributed
     from diffbench.engine.points import prepare
@@ -170,8 +172,10 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
 
     Prints the measured NFE and the time. Sample i's noise depends only on (seed, i):
 
-        diffbench sample solver=heun nfe=9 --seeds 0-15
-        diffbench sample model=image_mixture_32 solver=euler nfe=20 schedule=uniform_logsnr -o euler.npz
+    ```
+    diffbench sample solver=heun nfe=9 --seeds 0-15
+    diffbench sample model=image_mixture_32 solver=euler nfe=20 schedule=uniform_logsnr -o euler.npz
+    ```
     """
     import numpy as np
     import torch
@@ -236,8 +240,10 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
              json_out: Annotated[Path | None, typer.Option("--json", help="Also write the values to this JSON file.")] = None) -> None:
     """Compute the feature metrics (FD/FID, KID, IS, PR) of saved samples against the configured dataset.
 
-        diffbench eval runs/default/samples/heun_karras_nfe9_seed0.npz
-        diffbench eval my_samples/ dataset=npz dataset.path=ref.npz metrics.extractor=inception
+    ```
+    diffbench eval runs/default/samples/heun_karras_nfe9_seed0.npz   # from: diffbench sample solver=heun nfe=9
+    diffbench eval my_samples/ dataset=npz dataset.path=ref.npz metrics.extractor=inception
+    ```
     """
     import json
 
@@ -307,8 +313,10 @@ def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
 
     Sweeps build them on first use; this command does it ahead of time (e.g. once per cluster):
 
-        diffbench ref
-        diffbench ref dataset=folder dataset.path=/data/cifar10/train metrics.extractor=inception
+    ```
+    diffbench ref
+    diffbench ref dataset=folder dataset.path=/data/cifar10/train metrics.extractor=inception
+    ```
     """
     from diffbench.config import compose, settings
     from diffbench.engine.points import ModelCache
@@ -334,35 +342,50 @@ Results = Annotated[Path, typer.Argument(help="A results table: its folder, .par
 
 @app.command()
 def plot(results_path: Results,
-         out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the PNGs (default: <table dir>/figures).")] = None,
+         out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the PNGs (default: `<table dir>/figures`).")] = None,
          metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to plot (default: all in the table).")] = None) -> None:
     """Draw metric-vs-NFE plots, metric-vs-time Pareto fronts and a sample grid from a results table.
 
-        diffbench plot runs/default
-        diffbench plot runs/default/results.parquet --metric rmse_ref --out figs/
+    Writes `nfe_<metric>.png` and `pareto_<metric>.png` per metric and `samples_grid.png`:
+
+    ```
+    diffbench plot runs/default                     # into runs/default/figures/
+    diffbench plot runs/default/results.parquet --metric rmse_ref --out figs/
+    ```
     """
     from diffbench import plots, results
+    from diffbench.atomicio import check_output_folder
 
     df = results.read_table(results_path)
     root = results.table_paths(results_path).parquet.parent
-    for path in plots.plot_all(df, root, out_dir or root / "figures", metric):
+    target = out_dir or root / "figures"
+    check_output_folder(target, "--out")
+    for path in plots.plot_all(df, root, target, metric):
         out.print(str(path))
 
 
 @app.command()
 def report(results_path: Results,
-           out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the report (default: <table dir>/report).")] = None,
+           out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the report (default: `<table dir>/report`).")] = None,
            title: Annotated[str, typer.Option(help="Page title.")] = "diffbench report") -> None:
     """Write a self-contained HTML report (figures inlined) and a markdown page from a results table.
 
-        diffbench report runs/default
+    Writes `report.html`, `report.md` and `figures/` (a sweep writes the same into `<out>/report/`):
+
+    ```
+    diffbench report runs/default                   # runs/default/report/report.html
+    diffbench report runs/default/results.parquet --out site/ --title "solver shoot-out"
+    ```
     """
     from diffbench import results
+    from diffbench.atomicio import check_output_folder
     from diffbench.report import write_report
 
     df = results.read_table(results_path)
     root = results.table_paths(results_path).parquet.parent
-    html, md = write_report(df, root, out_dir or root / "report", title)
+    target = out_dir or root / "report"
+    check_output_folder(target, "--out")
+    html, md = write_report(df, root, target, title)
     out.print(f"report: {html}\n        {md}")
 
 
@@ -373,20 +396,27 @@ def check_cmd(results_path: Results,
               baseline: Annotated[Path, typer.Option("--baseline", "-b", help="The baseline table: its folder, .parquet or .csv.",
                                                      show_default=False)],
               metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to compare (default: all of the baseline's).")] = None,
-              rtol: Annotated[float, typer.Option(help="Relative slack added to the noise tolerance.")] = 0.0,
-              alpha: Annotated[float, typer.Option(help="Chance that an unchanged re-run fails the whole check.")] = 0.05,
+              rtol: Annotated[float, typer.Option(help="Relative slack added to every tolerance.")] = 0.0,
+              alpha: Annotated[float, typer.Option(help="Chance that an unchanged re-run on another seed fails the whole check.")] = 0.05,
+              require_all: Annotated[bool, typer.Option(help="Count each baseline point missing from the results as a regression.")] = False,
+              same_seed: Annotated[bool, typer.Option(help="Hold points re-run on the baseline's own seed and environment "
+                                                           "on a CPU to relative 1e-6 (they reproduce it).")] = True,
               update: Annotated[bool, typer.Option(help="Write the results as the new baseline instead of comparing.")] = False) -> None:
     """Compare a results table with a baseline: exit 0 pass, 1 regression, 2 bad input.
 
-    A point regresses when a metric is worse than the baseline's by more than the two runs' noise
-    allows (their intervals combined, corrected for the number of comparisons: see
-    diffbench/regression.py); lower is better except for IS, precision, recall, density, coverage.
-    Points are matched by config without the seed, so a re-run on another seed is comparable;
+    Points are matched by config without the seed; only the points both tables hold are compared
+    (the others are counted; `--require-all` fails on them). A point re-run on the baseline's own
+    seed on the same CPU and package versions must reproduce its numbers to relative 1e-6 (same-seed
+    CPU runs reproduce); elsewhere a metric regresses when it is worse by more than the two
+    runs' noise allows (intervals combined, corrected for the number of comparisons: see
+    diffbench/regression.py). Lower is better except for IS, precision, recall, density, coverage;
     timings and other machine-specific columns are never compared.
 
-        diffbench check runs/ci --baseline results/baseline.parquet
-        diffbench check runs/ci --baseline results/baseline.parquet --metric rmse_ref
-        diffbench check runs/new --baseline results/baseline.parquet --update   # accept new numbers
+    ```
+    diffbench check runs/ci --baseline results/baseline.parquet
+    diffbench check runs/ci --baseline results/baseline.parquet --metric rmse_ref --require-all
+    diffbench check runs/new --baseline results/baseline.parquet --update   # accept new numbers
+    ```
     """
     from diffbench import regression, results
     from diffbench.atomicio import check_writable
@@ -397,10 +427,18 @@ def check_cmd(results_path: Results,
         results.write_table(baseline, current)
         out.print(f"baseline {baseline} now holds the {len(current)} rows of {results_path}")
         return
-    verdict = regression.compare(current, results.read_table(baseline), metric, rtol, alpha)
-    _print_frame(verdict)
+    verdict = regression.compare(current, results.read_table(baseline), metric, rtol, alpha, require_all=require_all,
+                                 same_seed_rtol=regression.SAME_SEED_RTOL if same_seed else None)
     bad = verdict[verdict["verdict"] == "regression"]
-    out.print(f"{len(verdict)} comparisons, {len(bad)} regressions")
+    skipped = verdict[verdict["verdict"] == "skipped"]
+    passed = verdict[~verdict["verdict"].isin(("regression", "skipped"))]
+    if len(passed):
+        _print_frame(passed.drop(columns="why"))
+    summary = f"{len(verdict) - len(skipped)} comparisons, {len(bad)} regressions"
+    if len(skipped):
+        summary += (f"; {skipped['config_hash'].nunique()} baseline points not in the run, not compared "
+                    "(--require-all counts them as regressions)")
+    out.print(summary, highlight=False)
     for row in bad.itertuples(index=False):
         out.print(f"REGRESSION {row.solver} / {row.schedule} / nfe {row.nfe} ({row.config_hash}) {row.metric}: {row.why}",
                   highlight=False, markup=False)
@@ -419,8 +457,10 @@ def _print_frame(df: Any) -> None:
 def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | models | datasets | metrics | all")] = "all") -> None:
     """List what configs can name: solvers (order, stochastic, min NFE, options), schedules, models, ...
 
-        diffbench list solvers
-        diffbench list            # everything
+    ```
+    diffbench list solvers
+    diffbench list            # everything
+    ```
     """
     tables = {"solvers": _solver_rows, "schedules": _schedule_rows, "models": _model_rows,
               "datasets": _dataset_rows, "metrics": _metric_rows}
@@ -508,7 +548,9 @@ def _metric_rows() -> tuple[list[str], list[list[Any]]]:
 def doctor() -> None:
     """Report installed packages, which assets resolve offline, config and cache folders, and devices.
 
-        diffbench doctor
+    ```
+    diffbench doctor
+    ```
     """
     for section, items in _doctor().items():
         out.print(f"[bold]{section}[/]")

@@ -5,8 +5,10 @@ from any finished or partial sweep. Matplotlib runs headless (Agg).
 """
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,13 +19,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from diffbench import columns as col  # noqa: E402
 from diffbench import results  # noqa: E402
+from diffbench.atomicio import write_all  # noqa: E402
+from diffbench import columns as col  # noqa: E402
 from diffbench.errors import check  # noqa: E402
 
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 DPI = 110
+LABEL_GAP_PX = 3  # the least room between two tick labels
+PLOT_COLUMNS = (col.SOLVER, col.SCHEDULE, col.NFE_MEASURED)
+STOCHASTIC_MARK = "\N{DAGGER}"  # marks stochastic solvers, whose rmse_ref is not a convergence error
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One drawn figure: its file name, a caption saying what it shows, and the PNG bytes."""
+
+    name: str
+    caption: str
+    png: bytes
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -32,6 +47,7 @@ def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
         return df.iloc[0:0]
     df = df[(df[col.STATUS] == col.OK) & df[col.NFE_MEASURED].notna()]
     numeric = [c for m in results.metric_columns(df) for c in (m, f"{m}_lo", f"{m}_hi") if c in df.columns]
+    numeric += [c for c in (col.NFE_MEASURED, col.NFE_BUDGET, col.TIME_SAMPLING) if c in df.columns]
     return df.assign(**{c: pd.to_numeric(df[c], errors="coerce") for c in numeric})
 
 
@@ -87,26 +103,39 @@ def _label_axes(ax: plt.Axes, values: pd.Series, xlabel: str, ylabel: str, title
     ax.legend(fontsize=7)
 
 
-def nfe_plot(df: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Metric vs measured NFE (log x), one line per solver, step schedule as line style, one panel per model."""
+def stochastic(df: pd.DataFrame) -> pd.Series:
+    """Rows whose solver ran stochastically (SDE noise), from the row's `solver_stochastic`."""
+    if "solver_stochastic" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["solver_stochastic"].map(lambda v: str(v).lower() in ("true", "1", "1.0"))
+
+
+def nfe_plot(df: pd.DataFrame, metric: str) -> plt.Figure:
+    """Metric vs measured NFE (log x), one line per solver, step schedule as line style, one panel per model.
+
+    Stochastic solvers carry STOCHASTIC_MARK in the legend.
+    """
     df = ok_rows(df).dropna(subset=[metric])
     check(not df.empty, f"no successful rows with metric '{metric}' to plot")
     colours, styles = _style_maps(df)
     models = _model_label(df)
     names = sorted(models.unique())
+    marked = stochastic(df)
     fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 4.4), squeeze=False)
     for ax, model in zip(axes[0], names):
         part = df[models == model]
         for (solver, schedule), group in part.groupby([col.SOLVER, col.SCHEDULE]):
             agg = _aggregate(group, col.NFE_MEASURED, metric)
+            mark = f" {STOCHASTIC_MARK}" if marked[group.index].any() else ""
             ax.errorbar(agg[col.NFE_MEASURED], agg[metric], yerr=_errorbars(agg, metric), color=colours[str(solver)],
-                        linestyle=styles[str(schedule)], marker="o", ms=4, capsize=2, label=f"{solver} ({schedule})")
+                        linestyle=styles[str(schedule)], marker="o", ms=4, capsize=2,
+                        label=f"{solver} ({schedule}){mark}")
         ax.set_xscale("log")
         nfes = sorted(part[col.NFE_MEASURED].astype(int).unique())
         ax.set_xticks(nfes, labels=[str(n) for n in nfes])
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         _label_axes(ax, part[metric], "NFE (measured)", metric, f"{metric} vs NFE: {model}")
-    return _save(fig, path)
+    return fig
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -120,7 +149,7 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray(front, dtype=int)
 
 
-def pareto_plot(df: pd.DataFrame, metric: str, path: Path, time_col: str = col.TIME_SAMPLING) -> Path:
+def pareto_plot(df: pd.DataFrame, metric: str, time_col: str = col.TIME_SAMPLING) -> plt.Figure:
     """Metric vs sampling wall time per point, with the Pareto front (lower-left is better)."""
     df = ok_rows(df).dropna(subset=[metric, time_col])
     check(not df.empty, f"no successful rows with '{metric}' and '{time_col}' to plot")
@@ -138,7 +167,7 @@ def pareto_plot(df: pd.DataFrame, metric: str, path: Path, time_col: str = col.T
                     xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     _label_axes(ax, df[metric], "sampling wall time per point (s)", metric, f"{metric} vs wall time")
-    return _save(fig, path)
+    return fig
 
 
 def to_image(x: np.ndarray) -> np.ndarray:
@@ -166,20 +195,23 @@ def _load_samples(root: Path, rel: object) -> np.ndarray | None:
         return f["x"]
 
 
-def grid_plot(df: pd.DataFrame, root: Path, path: Path, per_cell: int = 4) -> Path:
-    """Samples from the same noise: one row per solver (and schedule), one column per NFE budget.
+def grid_plot(df: pd.DataFrame, root: Path, per_cell: int = 4) -> plt.Figure:
+    """Samples from the same noise: one row per (model,) solver and schedule, one column per NFE budget.
 
     Image samples show the first `per_cell` per cell; vector samples all stored ones as a scatter.
-
-    A cell whose solver ran below the budget (nfe_policy=nearest_below) names its measured NFE.
+    Several seeds of a point: the lowest one is drawn. A cell whose solver ran below the budget
+    (nfe_policy=nearest_below) names its measured NFE.
     """
     df = ok_rows(df)
     check(col.SAMPLES_PATH in df.columns and not df.empty, "no successful rows with stored samples to draw")
+    seed = None
+    if "seed" in df.columns and df["seed"].nunique() > 1:
+        seed = df["seed"].min()
+        df = df[df["seed"] == seed]
     budget = col.NFE_BUDGET if col.NFE_BUDGET in df.columns else col.NFE_MEASURED
-    df = df.assign(_row=df[col.SOLVER].astype(str) + " / " + df[col.SCHEDULE].astype(str),
-                   _col=df[budget].astype(int))
+    df = df.assign(_row=_grid_row_labels(df), _col=df[budget].astype(int))
     rows, cols = sorted(df["_row"].unique()), sorted(df["_col"].unique())
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.5 * len(cols) + 1.2, 1.5 * len(rows) + 0.6),
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.5 * len(cols) + 2.2, 1.5 * len(rows) + 0.6),
                              squeeze=False)
     for i, name in enumerate(rows):
         for j, nfe in enumerate(cols):
@@ -192,13 +224,24 @@ def grid_plot(df: pd.DataFrame, root: Path, path: Path, per_cell: int = 4) -> Pa
                 _draw_cell(ax, x[:per_cell] if x.ndim == 4 else x)
                 measured = int(match[col.NFE_MEASURED].iloc[0])
                 if measured != nfe:
-                    ax.set_xlabel(f"NFE {measured}", fontsize=7)
+                    ax.text(0.03, 0.97, f"ran NFE {measured}", transform=ax.transAxes, fontsize=6, va="top",
+                            bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "linewidth": 0})
             if i == 0:
                 ax.set_title(f"NFE {nfe}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle("samples from the same noise (columns: NFE budget)", fontsize=9)
-    return _save(fig, path)
+    seeds = "" if seed is None else f", seed {seed}"
+    fig.suptitle(f"samples from the same noise{seeds} (rows: solver (step schedule); columns: NFE budget)", fontsize=9)
+    return fig
+
+
+def _grid_row_labels(df: pd.DataFrame) -> pd.Series:
+    """'solver (schedule)', prefixed by the model when the table holds several, marked when stochastic."""
+    label = df[col.SOLVER].astype(str) + " (" + df[col.SCHEDULE].astype(str) + ")"
+    models = _model_label(df)
+    if models.nunique() > 1:
+        label = models + ":\n" + label
+    return label + stochastic(df).map({True: f" {STOCHASTIC_MARK}", False: ""})
 
 
 def _draw_cell(ax: plt.Axes, x: np.ndarray) -> None:
@@ -210,26 +253,85 @@ def _draw_cell(ax: plt.Axes, x: np.ndarray) -> None:
         ax.scatter(flat[:, 0], flat[:, 1] if flat.shape[1] > 1 else np.zeros(len(flat)), s=3)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def png_bytes(fig: plt.Figure) -> bytes:
+    """Lay out, hide overlapping tick labels, and render a figure as PNG bytes (then close it)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    hide_overlapping_tick_labels(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
-    return path
+    return buffer.getvalue()
 
 
-def plot_all(df: pd.DataFrame, root: Path, out_dir: Path, metrics: Sequence[str] | None = None) -> list[Path]:
-    """Every figure for a table: NFE and Pareto plots per metric, plus the sample grid."""
+def hide_overlapping_tick_labels(fig: plt.Figure) -> None:
+    """Along each axis, hide every tick label that would overlap the last one kept (major and minor)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for axis, start in ((ax.xaxis, "x0"), (ax.yaxis, "y0")):
+            labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+            boxes = sorted(((t.get_window_extent(renderer), t) for t in labels), key=lambda bt: getattr(bt[0], start))
+            kept = None
+            for box, label in boxes:
+                if kept is not None and box.overlaps(kept.padded(LABEL_GAP_PX)):
+                    label.set_visible(False)
+                else:
+                    kept = box
+
+
+def charts(df: pd.DataFrame, root: Path, metrics: Sequence[str] | None = None) -> list[Chart]:
+    """Every figure for a table, with captions: NFE and Pareto plots per metric, plus the sample grid."""
     metrics = list(metrics or results.metric_columns(df))
+    lacking = [c for c in PLOT_COLUMNS if c not in df.columns]
+    check(not lacking, f"the results table lacks the column(s) {', '.join(lacking)} that plots need; "
+                       "give a table written by `diffbench sweep`")
+    check(ok_rows(df)[col.NFE_MEASURED].notna().all(), "the results table's nfe_measured holds non-numbers; "
+                                                      "give a table written by `diffbench sweep`")
     check(not ok_rows(df).empty, "the results table has no successful rows to plot")
     missing = [m for m in metrics if m not in df.columns]
     check(not missing, f"metric {', '.join(missing)} is not in the table; it has: {', '.join(results.metric_columns(df))}")
-    paths = []
+    out = []
     for metric in metrics:
         if ok_rows(df)[metric].notna().any():
-            paths.append(nfe_plot(df, metric, out_dir / f"nfe_{_slug(metric)}.png"))
+            out.append(Chart(f"nfe_{_slug(metric)}.png", nfe_caption(df, metric), png_bytes(nfe_plot(df, metric))))
             if col.TIME_SAMPLING in df.columns:
-                paths.append(pareto_plot(df, metric, out_dir / f"pareto_{_slug(metric)}.png"))
+                out.append(Chart(f"pareto_{_slug(metric)}.png", PARETO_CAPTION.format(metric=metric),
+                                 png_bytes(pareto_plot(df, metric))))
     if col.SAMPLES_PATH in df.columns:
-        paths.append(grid_plot(df, root, out_dir / "samples_grid.png"))
-    return paths
+        out.append(Chart("samples_grid.png", GRID_CAPTION, png_bytes(grid_plot(df, root))))
+    return out
+
+
+PARETO_CAPTION = ("{metric} (lower is better) against the sampling wall time of each point (log scale), one marker "
+                  "per solver; the black steps are the Pareto front, the points no other point beats in both time "
+                  "and {metric}, labelled solver@NFE.")
+GRID_CAPTION = ("The first samples of every point, drawn from the same noise: one row per solver (step schedule), "
+                "one column per NFE budget, so a row shows one solver converging as NFE grows. "
+                f"{STOCHASTIC_MARK}: stochastic solver (its own noise on top of the shared start).")
+
+
+def nfe_caption(df: pd.DataFrame, metric: str) -> str:
+    """What an NFE plot shows, with its interval level and the stochastic-solver mark when it applies."""
+    text = (f"{metric} against the measured number of network evaluations (NFE, log scale): one colour per solver, "
+            "one line style per step schedule, one panel per model.")
+    if f"{metric}_lo" in df.columns and pd.to_numeric(df[f"{metric}_lo"], errors="coerce").notna().any():
+        text += f" Bars: {ci_level(df)} bootstrap confidence intervals."
+    if metric == "rmse_ref" and stochastic(ok_rows(df)).any():
+        text += (f" {STOCHASTIC_MARK} stochastic solver: its rmse_ref is the distance to the deterministic "
+                 "reference (ODE) solution, not a convergence error, and need not fall with NFE.")
+    return text
+
+
+def ci_level(df: pd.DataFrame) -> str:
+    """The table's interval level as a percentage (metrics.ci_level), or 'per-row level' when rows differ."""
+    levels = pd.to_numeric(df.get("metrics.ci_level", pd.Series(dtype=float)), errors="coerce").dropna().unique()
+    if len(levels) == 0:
+        return "95%"  # regression.DEFAULT_LEVEL: tables written before the level was recorded
+    return f"{levels[0]:.0%}" if len(levels) == 1 else "per-row level"
+
+
+def plot_all(df: pd.DataFrame, root: Path, out_dir: Path, metrics: Sequence[str] | None = None) -> list[Path]:
+    """Draw every figure (see `charts`) and write them into out_dir together (all or none: atomicio.write_all)."""
+    drawn = charts(df, root, metrics)
+    write_all({out_dir / c.name: c.png for c in drawn})
+    return [out_dir / c.name for c in drawn]

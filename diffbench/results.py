@@ -78,8 +78,18 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Like load, but a missing or empty table is a UsageError (for commands that need rows)."""
     df = load(path)
     check(not df.empty, f"no results table at {path}; run `diffbench sweep out=DIR` first or give its path")
-    check(KEY in df.columns, f"{path} is not a diffbench results table (no '{KEY}' column)")
-    metric_columns(df)  # a UsageError when its metric_names are not the lists diffbench writes
+    for col in (KEY, "status"):
+        check(col in df.columns, f"{path} is not a diffbench results table (no '{col}' column)")
+    duplicated = df[KEY][df[KEY].duplicated()]
+    if len(duplicated):
+        raise UsageError(f"{path}: {len(duplicated)} rows repeat a {KEY} (e.g. {duplicated.iloc[0]}); a table "
+                         "holds one row per point: remove the copies")
+    for col in (c for m in metric_columns(df) for c in (m, f"{m}_lo", f"{m}_hi") if c in df.columns):
+        values = df[col].dropna()
+        bad = values[pd.to_numeric(values, errors="coerce").isna()]
+        if len(bad):
+            raise UsageError(f"{path}: metric column {col} holds non-numeric values (e.g. {bad.iloc[0]!r} in row "
+                             f"{df.loc[bad.index[0], KEY]}); a diffbench table stores numbers there")
     return df
 
 

@@ -95,10 +95,10 @@ def test_missing_failed_and_valueless_points_are_regressions_with_their_reason()
     base = [_row(k, 1.0, 0.1) for k in "abcd"]
     cur = [_row("a", 1.0, 0.1), {**_row("b", float("nan")), "status": "failed", "reason": "NaN in samples"},
            _row("c", float("nan"))]
-    df = regression.compare(pd.DataFrame(cur), pd.DataFrame(base)).set_index("config_hash")
+    df = regression.compare(pd.DataFrame(cur), pd.DataFrame(base), require_all=True).set_index("config_hash")
     assert df["verdict"].to_dict() == {"a": "ok", "b": "regression", "c": "regression", "d": "regression"}
     assert df.loc["b", "why"] == "failed: NaN in samples" and df.loc["c", "why"] == "no value"
-    assert df.loc["d", "why"] == "missing"
+    assert df.loc["d", "why"] == "not in the run"
 
 
 def test_results_lacking_a_baseline_metric_or_point_are_usage_errors():
@@ -108,6 +108,53 @@ def test_results_lacking_a_baseline_metric_or_point_are_usage_errors():
         regression.compare(renamed, base)
     with pytest.raises(UsageError, match="no point of the results matches"):
         regression.compare(pd.DataFrame([_row("z", 1.0)]), base)
+
+
+# Same-seed rule and coverage ------------------------------------------------------------------------
+
+CPU = {"device_name": "cpu: AMD EPYC (2 threads)", "version.torch": "2.14.1", "version.numpy": "2.4.6",
+       "version.python": "3.11.7"}
+
+
+def test_a_same_seed_rerun_is_held_to_its_reproducible_numbers():
+    base = [_row("a@0", 1.0, 0.1, point="a", **CPU)]
+    nudged = 1.0 + 1e-4  # 1e-4 relative: far inside the statistical tolerance (~0.1 * 3.2)
+    assert _verdicts([_row("a@1", nudged, 0.1, point="a", **CPU)], base) == {"a@0": "ok"}  # another seed
+    df = regression.compare(pd.DataFrame([_row("a@0", nudged, 0.1, point="a", **CPU)]), pd.DataFrame(base))
+    assert df.loc[0, "verdict"] == "regression" and df.loc[0, "rule"] == "same seed"
+    assert "same seed tolerance 1e-06" in df.loc[0, "why"]
+    assert _verdicts([_row("a@0", 1.0 + 1e-8, 0.1, point="a", **CPU)], base) == {"a@0": "ok"}  # float rounding
+    # Off for GPUs (not bit-reproducible run to run), other package versions, or when turned off.
+    for other in ({**CPU, "device_name": "NVIDIA H200"}, {**CPU, "version.torch": "2.15.0"}):
+        env_base = [_row("a@0", 1.0, 0.1, point="a", **other)] if other["device_name"] != CPU["device_name"] else base
+        assert _verdicts([_row("a@0", nudged, 0.1, point="a", **other)], env_base) == {"a@0": "ok"}
+    assert _verdicts([_row("a@0", nudged, 0.1, point="a", **CPU)], base, same_seed_rtol=None) == {"a@0": "ok"}
+
+
+def test_only_shared_points_are_compared_unless_all_are_required():
+    base = [_row(k, 1.0, 0.1) for k in "abc"]
+    assert _verdicts([_row("a", 1.0, 0.1)], base) == {"a": "ok", "b": "skipped", "c": "skipped"}
+    assert _verdicts([_row("a", 1.0, 0.1)], base, require_all=True) == {"a": "ok", "b": "regression",
+                                                                        "c": "regression"}
+
+
+def test_check_counts_points_not_in_the_run_and_prints_each_regression_once(tmp_path, capsys):
+    results.write_table(tmp_path / "base", pd.DataFrame([_row(k, 1.0, 0.1) for k in ("p1", "p2", "p3")]))
+    results.write_table(tmp_path / "run", pd.DataFrame([_row("p1", 1.0, 0.1), _row("p2", 9.0, 0.1)]))
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "run"), "--baseline", str(tmp_path / "base")]) == 1
+    out = capsys.readouterr().out
+    assert "2 comparisons, 1 regressions; 1 baseline points not in the run" in out
+    assert out.count("p2") == 1 and "REGRESSION euler / karras / nfe 4 (p2) fd: worse by 8" in out
+    assert "p3" not in out
+    assert main(["check", str(tmp_path / "run"), "--baseline", str(tmp_path / "base"), "--require-all"]) == 1
+    assert "(p3) fd: not in the run" in capsys.readouterr().out
+    results.write_table(tmp_path / "part", pd.DataFrame([_row("p1", 1.0, 0.1)]))
+    assert main(["check", str(tmp_path / "part"), "--baseline", str(tmp_path / "base")]) == 0
+    results.write_table(tmp_path / "worse", pd.DataFrame([_row("p2", 9.0, 0.1)]))
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "worse"), "--baseline", str(tmp_path / "base")]) == 1
+    assert capsys.readouterr().out.splitlines()[0].startswith("1 comparisons, 1 regressions")  # no empty table
 
 
 # End to end: real sweeps ---------------------------------------------------------------------------

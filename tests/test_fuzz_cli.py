@@ -231,12 +231,28 @@ def test_garbage_results_files(work, command, table):
     garbage = work / f"garbage{next(_counter)}{suffix}"
     garbage.write_bytes(content)
     out = _fresh(work)
-    good = str(_good_table(work))
-    argv = {"check": ["check", str(garbage), "--baseline", good],
-            "check_baseline": ["check", good, "--baseline", str(garbage)],
-            "plot": ["plot", str(garbage), "--out", str(out)],
-            "report": ["report", str(garbage), "--out", str(out)]}[command]
-    _fails_cleanly(argv, out)
+    _fails_cleanly(_table_argv(command, garbage, _good_table(work), out), out)
+
+
+def _table_argv(command: str, bad: Path, good: Path, out: Path) -> list[str]:
+    """A command given a bad table (as the baseline for check_baseline) and a good one where it needs two."""
+    return {"check": ["check", str(bad), "--baseline", str(good)],
+            "check_baseline": ["check", str(good), "--baseline", str(bad)],
+            "plot": ["plot", str(bad), "--out", str(out)],
+            "report": ["report", str(bad), "--out", str(out)]}[command]
+
+
+@FUZZ
+@given(command=st.sampled_from(("check", "check_baseline", "plot", "report")),
+       shape=st.sampled_from(("no status", "repeated key", "text in a metric")), word=words)
+def test_well_formed_tables_of_the_wrong_shape(work, command, shape, word):
+    good = results.read_table(_good_table(work))
+    df = {"no status": good.drop(columns="status"), "repeated key": pd.concat([good, good]),
+          "text in a metric": good.assign(fd=word)}[shape]
+    bad = work / f"shape{next(_counter)}.csv"
+    df.to_csv(bad, index=False)
+    out = _fresh(work)
+    _fails_cleanly(_table_argv(command, bad, _good_table(work), out), out)
 
 
 def test_the_fuzzed_good_table_is_accepted(work):
