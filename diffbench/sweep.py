@@ -150,7 +150,7 @@ def make_point_plan(cfg: DictConfig, model: Denoiser, nfe: int) -> Plan:
     return make_plan(str(cfg.solver.name), nfe, model.schedule, step_schedule=str(cfg.schedule.name),
                      step_options=step_options(cfg), solver_options=solver_options,
                      sigma_min=cfg.schedule.sigma_min, sigma_max=cfg.schedule.sigma_max,
-                     final_zero=bool(cfg.schedule.final_zero))
+                     final_zero=bool(cfg.schedule.final_zero), shape=getattr(model, "shape", None))
 
 
 def resolve_point(cfg: DictConfig, models: ModelCache, policy: str = "exact") -> Point:
