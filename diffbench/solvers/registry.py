@@ -103,11 +103,11 @@ class SolverSpec:
                          f"({', '.join(f'{k}={fixed[k]}' for k in changed)}); {hint}")
 
     def dry_run(self, options: Mapping[str, Any], schedule: Any, sigmas: Tensor, shape: Sequence[int]) -> None:
-        """Run the solver's own option checks now, at plan time: it is called on a probe that stops it at its
-        first model evaluation (or any model attribute but the noise schedule)."""
+        """Run the solver's own option checks now, at plan time: it is called on probes (model, noise) that stop
+        it at its first model evaluation or noise draw (or any model attribute but the noise schedule)."""
         x = torch.zeros((1, *shape), dtype=torch.float64)
         try:
-            self.fn(_Probe(schedule), x, sigmas, noise=None, **self.bind(options))
+            self.fn(_Probe(schedule), x, sigmas, noise=_Probe(None), **self.bind(options))  # type: ignore[arg-type]
         except _ProbeStop:
             return
 
@@ -149,7 +149,7 @@ class _ProbeStop(Exception):
 
 
 class _Probe:
-    """A stand-in denoiser that holds only the noise schedule; calling it or asking for more stops a dry run."""
+    """A stand-in denoiser (or noise source) holding only the noise schedule; calling it or asking for more stops a dry run."""
 
     def __init__(self, schedule: Any):
         self.schedule = schedule
