@@ -112,9 +112,9 @@ def _recording(calls: dict, name: str, fn):
 
 
 def _row_options(row: pd.Series) -> dict:
-    """The solver.* columns a row holds (lists are stored as JSON text)."""
+    """The solver.* columns a row holds (other solvers' columns are empty; lists are stored as JSON text)."""
     values = {k.removeprefix("solver."): v for k, v in row.items() if k.startswith("solver.") and k != "solver.name"}
-    present = {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
+    present = {k: v for k, v in values.items() if not (v is None or (isinstance(v, float) and math.isnan(v)))}
     return {k: json.loads(v) if isinstance(v, str) and v.startswith("[") else v for k, v in present.items()}
 
 
