@@ -428,7 +428,7 @@ def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | mod
     """List what configs can name: solvers (order, stochastic, min NFE, default options), schedules, models, ...
 
         diffbench list solvers
-        diffbench list solvers --json   # machine-readable; options hold the typed config defaults
+        diffbench list solvers --json   # options: the typed config defaults; fixed: those the name fixes
         diffbench list            # everything
     """
     tables = {"solvers": _solver_rows, "schedules": _schedule_rows, "models": _model_rows,
@@ -443,12 +443,15 @@ def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | mod
         return
     for name, (columns, rows) in chosen.items():
         view = Table(title=name, header_style="bold", title_justify="left")
-        for i, col in enumerate(columns):
-            view.add_column(col, overflow="fold", no_wrap=i == 0)
+        shown = [i for i, col in enumerate(columns) if col not in JSON_ONLY]
+        for i in shown:
+            view.add_column(columns[i], overflow="fold", no_wrap=i == 0)
         for row in rows:
-            view.add_row(*(_options_text(v) if isinstance(v, dict) else ", ".join(v) or "-" if isinstance(v, list)
-                           else str(v) for v in row))
+            view.add_row(*(_options_text(row[i]) if isinstance(row[i], dict) else str(row[i]) for i in shown))
         out.print(view)
+
+
+JSON_ONLY = ("fixed",)  # columns of `list --json` only (the table stays readable in 80 columns)
 
 
 def _options_text(options: dict[str, Any]) -> str:
@@ -470,7 +473,7 @@ def _solver_rows() -> tuple[list[str], list[list[Any]]]:
         stochastic = ("yes" if spec.stochastic else "no") if isinstance(spec.stochastic, bool) else f"{spec.stochastic}>0"
         nfe = "adaptive" if spec.adaptive else ",".join(str(spec.nfe_for(n, True)) for n in range(spec.min_steps, spec.min_steps + 4)) + ",…"
         rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe, node_defaults("solver", name), sorted(spec.fixed())])
-    return ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options", "fixed by the name"], rows
+    return ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options", "fixed"], rows
 
 
 def _schedule_rows() -> tuple[list[str], list[list[Any]]]:
