@@ -114,12 +114,32 @@ def typed_nodes() -> dict[str, dict[str, type]]:
 
     span = [("sigma_min", Optional[float], field(default=None)),  # noqa: UP007
             ("sigma_max", Optional[float], field(default=None)), ("final_zero", bool, field(default=True))]
-    solvers = {n: make_dataclass(f"solver_{n}", [("name", str, field(default=n)), *_options(s.fn, s.options())])
-               for n, s in SOLVERS.items()}
-    grids = {n: make_dataclass(f"schedule_{n}", [("name", str, field(default=n)),
-                                                 *_options(fn, _signature_defaults(fn, 3)), *span])
+    solvers = {n: _node_class("solver", n, _options(s.fn, s.options())) for n, s in SOLVERS.items()}
+    grids = {n: _node_class("schedule", n, [*_options(fn, _signature_defaults(fn, 3)), *span])
              for n, fn in STEP_SCHEDULES.items()}
     return {"solver": solvers, "schedule": grids}
+
+
+def _node_class(group: str, name: str, fields: list[tuple[str, Any, Any]]) -> type:
+    """A dataclass `<group>_<name>` with a `name` field first, pickled by reference as NODES.<group>_<name>."""
+    cls = make_dataclass(f"{group}_{name}", [("name", str, field(default=name)), *fields])
+    cls.__module__, cls.__qualname__ = __name__, f"NODES.{cls.__name__}"
+    return cls
+
+
+class _Nodes:
+    """The typed node classes as attributes: launchers pickle configs (cloudpickle), and a class found by
+    reference is neither copied into jobs nor overwritten when results are unpickled."""
+
+    def __getattr__(self, attr: str) -> type:
+        group, _, name = attr.partition("_")
+        try:
+            return typed_nodes()[group][name]
+        except KeyError:
+            raise AttributeError(attr) from None
+
+
+NODES = _Nodes()
 
 
 def node_defaults(group: str, name: str) -> dict[str, Any]:
