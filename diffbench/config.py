@@ -212,9 +212,9 @@ def _hydra() -> Iterator[None]:
 
 def _one_line(e: Exception) -> str:
     """Hydra's multi-line messages as one line (a typed field's rejection names the field)."""
-    cause = e.__cause__
-    if isinstance(cause, ValidationError) and cause.full_key:
-        return f"{cause.full_key}: {str(cause).splitlines()[0]}; give a value of the field's type"
+    merging = "Error merging override "
+    if isinstance(e.__cause__, ValidationError) and str(e).startswith(merging):
+        return f"{str(e).removeprefix(merging).strip()}: {str(e.__cause__).splitlines()[0]}"
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
         group, name = e.missing_cfg_file.rsplit("/", 1)
         opts = ", ".join(e.options or group_options(group))

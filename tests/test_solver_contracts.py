@@ -29,10 +29,10 @@ STOCHASTIC = sorted([(n, {}) for n, s in SOLVERS.items() if s.is_stochastic()]
 SPAN = dict(step_schedule="uniform_logsnr", sigma_min=0.02, sigma_max=20.0, final_zero=False)
 
 
-def _error_at(model, name: str, steps: int, x_T: torch.Tensor) -> float:
+def _error_at(model, name: str, steps: int, x_T: torch.Tensor, options: dict | None = None) -> float:
     spec = SOLVERS[name]
     nfe = spec.nfe_for(steps, False)
-    plan = make_plan(name, nfe, model.schedule, solver_options=ORDER_OPTIONS.get(name, {}), **SPAN)
+    plan = make_plan(name, nfe, model.schedule, solver_options=options or ORDER_OPTIONS.get(name, {}), **SPAN)
     assert plan.steps == steps
     out = plan.solver.fn(model, x_T, plan.sigmas, noise=None, **plan.options)
     exact = model.exact_ode(x_T, 20.0, 0.02)
