@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, make_dataclass
 from functools import cache
 from pathlib import Path
 from types import UnionType
-from typing import Any, List, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 import yaml
@@ -83,9 +83,9 @@ def _field_type(annotation: Any) -> Any:
     origin = get_origin(annotation)
     if origin in (Union, UnionType) and len(args) == 1:
         inner = _field_type(args[0])
-        return Any if inner is Any else Optional[inner]  # noqa: UP007 (OmegaConf needs typing.Optional)
+        return Any if inner is Any else inner | None
     if origin in (list, tuple, Sequence) and len(args) == 1:
-        return List[_field_type(args[0])]  # noqa: UP006 (OmegaConf needs typing.List)
+        return list[_field_type(args[0])]  # type: ignore[misc]
     return Any
 
 
@@ -112,8 +112,8 @@ def typed_nodes() -> dict[str, dict[str, type]]:
     from diffbench.solvers import SOLVERS
     from diffbench.steps import STEP_SCHEDULES
 
-    span = [("sigma_min", Optional[float], field(default=None)),  # noqa: UP007
-            ("sigma_max", Optional[float], field(default=None)), ("final_zero", bool, field(default=True))]
+    span = [("sigma_min", float | None, field(default=None)), ("sigma_max", float | None, field(default=None)),
+            ("final_zero", bool, field(default=True))]
     solvers = {n: _node_class("solver", n, _options(s.fn, s.options())) for n, s in SOLVERS.items()}
     grids = {n: _node_class("schedule", n, [*_options(fn, _signature_defaults(fn, 3)), *span])
              for n, fn in STEP_SCHEDULES.items()}

@@ -103,8 +103,11 @@ class SolverSpec:
                          f"({', '.join(f'{k}={fixed[k]}' for k in changed)}); {hint}")
 
     def dry_run(self, options: Mapping[str, Any], schedule: Any, sigmas: Tensor, shape: Sequence[int]) -> None:
-        """Run the solver's own option checks now, at plan time: it is called on probes (model, noise) that stop
-        it at its first model evaluation or noise draw (or any model attribute but the noise schedule)."""
+        """Run the solver's own option checks at plan time: on probes that stop it at its first model call or noise draw.
+
+        Checks a solver makes before touching the model (anything but its noise schedule) run here, so a bad
+        value is a one-line error before a sweep starts rather than a failed row.
+        """
         x = torch.zeros((1, *shape), dtype=torch.float64)
         try:
             self.fn(_Probe(schedule), x, sigmas, noise=_Probe(None), **self.bind(options))  # type: ignore[arg-type]
