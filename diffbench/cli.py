@@ -22,7 +22,8 @@ from diffbench.errors import StorageError, UsageError, check
 app = typer.Typer(name="diffbench", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
                   pretty_exceptions_enable=False,
                   help="Benchmark the speed/quality trade-off of diffusion and flow-model samplers.\n\n"
-                       "Configs are Hydra configs (`configs/`); give overrides as `key=value`, e.g. "
+                       "Configs are Hydra configs (packaged in `diffbench/configs/`, plus `--config-dir` folders); "
+                       "give overrides as `key=value`, e.g. "
                        "`diffbench sample solver=heun nfe=9`.")
 # click's base error for bad command lines (typer >= 0.20 vendors click, so found through typer)
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -33,6 +34,21 @@ _ARGV: list[str] = ["diffbench"]
 Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. `solver=heun nfe=9 schedule.rho=5`.",
                                                         show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables, only the essentials.")]
+
+
+@app.callback()
+def options(config_dir: Annotated[list[Path] | None, typer.Option(
+        "--config-dir", metavar="DIR", help="A folder of your own configs (`<group>/<name>.yaml`) that add to or override the "
+                             "packaged ones; repeatable, the first wins (also $DIFFBENCH_CONFIG_PATH).",
+        show_default=False)] = None) -> None:
+    """Benchmark the speed/quality trade-off of diffusion and flow-model samplers."""
+    if config_dir:
+        import os
+
+        from diffbench.config import CONFIG_PATH_ENV
+
+        given = [str(p.expanduser().resolve()) for p in config_dir]
+        os.environ[CONFIG_PATH_ENV] = os.pathsep.join([*given, *filter(None, [os.environ.get(CONFIG_PATH_ENV)])])
 
 
 # sweep ----------------------------------------------------------------------------------------------
@@ -454,26 +470,37 @@ def _print_frame(df: Any) -> None:
 # list / doctor --------------------------------------------------------------------------------------
 
 @app.command("list")
-def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | models | datasets | metrics | all")] = "all") -> None:
-    """List what configs can name: solvers (order, stochastic, min NFE, options), schedules, models, ...
+def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | models | datasets | metrics | all")] = "all",
+             as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON (one object per row).")] = False) -> None:
+    """List what configs can name: solvers (order, stochastic, min NFE, default options), schedules, models, ...
 
     ```
     diffbench list solvers
+    diffbench list solvers --json   # options: the typed config defaults; fixed: those the name fixes
     diffbench list            # everything
     ```
     """
     tables = {"solvers": _solver_rows, "schedules": _schedule_rows, "models": _model_rows,
               "datasets": _dataset_rows, "metrics": _metric_rows}
     check(what in (*tables, "all"), f"list {what}: choose one of: {', '.join(tables)}, all")
-    for name, rows_fn in tables.items():
-        if what in (name, "all"):
-            columns, rows = rows_fn()
-            view = Table(title=name, header_style="bold", title_justify="left")
-            for i, col in enumerate(columns):
-                view.add_column(col, overflow="fold", no_wrap=i == 0)
-            for row in rows:
-                view.add_row(*(str(v) for v in row))
-            out.print(view)
+    chosen = {name: rows_fn() for name, rows_fn in tables.items() if what in (name, "all")}
+    if as_json:
+        import json
+
+        data = {name: [dict(zip(columns, row)) for row in rows] for name, (columns, rows) in chosen.items()}
+        print(json.dumps(data[what] if what != "all" else data, indent=1, default=str))
+        return
+    for name, (columns, rows) in chosen.items():
+        view = Table(title=name, header_style="bold", title_justify="left")
+        shown = [i for i, col in enumerate(columns) if col not in JSON_ONLY]
+        for i in shown:
+            view.add_column(columns[i], overflow="fold", no_wrap=i == 0)
+        for row in rows:
+            view.add_row(*(_options_text(row[i]) if isinstance(row[i], dict) else str(row[i]) for i in shown))
+        out.print(view)
+
+
+JSON_ONLY = ("fixed",)  # columns of `list --json` only (the table stays readable in 80 columns)
 
 
 def _options_text(options: dict[str, Any]) -> str:
@@ -487,14 +514,15 @@ def _summary(fn: Any) -> str:
 
 
 def _solver_rows() -> tuple[list[str], list[list[Any]]]:
+    from diffbench.config import node_defaults
     from diffbench.solvers import SOLVERS
 
     rows = []
     for name, spec in sorted(SOLVERS.items()):
         stochastic = ("yes" if spec.stochastic else "no") if isinstance(spec.stochastic, bool) else f"{spec.stochastic}>0"
         nfe = "adaptive" if spec.adaptive else ",".join(str(spec.nfe_for(n, True)) for n in range(spec.min_steps, spec.min_steps + 4)) + ",…"
-        rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe, _options_text(spec.options())])
-    return ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options"], rows
+        rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe, node_defaults("solver", name), sorted(spec.fixed())])
+    return ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options", "fixed"], rows
 
 
 def _schedule_rows() -> tuple[list[str], list[list[Any]]]:
@@ -519,9 +547,9 @@ def _model_rows() -> tuple[list[str], list[list[Any]]]:
 def _dataset_rows() -> tuple[list[str], list[list[Any]]]:
     from omegaconf import OmegaConf
 
-    from diffbench.config import config_dir, group_options
+    from diffbench.config import config_file, group_options
 
-    rows = [[name, _options_text(OmegaConf.to_container(OmegaConf.load(config_dir() / "dataset" / f"{name}.yaml")))]
+    rows = [[name, _options_text(OmegaConf.to_container(OmegaConf.load(config_file("dataset", name))))]
             for name in group_options("dataset")]
     return ["dataset", "fields (??? = give it on the command line)"], rows
 
@@ -562,7 +590,7 @@ def _doctor() -> dict[str, dict[str, str]]:
     import torch
 
     from diffbench import results
-    from diffbench.config import config_dir
+    from diffbench.config import config_dirs
     from diffbench.errors import AssetMissing
     from diffbench.assetstore import cache_dir, resolve
     from diffbench.metrics.features import INCEPTION_WEIGHTS
@@ -571,7 +599,7 @@ def _doctor() -> dict[str, dict[str, str]]:
     report: dict[str, dict[str, str]] = {"packages": dict(results.versions()), "paths": {}, "devices": {}, "assets": {}}
     report["packages"]["git_sha"] = results.git_sha()
     try:
-        report["paths"]["configs"] = str(config_dir())
+        report["paths"]["configs"] = ", ".join(str(d) for d in config_dirs())
     except UsageError as e:
         report["paths"]["configs"] = f"MISSING: {e}"
     report["paths"]["cache"] = str(cache_dir())

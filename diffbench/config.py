@@ -1,8 +1,9 @@
 """Hydra composition of run configs, expansion of sweep grids, and validation of one run point.
 
-Configs live in ``<repo>/configs`` (or ``$DIFFBENCH_CONFIG_DIR``) in the lightning-hydra-template
-layout. Every registered solver, step schedule and model kind is a valid group option even without
-a YAML file (its defaults come from the registry), so new solvers are usable at once.
+Configs ship in the package (``diffbench/configs``, or ``$DIFFBENCH_CONFIG_DIR``) in the
+lightning-hydra-template layout; user folders (``--config-dir``) add or override options. Solvers and
+step grids have no YAML: each registered one is a typed config node built from its function's
+signature (the one source of its defaults); model kinds without a YAML file get their factory's defaults.
 """
 from __future__ import annotations
 
@@ -14,86 +15,176 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 import yaml
 from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from hydra import version
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from diffbench.batching import resolve_batch_size
 from diffbench.errors import UsageError, check
 
-CONFIG_ENV = "DIFFBENCH_CONFIG_DIR"
+CONFIG_ENV = "DIFFBENCH_CONFIG_DIR"  # a whole configs folder used instead of the packaged one
+CONFIG_PATH_ENV = "DIFFBENCH_CONFIG_PATH"  # user config folders that add or override options (--config-dir)
+PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 # Fields that never change a point's samples or metric values: left out of the resume key.
 NOT_HASHED = ("out", "batch_size", "device", "cache_dir", "sweep")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def config_dir() -> Path:
-    """$DIFFBENCH_CONFIG_DIR, else the package's own configs/, else <repo>/configs next to the package."""
+    """The base configs folder: $DIFFBENCH_CONFIG_DIR (a whole configs folder), else the one in the package."""
     env = os.environ.get(CONFIG_ENV)
     if env:
         check((Path(env) / "config.yaml").is_file(),
               f"{CONFIG_ENV}={env} holds no config.yaml; point it at a diffbench configs folder")
         return Path(env).resolve()
-    pkg = Path(__file__).resolve().parent
-    for candidate in (pkg / "configs", pkg.parent / "configs"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise UsageError(f"no diffbench configs found; set {CONFIG_ENV} to a folder holding config.yaml")
+    check((PACKAGE_CONFIGS / "config.yaml").is_file(),
+          f"this diffbench installation has no configs ({PACKAGE_CONFIGS}); reinstall it or set {CONFIG_ENV}")
+    return PACKAGE_CONFIGS
 
 
-def _registries() -> dict[str, dict[str, dict[str, Any]]]:
-    """Group -> option -> default config, from the solver, step-schedule and model registries."""
-    from diffbench.models import MODELS
+def config_dirs() -> list[Path]:
+    """Where config files are looked up, the first match winning: user folders, then config_dir().
+
+    User folders ($DIFFBENCH_CONFIG_PATH, os.pathsep-separated, or `diffbench --config-dir DIR`) add
+    options (e.g. `model/my_model.yaml`) or replace packaged ones of the same name.
+    """
+    users = [Path(p).expanduser().resolve() for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if p]
+    for folder in users:
+        check(folder.is_dir(), f"config folder {folder} ({CONFIG_PATH_ENV} / --config-dir) is not a folder")
+    return [*users, config_dir()]
+
+
+def config_file(group: str, name: str) -> Path | None:
+    """The YAML file that option `group=name` composes from, if any (a typed registry node otherwise)."""
+    return next((p for d in config_dirs() if (p := d / group / f"{name}.yaml").is_file()), None)
+
+
+def _field_type(annotation: Any) -> Any:
+    """An annotation as a type OmegaConf validates: scalars, their optionals and lists; anything else is Any."""
+    if annotation in (int, float, bool, str):
+        return annotation
+    args = [a for a in get_args(annotation) if a is not type(None) and a is not Ellipsis]
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType) and len(args) == 1:
+        inner = _field_type(args[0])
+        return Any if inner is Any else inner | None
+    if origin in (list, tuple, Sequence) and len(args) == 1:
+        return list[_field_type(args[0])]  # type: ignore[misc]
+    return Any
+
+
+def _field(name: str, annotation: Any, default: Any) -> tuple[str, Any, Any]:
+    value = _plain(default)
+    if isinstance(value, list):
+        return name, _field_type(annotation), field(default_factory=lambda: json.loads(json.dumps(value)))
+    return name, _field_type(annotation), field(default=value)
+
+
+def _options(fn: Any, defaults: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Typed fields of `defaults`, annotated from fn's signature."""
+    hints = get_type_hints(fn)
+    return [_field(k, hints.get(k, Any), v) for k, v in defaults.items()]
+
+
+@cache
+def typed_nodes() -> dict[str, dict[str, type]]:
+    """Group -> option -> dataclass of its typed config node, built from the solver and step-grid registries.
+
+    The registered function's signature (with a solver's register(..., **defaults) over it) is the one
+    source of defaults: no YAML restates them. OmegaConf rejects values of the wrong type.
+    """
     from diffbench.solvers import SOLVERS
     from diffbench.steps import STEP_SCHEDULES
 
-    def defaults(fn: Any, skip: int) -> dict[str, Any]:
-        params = list(inspect.signature(fn).parameters.values())[skip:]
-        return {p.name: _plain(p.default) for p in params
-                if p.default is not p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    span = [("sigma_min", float | None, field(default=None)), ("sigma_max", float | None, field(default=None)),
+            ("final_zero", bool, field(default=True))]
+    solvers = {n: _node_class("solver", n, _options(s.fn, s.options())) for n, s in SOLVERS.items()}
+    grids = {n: _node_class("schedule", n, [*_options(fn, _signature_defaults(fn, 3)), *span])
+             for n, fn in STEP_SCHEDULES.items()}
+    return {"solver": solvers, "schedule": grids}
 
-    span = {"sigma_min": None, "sigma_max": None, "final_zero": True}
-    return {
-        "solver": {n: {"name": n, **{k: _plain(v) for k, v in s.options().items()}} for n, s in SOLVERS.items()},
-        "schedule": {n: {"name": n, **defaults(fn, 3), **span} for n, fn in STEP_SCHEDULES.items()},
-        "model": {k: {"kind": k, **defaults(fn, 0)} for k, fn in MODELS.items()},
-    }
+
+def _node_class(group: str, name: str, fields: list[tuple[str, Any, Any]]) -> type:
+    """A dataclass `<group>_<name>` with a `name` field first, pickled by reference as NODES.<group>_<name>."""
+    cls = make_dataclass(f"{group}_{name}", [("name", str, field(default=name)), *fields])
+    cls.__module__, cls.__qualname__ = __name__, f"NODES.{cls.__name__}"
+    return cls
+
+
+class _Nodes:
+    """The typed node classes as attributes: launchers pickle configs (cloudpickle), and a class found by
+    reference is neither copied into jobs nor overwritten when results are unpickled."""
+
+    def __getattr__(self, attr: str) -> type:
+        group, _, name = attr.partition("_")
+        try:
+            return typed_nodes()[group][name]
+        except KeyError:
+            raise AttributeError(attr) from None
+
+
+NODES = _Nodes()
+
+
+def node_defaults(group: str, name: str) -> dict[str, Any]:
+    """The typed config node's default options of a solver or step grid (its name left out)."""
+    node = to_dict(OmegaConf.structured(typed_nodes()[group][name]))
+    return {k: v for k, v in node.items() if k != "name"}
+
+
+def _signature_defaults(fn: Any, skip: int) -> dict[str, Any]:
+    """Keyword parameters of fn with defaults, after the first `skip`."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    return {p.name: p.default for p in params
+            if p.default is not p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _model_nodes() -> dict[str, dict[str, Any]]:
+    """Model kind -> its factory's defaults (an untyped option for kinds with no YAML file)."""
+    from diffbench.models import MODELS
+
+    return {k: {"kind": k, **{n: _plain(v) for n, v in _signature_defaults(fn, 0).items()}} for k, fn in MODELS.items()}
 
 
 def _plain(value: Any) -> Any:
     """A registry default as a config value (tuples become lists)."""
-    return list(value) if isinstance(value, tuple) else value
+    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
 
 
-def _register_fallbacks(root: Path) -> None:
-    """Store registry defaults as config-group options for names that have no YAML file."""
+def _register_nodes() -> None:
+    """Store the typed solver and step-grid nodes, and model defaults for kinds that have no YAML file."""
     store = ConfigStore.instance()
-    for group, entries in _registries().items():
-        for name, node in entries.items():
-            if not (root / group / f"{name}.yaml").is_file():
-                try:
-                    store.store(group=group, name=name, node=OmegaConf.create(node))
-                except OmegaConfBaseException:
-                    continue  # a default OmegaConf cannot hold: the option stays YAML-only
+    for group, nodes in typed_nodes().items():
+        for name, node in nodes.items():
+            store.store(group=group, name=name, node=node)
+    for name, node in _model_nodes().items():
+        if config_file("model", name) is None:
+            try:
+                store.store(group="model", name=name, node=OmegaConf.create(node))
+            except OmegaConfBaseException:
+                continue  # a default OmegaConf cannot hold: the option stays YAML-only
 
 
 def group_options(group: str) -> list[str]:
-    """Every option of a config group: YAML files plus registry fallbacks."""
-    root = config_dir()
-    names = {p.stem for p in (root / group).glob("*.yaml")} if (root / group).is_dir() else set()
-    names |= set(_registries().get(group, {}))
+    """Every option of a config group: YAML files in every config folder plus registry nodes."""
+    names = {p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")}
+    names |= set(typed_nodes().get(group, {})) | (set(_model_nodes()) if group == "model" else set())
     return sorted(names)
 
 
@@ -104,19 +195,30 @@ def group_config(group: str, name: str) -> dict[str, Any]:
 
 @contextmanager
 def _hydra() -> Iterator[None]:
-    root = config_dir()
-    _register_fallbacks(root)
+    """A Hydra session whose search path is the user config folders, the base folder, then the typed nodes."""
+    dirs = config_dirs()
+    _register_nodes()
+    search = create_config_search_path(None)
+    for folder in reversed(dirs):
+        search.prepend("main", f"file://{folder}")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(root), version_base="1.3", job_name="diffbench"):
+    version.setbase("1.3")
+    Hydra.create_main_hydra2(task_name="diffbench", config_search_path=search)
+    try:
         yield
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _one_line(e: Exception) -> str:
-    """Hydra's multi-line messages as one line."""
+    """Hydra's multi-line messages as one line (a typed field's rejection names the field)."""
+    merging = "Error merging override "
+    if isinstance(e.__cause__, ValidationError) and str(e).startswith(merging):
+        return f"{str(e).removeprefix(merging).strip()}: {str(e.__cause__).splitlines()[0]}"
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
         group, name = e.missing_cfg_file.rsplit("/", 1)
         opts = ", ".join(e.options or group_options(group))
-        return f"{group}={name} is not an option; choose one of: {opts} (or add configs/{group}/{name}.yaml)"
+        return f"{group}={name} is not an option; choose one of: {opts} (or add {group}/{name}.yaml to a --config-dir folder)"
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("See https")]
     text = "; ".join(lines[:2]) if lines else type(e).__name__
     if text.startswith("Could not override"):
@@ -164,10 +266,9 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 def _check_mappings(choices: Mapping[str, str]) -> None:
     """Each chosen group file holds a mapping (Hydra silently ignores a file that is a bare scalar or list)."""
-    root = config_dir()
     for group, name in choices.items():
-        path = root / group / f"{name}.yaml"
-        if path.is_file():
+        path = config_file(group, name)
+        if path is not None:
             data = yaml.safe_load(path.read_text())
             check(data is None or isinstance(data, dict),
                   f"malformed config file: {path} holds a {type(data).__name__}, not a mapping of fields")
@@ -330,6 +431,7 @@ def settings(cfg: DictConfig) -> RunSettings:
     seed = cfg.get("seed")
     check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63,
           f"seed must be a non-negative integer (got {seed!r})")
+    check(isinstance(cfg.get("tf32"), bool), f"tf32 must be true or false (got {cfg.get('tf32')!r})")
     dtype = str(cfg.get("dtype"))
     check(dtype in DTYPES, f"dtype={dtype} is not supported; use {' or '.join(DTYPES)}")
     sched = cfg.schedule

@@ -49,14 +49,20 @@ class Plan:
 
 def make_plan(solver: str | SolverSpec, nfe: int, schedule: NoiseSchedule, *, step_schedule: str = "karras",
               step_options: Mapping[str, Any] | None = None, solver_options: Mapping[str, Any] | None = None,
-              sigma_min: float | None = None, sigma_max: float | None = None, final_zero: bool = True) -> Plan:
-    """Resolve a solver (name or spec), NFE and step schedule into a Plan (UsageError on bad input)."""
+              sigma_min: float | None = None, sigma_max: float | None = None, final_zero: bool = True,
+              shape: Sequence[int] | None = None) -> Plan:
+    """Resolve a solver (name or spec), NFE and step schedule into a Plan (UsageError on bad input).
+
+    Given the sample `shape`, the solver's own option checks run now too (SolverSpec.dry_run).
+    """
     spec = solver if isinstance(solver, SolverSpec) else get_solver(solver)
     options = spec.bind(solver_options or {})
     steps = spec.steps_for_nfe(nfe, final_zero, options)
     sigmas = make_sigmas(step_schedule, steps, schedule, sigma_min=sigma_min, sigma_max=sigma_max,
                          final_zero=final_zero, **dict(step_options or {}))
     declared = spec.nfe_for(len(sigmas) - 1, final_zero, options)
+    if shape is not None:
+        spec.dry_run(options, schedule, sigmas, shape)
     return Plan(spec, options, sigmas, declared, step_schedule, dict(step_options or {}))
 
 

@@ -74,7 +74,7 @@ def uniform_logsnr(n: int, schedule: NoiseSchedule, span: Span) -> Tensor:
 @register_steps("karras")
 def karras(n: int, schedule: NoiseSchedule, span: Span, rho: float = 7.0) -> Tensor:
     """EDM's rho-spacing in sigma (Karras et al. 2022, eq. 5); rho=7 is their default."""
-    check(rho > 0, "schedule.rho must be > 0")
+    check(0 < rho < math.inf, f"schedule.rho must be a finite number > 0 (got {rho})")
     lo, hi = span.sigma_min ** (1 / rho), span.sigma_max ** (1 / rho)
     return _finish((hi + _ramp(span.points(n)) * (lo - hi)) ** rho, span)
 
@@ -82,7 +82,7 @@ def karras(n: int, schedule: NoiseSchedule, span: Span, rho: float = 7.0) -> Ten
 @register_steps("polynomial")
 def polynomial(n: int, schedule: NoiseSchedule, span: Span, power: float = 2.0) -> Tensor:
     """Power spacing in time: t_i^(1/p) uniform (power=2 is DDIM/DPM-Solver's 'quadratic')."""
-    check(power > 0, "schedule.power must be > 0")
+    check(0 < power < math.inf, f"schedule.power must be a finite number > 0 (got {power})")
     t_hi = float(schedule.sigma_to_t(span.sigma_max))
     t_lo = float(schedule.sigma_to_t(span.sigma_min))
     check(t_lo >= 0, "schedule: polynomial spacing needs a schedule with t >= 0")
@@ -97,8 +97,9 @@ def quadratic(n: int, schedule: NoiseSchedule, span: Span) -> Tensor:
 
 
 @register_steps("explicit")
-def explicit(n: int, schedule: NoiseSchedule, span: Span, sigmas: Sequence[float] = ()) -> Tensor:
-    """A user-given list of noise levels (e.g. from a paper or an optimiser); n must match it."""
+def explicit(n: int, schedule: NoiseSchedule, span: Span,
+             sigmas: Sequence[float] = (80.0, 10.0, 1.0, 0.1, 0.0)) -> Tensor:
+    """A user-given list of noise levels (e.g. from a paper or an optimiser); n must match it (default: an example)."""
     levels = torch.tensor(list(sigmas), dtype=torch.float64)
     check(len(levels) >= 2, "schedule.sigmas: give at least two noise levels")
     check(bool((levels[:-1] > levels[1:]).all()), "schedule.sigmas must be strictly decreasing")
@@ -127,4 +128,6 @@ def make_sigmas(name: str, n: int, schedule: NoiseSchedule, *, sigma_min: float 
     except TypeError as e:
         raise UsageError(f"step schedule '{name}': {e}") from None
     check(bool(torch.isfinite(sigmas).all()), f"step schedule '{name}' produced non-finite noise levels")
+    check(bool((sigmas[:-1] > sigmas[1:]).all()),
+          f"step schedule '{name}' with {options or 'its defaults'} repeats noise levels (a degenerate grid); change its options")
     return sigmas

@@ -289,7 +289,7 @@ def sqrtm_compat() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=("speed", "point"))
-    ap.add_argument("--model", default="diffbench-mnist", help="model config name (configs/model/)")
+    ap.add_argument("--model", default="diffbench-mnist", help="model config name (diffbench/configs/model/)")
     ap.add_argument("--unet35m", action="store_true", help="use a CIFAR-10-sized 36M-parameter random UNet")
     ap.add_argument("--dataset", default="mnist", help="reference dataset config for FID")
     ap.add_argument("--n", type=int, default=50_000)

@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--stds", type=float, nargs=2, default=(0.3, 0.6), metavar=("LO", "HI"),
                     help="component std range: small values make the denoiser sharper (harder)")
     ap.add_argument("--image", type=int, nargs=3, metavar=("C", "H", "W"),
-                    help="use the image-shaped mixture (configs/model/image_mixture.yaml) of this shape")
+                    help="use the image-shaped mixture (diffbench/configs/model/image_mixture.yaml) of this shape")
     ap.add_argument("--components", type=int, default=8, help="components of the image-shaped mixture")
     ap.add_argument("--out", default="results/solver_error_table")
     args = ap.parse_args()

@@ -28,7 +28,7 @@ except ImportError:  # the adapter's optional dependency (diffbench[hub])
     diffusers = None
 needs_diffusers = pytest.mark.skipif(diffusers is None, reason="needs diffusers (pip install 'diffbench[hub]')")
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "model"
+CONFIGS = Path(__file__).resolve().parent.parent / "diffbench" / "configs" / "model"
 SEED, N = 7, 3
 
 

@@ -60,7 +60,7 @@ def test_empty_sweep_list_is_a_usage_error():
     (["model=nope"], "model=nope is not an option"),
     (["nfe=0"], "nfe must be an integer >= 1"),
     (["no_such_field=1"], "no_such_field: no such config field"),
-    (["schedule.sigma_min=10", "schedule.sigma_max=1"], "schedule.sigma_min (10) must be below schedule.sigma_max"),
+    (["schedule.sigma_min=10", "schedule.sigma_max=1"], "schedule.sigma_min (10.0) must be below schedule.sigma_max"),
     (["schedule=explicit", "schedule.final_zero=false"], "schedule.final_zero=False conflicts with schedule.sigmas"),
     (["schedule=explicit", "schedule.sigma_min=0.1"], "schedule.sigmas fixes the grid"),
     (["device=cuda:7"] if not __import__("torch").cuda.is_available() else ["device=tpu"], "device="),

@@ -186,6 +186,7 @@ def test_malformed_yaml_config_files(work, configs_copy, template, key, value, g
     text = template.format(k=key, v=value)
     if group == "experiment":
         text = "# @package _global_\n" + text
+    (configs_copy / group).mkdir(exist_ok=True)  # solver nodes are typed registry nodes: the folder may be absent
     (configs_copy / group / f"{name}.yaml").write_text(text)
     out = _fresh(work)
     with pytest.MonkeyPatch.context() as mp:

@@ -30,21 +30,31 @@ STOCHASTIC = sorted([(n, {}) for n, s in SOLVERS.items() if s.is_stochastic()]
 
 # Where a solver's asymptotic regime starts later on this problem, fit further out (measured, see note):
 # iPNDM's fixed Adams-Bashforth weights on a first-order start reach slope 2 from ~16 steps.
-# UniPC-3: UniC lifts the main error to order 4 while the low-order warm-up keeps the asymptotic
-# order at 3, so the fitted slope lies between (3.3-3.9 measured over 24..256 steps; below 24 steps
-# the two error terms cancel and the slope is erratic).
 # DPM-Solver-3 singlestep leaves its pre-asymptotic bump (3.30 over 8..32) by 16 steps (3.17).
 # dpmpp_3m_diffusers (half the D'' weight) tends to 2 from above: 2.43 over 8..32, 2.20 over 16..64, 2.06 over 32..128
 # (dpmpp_3m reaches 2 as well, but only past 64 steps, through its first-order warm-up: 3.14 over 8..32).
-WINDOW = {"dpmpp_3m_diffusers": (16, 24, 32, 48, 64), "ipndm": (16, 24, 32, 48, 64),
-          "dpm_solver_3": (16, 24, 32, 48, 64), "unipc_bh1": (24, 32, 48, 64, 96), "unipc_bh2": (24, 32, 48, 64, 96)}
-CEILING = {"unipc_bh1": 4.0, "unipc_bh2": 4.0}
+# lower_order_final (the reference codes' default, benchmarked): multistep DPM-Solver(++) lower the last orders below
+# 10 steps, so their windows start at 10 (dpmpp_2m 1.82, dpmpp_3m 2.81 over 10..32; from 8 the 8-step point is off
+# the line: 1.66 and 3.91). UniPC lowers the last steps at every step count (its last step is UniP-1 without
+# corrector): UniPC-3 is erratic below ~48 steps (5.05 / 4.46 over 8..32, 1.89 / 2.33 over 24..96) and tends to
+# order 2 (2.06 bh1 / 2.12 bh2 over 64..256), which is what it is held to (ASYMPTOTIC); p = 1, 2 keep p + 1 there.
+WINDOW = {"dpmpp_3m_diffusers": (16, 24, 32, 48, 64), "ipndm": (16, 24, 32, 48, 64), "dpm_solver_3": (16, 24, 32, 48, 64),
+          "dpmpp_2m": (10, 12, 16, 24, 32), "dpmpp_3m": (10, 12, 16, 24, 32),
+          "unipc_bh1": (64, 96, 128, 192, 256), "unipc_bh2": (64, 96, 128, 192, 256)}
+ASYMPTOTIC = {"unipc_bh1": 2, "unipc_bh2": 2}
+# dpm_solver_v3's default ems=auto computes the exact model statistics of a Gaussian, where v3 is exact at any
+# step count (errors at the float floor, no slope): its order is measured with the degenerate EMS (ems=none).
+ORDER_OPTIONS = {"dpm_solver_v3": {"ems": "none"}}
+# Its default EMS on the mixture (250 levels x 1024 samples) take ~70 s to compute, and each of the 75 batches
+# below looks them up (>10 s even for a tiny EMS grid): batch invariance runs the degenerate EMS here; with
+# ems=auto it is tested in test_dpm_solver_v3 (test_ems_are_not_sampling_nfe_and_keep_batches_invariant).
+BATCH_OPTIONS = {"dpm_solver_v3": {"ems": "none"}}
 
 
 def fitted_order(model, name: str, x_T: torch.Tensor) -> tuple[float, list[float]]:
     """Slope of -log(error) against log(steps), over step counts whose error stays above 1e-11."""
     steps = [s * SOLVERS[name].min_steps for s in WINDOW.get(name, (8, 12, 16, 24, 32))]
-    errs = [error_at(model, name, s, x_T) for s in steps]
+    errs = [error_at(model, name, s, x_T, ORDER_OPTIONS.get(name)) for s in steps]
     pts = [(math.log(s), math.log(e)) for s, e in zip(steps, errs) if e > 1e-11]
     assert len(pts) >= 3, f"{name}: errors hit the float64 floor: {errs}"
     xs, ys = zip(*pts)
@@ -56,8 +66,8 @@ def test_convergence_order(gauss, name):
     """Fitted slope within 0.3 of the registered order (x_T ~ N(0, 20^2), 256 samples)."""
     x_T = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20.0
     slope, errs = fitted_order(gauss, name, x_T)
-    order = SOLVERS[name].order
-    assert order - 0.3 <= slope <= CEILING.get(name, order) + 0.3, f"{name}: fitted order {slope:.2f}, errors {errs}"
+    order = ASYMPTOTIC.get(name, SOLVERS[name].order)
+    assert order - 0.3 <= slope <= order + 0.3, f"{name}: fitted order {slope:.2f}, errors {errs}"
 
 
 @pytest.mark.parametrize("final_zero", [True, False])
@@ -103,7 +113,7 @@ def test_batch_size_invariance(mixture, name):
     """Sample i is bitwise identical whatever the batch it is computed in."""
     spec = SOLVERS[name]
     options = {spec.stochastic: _SWITCH[spec.stochastic]} if isinstance(spec.stochastic, str) else {}
-    plan = make_plan(name, _nfe_near(name, 8), mixture.schedule, solver_options=options)
+    plan = make_plan(name, _nfe_near(name, 8), mixture.schedule, solver_options={**options, **BATCH_OPTIONS.get(name, {})})
     idx = list(range(64))
     full = sample_batch(mixture, plan, idx, seed=3, shape=(1, 4, 4)).x
     for bs in (1, 7):
@@ -119,18 +129,3 @@ def test_euler_equals_ddim(gauss):
     assert torch.allclose(a, b, rtol=0, atol=1e-10)
 
 
-def test_every_solver_has_a_config_whose_options_bind():
-    """configs/solver/<name>.yaml exists for every registered solver and names only real options."""
-    from pathlib import Path
-
-    import yaml
-
-    files = sorted((Path(__file__).parents[1] / "configs" / "solver").glob("*.yaml"))
-    named = {}
-    for f in files:
-        cfg = yaml.safe_load(f.read_text())
-        name = cfg.pop("name")
-        assert f.stem == name, f"{f.name} names solver '{name}'"
-        SOLVERS[name].bind(cfg)
-        named[name] = cfg
-    assert set(named) == set(SOLVERS)

@@ -95,7 +95,7 @@ def make_point_plan(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], 
     return make_plan(spec, nfe, model.schedule, step_schedule=str(cfg.schedule.name),
                      step_options=step_options(cfg), solver_options=options,
                      sigma_min=cfg.schedule.sigma_min, sigma_max=cfg.schedule.sigma_max,
-                     final_zero=bool(cfg.schedule.final_zero))
+                     final_zero=bool(cfg.schedule.final_zero), shape=getattr(model, "shape", None))
 
 
 def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] = (), policy: str | None = None) -> Point:

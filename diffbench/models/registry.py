@@ -13,7 +13,7 @@ MODELS: dict[str, ModelFactory] = {}
 
 
 def register_model(kind: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Register a factory under a stable kind name used by configs/model/*.yaml."""
+    """Register a factory under a stable kind name used by diffbench/configs/model/*.yaml."""
 
     def wrap(fn: ModelFactory) -> ModelFactory:
         if kind in MODELS:

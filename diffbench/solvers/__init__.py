@@ -1,8 +1,9 @@
 """Solvers, one family per module; importing this package registers every module's solvers.
 
 To add a solver: write ``diffbench/solvers/<family>.py`` with a function decorated by
-``@register(name, order=..., nfe=...)``, add ``configs/solver/<name>.yaml``; the generic tests
-(convergence order, measured NFE, moments of stochastic solvers) pick it up automatically.
+``@register(name, order=..., nfe=...)``; its keyword options are the config node ``solver=<name>``
+(diffbench.config.typed_nodes). The generic tests (convergence order, measured NFE, moments of
+stochastic solvers) pick it up automatically.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffbench.errors import check
 from diffbench.noise import NoiseSource
 
 
@@ -40,6 +41,7 @@ def churn(x: Tensor, sigma: float, gamma: float, s_noise: float, noise: NoiseSou
 
 def churn_gamma(sigma: float, steps: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
     """EDM's gamma_i = min(S_churn / N, sqrt(2) - 1) inside [S_tmin, S_tmax], else 0."""
+    check(s_churn >= 0, f"solver.s_churn must be >= 0 (got {s_churn})")
     if s_churn <= 0 or not s_tmin <= sigma <= s_tmax:
         return 0.0
     return min(s_churn / steps, math.sqrt(2) - 1)

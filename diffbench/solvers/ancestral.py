@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from diffbench.errors import check
 from diffbench.models.base import Denoiser
 from diffbench.noise import NoiseSource
 from diffbench.solvers._common import ancestral_step
@@ -21,6 +22,7 @@ from diffbench.solvers.registry import register
 def ancestral(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
               eta: float = 0.0, s_noise: float = 1.0) -> Tensor:
     """DDIM (Song et al. 2021a, eq. 12) with stochasticity eta; eta=1 is DDPM ancestral sampling."""
+    check(eta >= 0 and s_noise >= 0, f"solver.eta and solver.s_noise must be >= 0 (got {eta}, {s_noise})")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = denoiser(x, sigma)

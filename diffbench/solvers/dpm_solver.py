@@ -144,7 +144,7 @@ def dpm_solver_fast(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Noi
 
 @register("dpm_solver_2m", order=2, nfe=per_step(1))
 def dpm_solver_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
-                  lower_order_final: bool = False) -> Tensor:
+                  lower_order_final: bool = True) -> Tensor:
     """Multistep DPM-Solver-2 with noise prediction (Lu et al. 2022b, Alg. 2 with eps in place of x0)."""
     step = partial(noise_prediction_step, midpoint=True)
     return multistep(x, sigmas, eps_model(denoiser), step, 2, lower_order_final)
@@ -152,7 +152,7 @@ def dpm_solver_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Noise
 
 @register("dpm_solver_3m", order=3, nfe=per_step(1))
 def dpm_solver_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
-                  lower_order_final: bool = False) -> Tensor:
+                  lower_order_final: bool = True) -> Tensor:
     """Multistep DPM-Solver-3 with noise prediction (Lu et al. 2022b, App.; third-order Taylor weights).
 
     eps'' comes from the quadratic through the last three outputs; the reference code's D2 term is

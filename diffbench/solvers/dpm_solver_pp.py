@@ -82,7 +82,7 @@ def sde_multistep(x: Tensor, sigmas: Tensor, noise: NoiseSource | None, order: i
 @register("dpmpp_2m_sde", order=2, stochastic="eta", eta=1.0)
 @register("dpmpp_2m", order=2, stochastic="eta")
 def dpmpp_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None, eta: float = 0.0,
-             s_noise: float = 1.0, lower_order_final: bool = False, thresholding: bool = False,
+             s_noise: float = 1.0, lower_order_final: bool = True, thresholding: bool = False,
              thresholding_ratio: float = 0.995, thresholding_max_val: float = 1.0) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2); eta > 0 is SDE-DPM-Solver++(2M) (ibid., App.; eta=1 default).
 
@@ -96,7 +96,7 @@ def dpmpp_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
 @register("dpmpp_3m_sde", order=2, stochastic="eta", eta=1.0)
 @register("dpmpp_3m", order=3, stochastic="eta")
 def dpmpp_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None, eta: float = 0.0,
-             s_noise: float = 1.0, lower_order_final: bool = False, coefficients: str = "taylor",
+             s_noise: float = 1.0, lower_order_final: bool = True, coefficients: str = "taylor",
              thresholding: bool = False, thresholding_ratio: float = 0.995,
              thresholding_max_val: float = 1.0) -> Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022b, reference code); eta > 0 is its SDE variant (eta=1 default).

@@ -114,7 +114,7 @@ def _taylor(dl: list[float], g: list[Tensor], pseudo: bool) -> list[Tensor]:
 @register("dpm_solver_v3", order=3, nfe=per_step(1))
 def dpm_solver_v3(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
                   order: int = 3, p_pseudo: bool = False, use_corrector: bool = True, c_pseudo: bool = False,
-                  lower_order_final: bool = True, ems: str = "none", ems_points: int = 250,
+                  lower_order_final: bool = True, ems: str = "auto", ems_points: int = 250,
                   ems_samples: int = 1024, ems_seed: int = 0) -> Tensor:
     """DPM-Solver-v3 (Zheng et al. 2023, Sec. 3): order-3 multistep predictor + corrector, 1 NFE per step.
 

@@ -8,10 +8,11 @@ count against ``nfe``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor
 
 from diffbench.errors import UsageError, check
@@ -64,13 +65,54 @@ class SolverSpec:
         opts = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "noise"}
         return {**opts, **self.defaults}
 
+    def variants(self) -> list[SolverSpec]:
+        """Every registered name on this solver's function (itself included)."""
+        return [s for s in SOLVERS.values() if s.fn is self.fn]
+
+    def fixed(self) -> dict[str, Any]:
+        """Options this name fixes: non-float options whose value tells it apart from another name on the same function.
+
+        `unipc_bh2` fixes variant, max_order and afs (unipc_bh1, unipc_bh2_o2, unipc_bh2_afs differ there);
+        continuous knobs such as eta stay settable on every name.
+        """
+        mine = self.options()
+        return {k: v for k, v in mine.items()
+                if not isinstance(v, float) and any(s.options()[k] != v for s in self.variants())}
+
     def bind(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Merge user options over the defaults; unknown names are a UsageError listing the valid ones."""
+        """Merge user options over the defaults; unknown or fixed names are a UsageError naming the fix."""
         known = self.options()
         unknown = sorted(set(options) - set(known))
         valid = ", ".join(known) or "none"
         check(not unknown, f"solver '{self.name}' has no option {', '.join(unknown)}; its options: {valid}")
+        self._check_fixed(options)
         return {**known, **options}
+
+    def _check_fixed(self, options: Mapping[str, Any]) -> None:
+        """An option value that would turn this name into another algorithm is a UsageError naming that solver."""
+        fixed = self.fixed()
+        changed = {k: v for k, v in options.items() if k in fixed and v != fixed[k]}
+        if not changed:
+            return
+        wanted = {**fixed, **changed}
+        match = [s.name for s in self.variants() if all(s.options()[k] == v for k, v in wanted.items())]
+        given = ", ".join(f"solver.{k}={v}" for k, v in changed.items())
+        hint = (f"use solver={match[0]}" if match else
+                f"no registered solver runs that; variants: {', '.join(s.name for s in self.variants())}")
+        raise UsageError(f"{given}: solver '{self.name}' fixes {', '.join(changed)} "
+                         f"({', '.join(f'{k}={fixed[k]}' for k in changed)}); {hint}")
+
+    def dry_run(self, options: Mapping[str, Any], schedule: Any, sigmas: Tensor, shape: Sequence[int]) -> None:
+        """Run the solver's own option checks at plan time: on probes that stop it at its first model call or noise draw.
+
+        Checks a solver makes before touching the model (anything but its noise schedule) run here, so a bad
+        value is a one-line error before a sweep starts rather than a failed row.
+        """
+        x = torch.zeros((1, *shape), dtype=torch.float64)
+        try:
+            self.fn(_Probe(schedule), x, sigmas, noise=_Probe(None), **self.bind(options))  # type: ignore[arg-type]
+        except _ProbeStop:
+            return
 
     def is_stochastic(self, options: Mapping[str, Any] | None = None) -> bool:
         if isinstance(self.stochastic, bool):
@@ -105,12 +147,34 @@ class SolverSpec:
                          f"{' with final_zero' if final_zero else ''}; nearest valid: {near}")
 
 
+class _ProbeStop(Exception):
+    """Raised by _Probe where a dry run reaches the model."""
+
+
+class _Probe:
+    """A stand-in denoiser (or noise source) holding only the noise schedule; calling it or asking for more stops a dry run."""
+
+    def __init__(self, schedule: Any):
+        self.schedule = schedule
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        raise _ProbeStop
+
+    def __getattr__(self, name: str) -> Any:
+        raise _ProbeStop
+
+
 SOLVERS: dict[str, SolverSpec] = {}
 
 
 def register(name: str, *, order: int, nfe: NfeFn | None = per_step(1), stochastic: bool | str = False,
              min_steps: int = 1, **defaults: Any) -> Callable[[SolverFn], SolverFn]:
-    """Register `fn` under `name`; stack decorators to register variants with other defaults."""
+    """Register `fn` under `name`; stack decorators to register variants with other defaults.
+
+    The signature's keyword-only defaults, with `defaults` over them, are the one source of the name's
+    options (config node, `diffbench list solvers`, what runs); non-float options that differ between
+    names on one function are fixed by each name (SolverSpec.fixed).
+    """
 
     def wrap(fn: SolverFn) -> SolverFn:
         if name in SOLVERS:

@@ -68,7 +68,7 @@ def restart_index(sigmas: Tensor, t_min: float, t_max: float) -> int:
 
 @register("restart", order=2, nfe=restart_nfe, stochastic=True)
 def restart(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
-            restarts: Sequence[Sequence[float]] = DEFAULT_RESTARTS, restart_gamma: float = 0.05,
+            restarts: Sequence[tuple[int, int, float, float]] = DEFAULT_RESTARTS, restart_gamma: float = 0.05,
             s_tmin: float = 0.01, s_tmax: float = 1.0, s_noise: float = 1.0, rho: float = 7.0) -> Tensor:
     """Restart sampler (Xu et al. 2023; the authors' EDM code): Heun main pass + K noisy restarts per interval.
 

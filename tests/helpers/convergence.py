@@ -13,10 +13,11 @@ from diffbench.solvers import SOLVERS
 SPAN: dict[str, Any] = dict(step_schedule="uniform_logsnr", sigma_min=0.02, sigma_max=20.0, final_zero=False)
 
 
-def error_at(model: GaussianDenoiser, name: str, steps: int, x_T: torch.Tensor) -> float:
-    """RMSE of solver `name` at `steps` steps over SPAN against the model's exact ODE endpoint."""
+def error_at(model: GaussianDenoiser, name: str, steps: int, x_T: torch.Tensor,
+             options: dict[str, Any] | None = None) -> float:
+    """RMSE of solver `name` (with `options`) at `steps` steps over SPAN against the model's exact ODE endpoint."""
     nfe = SOLVERS[name].nfe_for(steps, False)
-    plan = make_plan(name, nfe, model.schedule, **SPAN)
+    plan = make_plan(name, nfe, model.schedule, solver_options=options, **SPAN)
     assert plan.steps == steps
     out = plan.solver.fn(model, x_T, plan.sigmas, noise=None, **plan.options)
     exact = model.exact_ode(x_T, 20.0, 0.02)
