@@ -102,13 +102,23 @@ def _options(fn: Any, defaults: Mapping[str, Any]) -> list[tuple[str, Any, Any]]
     return [_field(k, hints.get(k, Any), v) for k, v in defaults.items()]
 
 
-@cache
 def typed_nodes() -> dict[str, dict[str, type]]:
     """Group -> option -> dataclass of its typed config node, built from the solver and step-grid registries.
 
     The registered function's signature (with a solver's register(..., **defaults) over it) is the one
-    source of defaults: no YAML restates them. OmegaConf rejects values of the wrong type.
+    source of defaults: no YAML restates them. OmegaConf rejects values of the wrong type. Built once
+    per registry state: a solver registered later (a plugin, a test) gets its node too.
     """
+    from diffbench.solvers import SOLVERS
+    from diffbench.steps import STEP_SCHEDULES
+
+    key = tuple((n, id(s)) for n, s in SOLVERS.items()), tuple((n, id(f)) for n, f in STEP_SCHEDULES.items())
+    return _typed_nodes(key)
+
+
+@cache
+def _typed_nodes(registries: tuple[tuple[tuple[str, int], ...], ...]) -> dict[str, dict[str, type]]:
+    """typed_nodes for one state of the registries (`registries` is only the cache key)."""
     from diffbench.solvers import SOLVERS
     from diffbench.steps import STEP_SCHEDULES
 

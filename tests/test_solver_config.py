@@ -15,7 +15,7 @@ from diffbench.config import CONFIG_PATH_ENV, compose, node_defaults, to_dict, t
 from diffbench.errors import UsageError
 from diffbench.models.base import CountingDenoiser
 from diffbench.solvers import SOLVERS
-from diffbench.sweep import prepare
+from diffbench.engine.points import prepare
 
 TINY = ["debug=default", "model=gaussian", "model.shape=[4]", "metrics=error_only"]
 
