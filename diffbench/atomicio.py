@@ -77,3 +77,22 @@ def check_writable(folder: Path, field: str) -> None:
     except OSError as e:
         raise UsageError(f"{field}={folder}: cannot create or write this folder ({e.strerror or e}); "
                          f"choose a writable {field}=") from None
+
+
+def check_output_file(path: Path, field: str) -> None:
+    """UsageError naming the option unless a file can later be written at path (checked before computing).
+
+    The path must not be a folder; its nearest existing ancestor must be a folder that takes a new
+    file (probed with a temporary file, so read-only mounts count even for root). Missing parent
+    folders are created only when the file is written (``staged``), so a rejected run leaves nothing.
+    """
+    if path.is_dir():
+        raise UsageError(f"{field} {path} is a folder; give a file path")
+    folder = next(p for p in path.parents if p.exists())
+    if not folder.is_dir():
+        raise UsageError(f"{field} {path}: {folder} is a file, not a folder; give another path")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{field} {path}: cannot write in {folder} ({e.strerror or e}); choose a writable path") from None

@@ -233,9 +233,8 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
         diffbench eval runs/default/samples/heun_karras_nfe9_seed0.npz
         diffbench eval my_samples/ dataset=npz dataset.path=ref.npz metrics.extractor=inception
     """
-    import json
-
     from diffbench import sweep as engine
+    from diffbench.atomicio import check_output_file
     from diffbench.batching import FEATURE_BATCH
     from diffbench.config import compose, settings
     from diffbench.metrics import evaluate, parse_metrics
@@ -244,6 +243,8 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     run = settings(cfg)
     feature, _ = parse_metrics(list(cfg.metrics.names))
     check(bool(feature), "metrics.names holds no feature metric (fd, kid, is, prdc); eval computes only those")
+    if json_out:
+        check_output_file(json_out, "--json")
     dataset = _samples_dataset(samples, key)
     model = engine.ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
     with engine.Reporter(not quiet) as reporter:
@@ -264,8 +265,16 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     out.print(f"{res['n_gen']} samples vs {extra['n_ref']} reference images ({extra['ref_id']})"
               + (f"; notes: {extra['notes']}" if extra["notes"] else ""), highlight=False)
     if json_out:
-        json_out.write_text(json.dumps({"samples": str(samples), **{k: vars(v) for k, v in values.items()}, **extra},
-                                       indent=1, default=str))
+        _write_json(json_out, {"samples": str(samples), **{k: vars(v) for k, v in values.items()}, **extra})
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    """content as indented JSON, written atomically (parents created)."""
+    import json
+
+    from diffbench.atomicio import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(content, indent=1, default=str)))
 
 
 def _samples_dataset(path: Path, key: str | None) -> Any:
@@ -273,20 +282,13 @@ def _samples_dataset(path: Path, key: str | None) -> Any:
     import numpy as np
     import torch
 
-    from diffbench.data import ArrayDataset, make_dataset, to_uint8
+    from diffbench.data import ArrayDataset, load_array, make_dataset, to_uint8
 
     check(path.exists(), f"{path} does not exist; give a .npz/.npy of samples or a folder of images")
     if path.is_dir():
         return make_dataset({"kind": "folder", "path": str(path)})
     check(path.suffix in (".npz", ".npy"), f"{path}: give a .npz/.npy file or a folder of images")
-    if path.suffix == ".npy":
-        arr = np.load(path)
-    else:
-        with np.load(path) as f:
-            names = list(f.keys())
-            name = key or ("x" if "x" in names else names[0])
-            check(name in names, f"--key {name} is not in {path.name}; it has: {', '.join(names)}")
-            arr = f[name]
+    arr = load_array(path, key, prefer="x")
     if arr.dtype == np.uint8:
         return make_dataset({"kind": "npz", "path": str(path), "key": key})
     check(np.issubdtype(arr.dtype, np.floating), f"{path}: samples must be float in [-1, 1] or uint8 (got {arr.dtype})")
@@ -295,7 +297,8 @@ def _samples_dataset(path: Path, key: str | None) -> Any:
 
 
 @app.command()
-def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
+def ref(overrides: Overrides = None, quiet: Quiet = False,
+        json_out: Annotated[Path | None, typer.Option("--json", help="Also write the reference's id, size and files to this JSON file.")] = None) -> None:
     """Build (or verify) the reference feature statistics of the configured dataset and extractor.
 
     Sweeps build them on first use; this command does it ahead of time (e.g. once per cluster):
@@ -304,10 +307,13 @@ def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
         diffbench ref dataset=folder dataset.path=/data/cifar10/train metrics.extractor=inception
     """
     from diffbench import sweep as engine
+    from diffbench.atomicio import check_output_file
     from diffbench.config import compose, settings
 
     cfg = compose(overrides or [])
     run = settings(cfg)
+    if json_out:
+        check_output_file(json_out, "--json")
     model = engine.ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
     with engine.Reporter(not quiet) as reporter:
         context = engine.MetricContext(reporter)
@@ -316,6 +322,9 @@ def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
     state = "built" if stats.built else "found in the cache"
     out.print(f"reference {stats.id}: {stats.stats.n} images, {extractor.name} features ({stats.stats.dim}-d), {state}")
     out.print(f"files:     {stats.path}.npz / .features.npy / .json")
+    if json_out:
+        _write_json(json_out, {"ref_id": stats.id, "n": stats.stats.n, "built": stats.built, "files": str(stats.path),
+                               **extractor.identity(), "weights_check": extractor.weights_check})
 
 
 # plot / report --------------------------------------------------------------------------------------
