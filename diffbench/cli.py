@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from diffbench.errors import StorageError, UsageError, check
+from diffbench.errors import StorageError, UsageError, check, warn
 
 app = typer.Typer(name="diffbench", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
                   pretty_exceptions_enable=False,
@@ -263,7 +263,10 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
         view.add_row(name, _cell(v.value), "" if v.lo is None else f"[{_cell(v.lo)}, {_cell(v.hi)}]")
     out.print(view)
     out.print(f"{res['n_gen']} samples vs {extra['n_ref']} reference images ({extra['ref_id']})"
-              + (f"; notes: {extra['notes']}" if extra["notes"] else ""), highlight=False)
+              + (f"; intervals: {extra['ci']}" if extra["ci"] else ""), highlight=False)
+    for note in res["notes"]:  # skipped metrics, clipped bounds, unverified weights (auto's fallback warned already)
+        if note != extractor.fallback:
+            warn(note)
     if json_out:
         _write_json(json_out, {"samples": str(samples), **{k: vars(v) for k, v in values.items()}, **extra})
 

@@ -8,6 +8,7 @@ the same sweep skips every point whose config hash is already stored.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -34,7 +35,7 @@ from diffbench.config import (RunSettings, compose_points, config_hash, expand_g
 from diffbench.errors import UsageError, check
 from diffbench.data import make_dataset, to_uint8
 from diffbench.metrics import (LPIPS, ErrorStats, FeatureExtractor, FrechetTarget, MetricOptions, RefStats,
-                               StreamingStats, bootstrap, compute_metrics, fd_interval, load_or_build_reference,
+                               StreamingStats, bootstrap, compute_metrics, load_or_build_reference,
                                make_extractor, parse_metrics)
 from diffbench.models import Denoiser, make_model
 from diffbench.sampling import Batch, Plan, make_plan, sample_batch
@@ -582,26 +583,21 @@ class MetricSuite:
             extra["n_error_samples"] = len(mse)
         if self.lpips is not None:
             values["lpips_ref"] = results.MetricValue(self.lpips.result()["lpips"])
+            extra["lpips_weights_check"] = self.lpips.weights_check
         return values, extra
 
     def _feature_metrics(self) -> tuple[dict[str, results.MetricValue], dict[str, Any]]:
         opts = metric_options(self.cfg, self.extractor.device)
         gen = self.stats.finalize(self.extractor.identity())
-        others = [name for name in self.feature if name != "fd"]
-        out = compute_metrics(gen, self.ref, others, opts, self.extractor.logits_unavailable)
-        if "fd" in self.feature:  # FD against the context's cached target: one eigh per reference, not per point
-            target = self.context.frechet_target(self.ref, self.extractor.device)
-            out["fd"] = target.distance(gen.mean, gen.cov)
-            if opts.n_boot:
-                out.update(fd_interval(gen.features, target, opts.n_boot, opts.ci_level, opts.seed).fields("fd"))
+        target = self.context.frechet_target(self.ref, self.extractor.device)  # one eigh per reference
+        out = compute_metrics(gen, self.ref, self.feature, opts, self.extractor.logits_unavailable, target)
         return feature_values(out, self.extractor)
 
 
 def metric_options(cfg: DictConfig, device: torch.device) -> MetricOptions:
     """The metrics config group as diffbench.metrics' MetricOptions."""
-    m = cfg.metrics
-    return MetricOptions(kid_subsets=int(m.kid_subsets), kid_subset_size=int(m.kid_subset_size),
-                         n_boot=int(m.get("n_boot", 0)), ci_level=float(m.get("ci_level", 0.95)), device=str(device))
+    fields = {f.name for f in dataclasses.fields(MetricOptions)} - {"device"}
+    return MetricOptions(**{k: v for k, v in to_dict(cfg.metrics).items() if k in fields}, device=str(device))
 
 
 def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[dict[str, results.MetricValue], dict[str, Any]]:
@@ -619,7 +615,8 @@ def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[di
             values[label] = results.MetricValue(out[name], out.get(f"{name}_low"), out.get(f"{name}_high"))
             if out.get(f"{name}_std") is not None:
                 extra[f"{label}_std"] = out[f"{name}_std"]
-    notes = ([extractor.fallback] if extractor.fallback else []) + list(out["notes"])
+    notes = extractor.notes + list(out["notes"])
     extra.update(feature_extractor=out["feature_extractor"], resize_mode=out["resize_mode"], ref_id=out["ref_id"],
-                 n_ref=out["n_ref"], notes="; ".join(notes) or None)
+                 n_ref=out["n_ref"], weights_check=extractor.weights_check, ci=out["ci"],
+                 notes="; ".join(notes) or None)
     return values, extra
