@@ -289,7 +289,9 @@ def _samples_dataset(path: Path, key: str | None) -> Any:
 
     check(path.exists(), f"{path} does not exist; give a .npz/.npy of samples or a folder of images")
     if path.is_dir():
-        return make_dataset({"kind": "folder", "path": str(path)})
+        folder = make_dataset({"kind": "folder", "path": str(path)})
+        folder.check_headers(len(folder))  # unreadable files and mixed sizes: before the reference is built
+        return folder
     check(path.suffix in (".npz", ".npy"), f"{path}: give a .npz/.npy file or a folder of images")
     arr = load_array(path, key, prefer="x")
     if arr.dtype == np.uint8:

@@ -244,7 +244,7 @@ class FolderDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def check_sizes(self, n: int) -> None:
+    def check_headers(self, n: int) -> None:
         """Read the headers of the first n files: all must open and share one size (UsageError naming two)."""
         first: tuple[Path, tuple[int, int]] | None = None
         for path in self.files[:n]:
@@ -259,7 +259,7 @@ class FolderDataset(ImageDataset):
 
     def batches(self, batch_size: int, n: int | None = None) -> Iterator[Tensor]:
         n = self._take(n, batch_size)
-        self.check_sizes(n)
+        self.check_headers(n)
         for start in range(0, n, batch_size):
             arrays = [load_rgb(p) for p in self.files[start:min(start + batch_size, n)]]
             yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
