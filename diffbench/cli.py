@@ -293,7 +293,7 @@ def _samples_dataset(path: Path, key: str | None) -> Any:
         folder.check_headers(len(folder))  # unreadable files and mixed sizes: before the reference is built
         return folder
     check(path.suffix in (".npz", ".npy"), f"{path}: give a .npz/.npy file or a folder of images")
-    arr = load_array(path, key, prefer="x")
+    arr = load_array(path, key, prefer="x", key_field="--key")
     if arr.dtype == np.uint8:
         return make_dataset({"kind": "npz", "path": str(path), "key": key})
     check(np.issubdtype(arr.dtype, np.floating), f"{path}: samples must be float in [-1, 1] or uint8 (got {arr.dtype})")

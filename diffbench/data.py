@@ -142,10 +142,11 @@ class ArrayDataset(ImageDataset):
 _ARRAY_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
-def load_array(path: Path, key: str | None = None, prefer: str | None = None) -> np.ndarray:
+def load_array(path: Path, key: str | None = None, prefer: str | None = None, key_field: str = "dataset.key") -> np.ndarray:
     """The array of a .npy file, or array ``key`` of a .npz (default: ``prefer`` if present, else the first).
 
-    A file numpy cannot read (garbage, truncated, pickled objects) is a UsageError naming it.
+    A file numpy cannot read (garbage, truncated, pickled objects) is a UsageError naming it; an
+    absent key names the option that gave it (``key_field``).
     """
     try:
         if path.suffix == ".npy":
@@ -154,7 +155,7 @@ def load_array(path: Path, key: str | None = None, prefer: str | None = None) ->
             names = list(npz.keys())
             check(bool(names), f"{path}: the .npz holds no arrays")
             key = key or (prefer if prefer in names else names[0])
-            check(key in names, f"key '{key}' is not in {path.name}; it has: {', '.join(names)}")
+            check(key in names, f"{key_field} '{key}' is not in {path.name}; it has: {', '.join(names)}")
             return npz[key]
     except _ARRAY_ERRORS as e:
         raise UsageError(f"{path}: not a readable {path.suffix} array file ({type(e).__name__}: "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -20,7 +19,13 @@ from diffbench.cli import main
 from diffbench.config import compose
 from diffbench.data import FolderDataset, load_rgb
 from diffbench.errors import AssetMissing, UsageError
-from diffbench.metrics import MetricOptions, compute_metrics, evaluate, extract, make_extractor
+from diffbench.metrics import (
+    MetricOptions,
+    compute_metrics,
+    evaluate,
+    extract,
+    make_extractor,
+)
 from diffbench.metrics.features import INCEPTION_WEIGHTS
 from diffbench.metrics.lpips import LPIPS
 from diffbench.sweep import metric_options
@@ -224,7 +229,7 @@ def test_unusable_json_paths_fail_before_computing(tmp_path, cache, case):
 
 
 def test_json_parents_are_created_when_written(tmp_path):
-    gen, ref = _folder(tmp_path / "gen", _images(6, 0)), _folder(tmp_path / "ref", _images(6, 1))
+    ref = _folder(tmp_path / "ref", _images(6, 1))
     target = tmp_path / "new" / "deeper" / "ref.json"
     code, _, err = _run(["ref", "dataset=folder", f"dataset.path={ref}", RC, "-q", "--json", str(target)])
     assert code == 0, err
@@ -261,10 +266,10 @@ def test_too_few_samples_skip_only_that_metric_with_a_note(rc_stats):
     out = compute_metrics(gen, ref, ["fd", "kid", "prdc"], MetricOptions(kid_subset_size=31, prdc_k=30))
     assert out["fd"] > 0 and "kid" not in out and "precision" not in out
     assert out["notes"] == [
-        "kid: skipped: metrics.kid_subset_size=31 exceeds the samples (30 generated, 40 reference); "
-        "lower it or give more samples",
-        "prdc: skipped: metrics.prdc_k=30 needs more than k rows per set (using 30: 30 generated, 40 reference, "
-        "prdc_max 10000); lower it"]
+        ("kid: skipped: metrics.kid_subset_size=31 exceeds the samples (30 generated, 40 reference); "
+         "lower it or give more samples"),
+        ("prdc: skipped: metrics.prdc_k=30 needs more than k rows per set (using 30: 30 generated, 40 reference, "
+         "prdc_max 10000); lower it")]
     ok = compute_metrics(gen, ref, ["kid", "prdc"], MetricOptions(kid_subsets=5, kid_subset_size=30, prdc_k=29))
     assert ok["kid"] is not None and 0 <= ok["precision"] <= 1 and ok["notes"] == []
 

@@ -70,10 +70,10 @@ class MetricOptions:
     seed: int = 0
     device: str = "cpu"
 
-    def interval_method(self) -> str:
-        """How the intervals were made, for rows and output (None-like empty when none are)."""
+    def interval_method(self) -> str | None:
+        """How the intervals were made, for rows and output (None: no intervals)."""
         if not (self.n_boot or self.kid_n_boot):
-            return ""
+            return None
         side = "generated and reference samples" if self.ci_includes_reference else "generated samples (reference fixed)"
         return f"normal bootstrap at {self.ci_level:g} over {side}"
 
@@ -120,7 +120,7 @@ def compute_metrics(gen: FeatureStats, ref: RefStats | FeatureStats, metrics: Se
     out: dict[str, Any] = {"feature_extractor": gen.identity.get("extractor"),
                            "resize_mode": gen.identity.get("resize_mode"),
                            "ref_id": ref.id if isinstance(ref, RefStats) else None,
-                           "n_gen": gen.n, "n_ref": rstats.n, "ci": opts.interval_method() or None, "notes": []}
+                           "n_gen": gen.n, "n_ref": rstats.n, "ci": opts.interval_method(), "notes": []}
     needs_rows = {"kid", "prdc"} & set(names) or ("fd" in names and opts.n_boot)
     if needs_rows and (gen.features is None or rstats.features is None):
         raise UsageError("kid / prdc / bootstrap need feature rows; extract with keep_features=True")
