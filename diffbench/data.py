@@ -241,12 +241,15 @@ class FolderDataset(ImageDataset):
         self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         check(bool(self.files), f"dataset.path={self.root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         self.name, self.split = self.root.name, split
+        self.headers_checked = 0  # the first this many files passed check_headers
 
     def __len__(self) -> int:
         return len(self.files)
 
     def check_headers(self, n: int) -> None:
         """Read the headers of the first n files: all must open and share one size (UsageError naming two)."""
+        if n <= self.headers_checked:
+            return
         first: tuple[Path, tuple[int, int]] | None = None
         for path in self.files[:n]:
             with _open_image(path) as img:
@@ -257,6 +260,7 @@ class FolderDataset(ImageDataset):
                 raise UsageError(f"{self.root}: images differ in size: {first[0].relative_to(self.root)} is "
                                  f"{first[1][0]}x{first[1][1]}, {path.relative_to(self.root)} is {size[0]}x{size[1]}; "
                                  "resize them to one size first")
+        self.headers_checked = n
 
     def batches(self, batch_size: int, n: int | None = None) -> Iterator[Tensor]:
         n = self._take(n, batch_size)
