@@ -576,7 +576,7 @@ class MetricSuite:
             n_boot = int(self.cfg.metrics.get("error_n_boot", 0))
             if n_boot >= 2:
                 iv = bootstrap(lambda idx: math.sqrt(float(mse[idx].mean())), len(mse), n_boot,
-                               float(self.cfg.metrics.get("ci_level", 0.95)))
+                               float(self.cfg.metrics.get("ci_level", 0.95)), nonnegative=True)
                 values["rmse_ref"] = results.MetricValue(iv.estimate, iv.low, iv.high)
             else:
                 values["rmse_ref"] = results.MetricValue(self.error.result()["rmse"])

@@ -11,11 +11,14 @@ Read it as the sampling spread of the finite-n estimate; compare points at equal
 Distances (FD, KID) cannot be negative, so ``nonnegative`` clips bounds below 0 at 0 and
 the Interval says so (``clipped``).
 
-Width stability (measured, /tmp-free script in the report of issue 21: FD of 256 random_conv
-feature rows vs 1024 reference rows, 12 bootstrap seeds each): the coefficient of variation of the
-width run to run was 0.21 / 0.12 / 0.07 with n_boot = 20 / 50 / 100 for this normal interval
-(the former percentile interval: 0.24 / 0.14 / 0.12), as theory says for a standard deviation,
-1 / sqrt(2 (n_boot - 1)): below 5% needs n_boot >= 200 (percentile widths would need ~600).
+Width stability (measured with scripts/interval_width.py, results/intervals/interval_width.json:
+FD of 128 random_conv feature rows vs 512 reference rows, 12 bootstrap seeds per n_boot): the
+width's coefficient of variation run to run was 0.18 / 0.06 / 0.07 / 0.052 / 0.029 at n_boot =
+20 / 50 / 100 / 200 / 400, as a standard deviation's 1 / sqrt(2 (n_boot - 1)) predicts
+(0.16 / 0.10 / 0.07 / 0.050 / 0.035; each measured CV is itself +-20% with 12 seeds). A first
+run with the former percentile interval (256 rows vs 1024) gave 0.24 / 0.14 / 0.12 at 20 / 50 /
+100: it needs about three times the replicates for the same stability. So: n_boot >= 200 keeps the width within
+~5%, n_boot = 400 within 3%; the default 20 varies by ~17%.
 
 Paired differences (common random numbers): sample i of solver A and of solver B start from the
 same noise (diffbench.noise), so one resampled index set is applied to both and the interval is of
@@ -26,7 +29,8 @@ Cost: with n <= d rows (e.g. 512 samples, 2048-d Inception) one FD replicate is 
 (fid.py's row path: ~0.1-0.3 s on 2 CPU cores); with n > d it is the covariance of the resampled
 rows, O(n d^2), plus one d x d eigvalsh, O(d^3) (the reference's square root is computed once):
 for d = 2048 about 1-3 s on 2 CPU cores and ~20 ms on a GPU, so n_boot = 200 takes minutes on a
-CPU; random_conv (d = 224) is far cheaper.
+CPU; random_conv (d = 224) is far cheaper. Including the reference adds, per replicate, the
+resampled reference's covariance, O(n_ref d^2), and (with n > d) one d x d eigh.
 A KID replicate costs num_subsets * m^2 * d; per-sample metrics (solver error, LPIPS) cost O(n).
 """
 from __future__ import annotations
