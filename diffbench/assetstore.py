@@ -10,6 +10,11 @@ A weight file resolves from, in order: an explicit path given in the config -> t
 imported) or a library's own download cache -> a download, only when DIFFBENCH_ALLOW_DOWNLOAD=1
 (never in tests). Otherwise ``AssetMissing`` says, in one line, which file is missing and the ways
 to provide it (DESIGN.md "Weights and data never download silently").
+
+Every resolved file is checked against the hashes recorded for it: a file whose name has a hash
+and does not match is skipped in the cache and refused when given explicitly; ``verification``
+labels the file that is used ``verified`` (its hash is a recorded one) or ``unverified: ...`` (no
+hash is recorded for it, e.g. a user's own file), and callers put that label in rows and results.
 """
 from __future__ import annotations
 
@@ -74,6 +79,8 @@ class Asset:
         url: where a download comes from (only with DIFFBENCH_ALLOW_DOWNLOAD=1).
         sha1: expected SHA-1 per filename, checked whenever a file with that name resolves.
         sha256_prefix: expected SHA-256 prefix per filename (torchvision's file-name convention).
+        sha256: expected full SHA-256 per filename; a file with any of these contents is verified
+            whatever its name.
     """
 
     label: str
@@ -84,6 +91,7 @@ class Asset:
     url: str | None = None
     sha1: dict[str, str] = field(default_factory=dict)
     sha256_prefix: dict[str, str] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)
 
     def missing_message(self, why: str = "") -> str:
         """One line: the file, and the three ways to provide it (plus the opt-in download)."""
@@ -96,6 +104,12 @@ class Asset:
         fix = "; ".join(f"({i}) {w}" for i, w in enumerate(ways, 1))
         online = f"; or set {ALLOW_DOWNLOAD_ENV}=1 to download it from {self.url}" if self.url else ""
         return f"{self.label} not found{': ' + why if why else ''}. Provide it: {fix}{online}"
+
+    def broken_message(self, path: Path, err: Exception) -> str:
+        """One line: the file resolved but cannot be loaded (corrupt, truncated, not this network)."""
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        return (f"{self.label} at {path} cannot be loaded ({type(err).__name__}: {detail[:200]}); "
+                f"replace it or set {self.config_key}= to a good copy")
 
 
 def _package_file(package: str, name: str) -> Path | None:
@@ -112,31 +126,44 @@ def _package_file(package: str, name: str) -> Path | None:
     return None
 
 
+_DIGESTS: dict[tuple[str, int, int, str], str] = {}
+
+
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, algorithm).hexdigest()
+    """Hex digest of a file, memoised per (path, size, mtime, algorithm): weight files are large."""
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, algorithm)
+    if memo not in _DIGESTS:
+        with open(path, "rb") as f:
+            _DIGESTS[memo] = hashlib.file_digest(f, algorithm).hexdigest()
+    return _DIGESTS[memo]
 
 
-_VERIFIED: dict[tuple[str, int, int], bool] = {}
+def hash_matches(asset: Asset, path: Path, name: str | None = None) -> bool | None:
+    """True / False: the hashes recorded for `name` (the file's own name by default) match / do not;
+    None: no hash is recorded for that name."""
+    name = name or path.name
+    checks = []
+    if name in asset.sha1:
+        checks.append(file_digest(path, "sha1") == asset.sha1[name].lower())
+    if name in asset.sha256_prefix:
+        checks.append(file_digest(path, "sha256").startswith(asset.sha256_prefix[name].lower()))
+    if name in asset.sha256:
+        checks.append(file_digest(path, "sha256") == asset.sha256[name].lower())
+    return all(checks) if checks else None
 
 
 def verify(asset: Asset, path: Path, name: str | None = None) -> bool:
-    """Whether the file's hash matches the one recorded for `name` (its own name by default).
+    """Whether the file may be used: no recorded hash for `name` disagrees with its content."""
+    return hash_matches(asset, path, name) is not False
 
-    True when no hash is recorded for that name. Results are memoised per (path, size, mtime).
-    """
-    name = name or path.name
-    stat = path.stat()
-    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo not in _VERIFIED:
-        ok = True
-        if name in asset.sha1:
-            ok = file_digest(path, "sha1") == asset.sha1[name].lower()
-        if ok and name in asset.sha256_prefix:
-            ok = file_digest(path, "sha256").startswith(asset.sha256_prefix[name].lower())
-        _VERIFIED[memo] = ok
-    return _VERIFIED[memo]
+
+def verification(asset: Asset, path: Path) -> str:
+    """``verified`` when the file's content has a recorded hash, else ``unverified: ...`` with its SHA-256."""
+    if hash_matches(asset, path) or file_digest(path) in {h.lower() for h in asset.sha256.values()}:
+        return "verified"
+    return (f"unverified: no recorded hash for {path.name} (sha256 {file_digest(path)[:16]}...); "
+            "numbers are only as good as this file")
 
 
 def candidates(asset: Asset) -> list[Path]:
@@ -158,6 +185,8 @@ def resolve(asset: Asset, explicit: str | os.PathLike | None = None) -> Path:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise AssetMissing(asset.missing_message(f"{asset.config_key}={path} does not exist"))
+        if not verify(asset, path):
+            raise AssetMissing(asset.missing_message(f"{asset.config_key}={path} has the wrong hash for its name"))
         return path
     corrupt = []
     for path in candidates(asset):

@@ -108,3 +108,22 @@ def check_output_folder(folder: Path, option: str, min_free: int = MIN_FREE_BYTE
     free = shutil.disk_usage(existing).free
     check(free >= min_free, f"{option} {folder}: only {free / 2**20:.1f} MB free on its device "
                             f"(need {min_free / 2**20:.0f} MB); free space or give another {option}")
+
+
+def check_output_file(path: Path, field: str) -> None:
+    """UsageError naming the option unless a file can later be written at path (checked before computing).
+
+    The path must not be a folder; its nearest existing ancestor must be a folder that takes a new
+    file (probed with a temporary file, so read-only mounts count even for root). Missing parent
+    folders are created only when the file is written (``staged``), so a rejected run leaves nothing.
+    """
+    if path.is_dir():
+        raise UsageError(f"{field} {path} is a folder; give a file path")
+    folder = next(p for p in path.parents if p.exists())
+    if not folder.is_dir():
+        raise UsageError(f"{field} {path}: {folder} is a file, not a folder; give another path")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{field} {path}: cannot write in {folder} ({e.strerror or e}); choose a writable path") from None

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from diffbench import assetstore
 from diffbench import columns as col
-from diffbench.errors import StorageError, UsageError, check
+from diffbench.errors import StorageError, UsageError, check, warn
 
 app = typer.Typer(name="diffbench", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
                   pretty_exceptions_enable=False,
@@ -263,6 +263,7 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     """
     import json
 
+    from diffbench.atomicio import check_output_file
     from diffbench.batching import FEATURE_BATCH
     from diffbench.config import compose, settings
     from diffbench.engine.points import ModelCache
@@ -274,6 +275,8 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     run = settings(cfg)
     feature, _ = parse_metrics(list(cfg.metrics.names))
     check(bool(feature), "metrics.names holds no feature metric (fd, kid, is, prdc); eval computes only those")
+    if json_out:
+        check_output_file(json_out, "--json")
     dataset = _samples_dataset(samples, key)
     model = ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
     with assetstore.cache_root(cfg.cache_dir), Reporter(not quiet) as reporter:
@@ -291,10 +294,21 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
         view.add_row(name, _cell(v.value), "" if v.lo is None else f"[{_cell(v.lo)}, {_cell(v.hi)}]")
     out.print(view)
     out.print(f"{res['n_gen']} samples vs {extra['n_ref']} reference images ({extra['ref_id']})"
-              + (f"; notes: {extra['notes']}" if extra["notes"] else ""), highlight=False)
+              + (f"; intervals: {extra['ci']}" if extra["ci"] else ""), highlight=False)
+    for note in res["notes"]:  # skipped metrics, clipped bounds, unverified weights (auto's fallback warned already)
+        if note != extractor.fallback:
+            warn(note)
     if json_out:
-        json_out.write_text(json.dumps({"samples": str(samples), **{k: vars(v) for k, v in values.items()}, **extra},
-                                       indent=1, default=str))
+        _write_json(json_out, {"samples": str(samples), **{k: vars(v) for k, v in values.items()}, **extra})
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    """content as indented JSON, written atomically (parents created)."""
+    import json
+
+    from diffbench.atomicio import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(content, indent=1, default=str)))
 
 
 def _samples_dataset(path: Path, key: str | None) -> Any:
@@ -302,20 +316,15 @@ def _samples_dataset(path: Path, key: str | None) -> Any:
     import numpy as np
     import torch
 
-    from diffbench.data import ArrayDataset, make_dataset, to_uint8
+    from diffbench.data import ArrayDataset, load_array, make_dataset, to_uint8
 
     check(path.exists(), f"{path} does not exist; give a .npz/.npy of samples or a folder of images")
     if path.is_dir():
-        return make_dataset({"kind": "folder", "path": str(path)})
+        folder = make_dataset({"kind": "folder", "path": str(path)})
+        folder.check_headers(len(folder))  # unreadable files and mixed sizes: before the reference is built
+        return folder
     check(path.suffix in (".npz", ".npy"), f"{path}: give a .npz/.npy file or a folder of images")
-    if path.suffix == ".npy":
-        arr = np.load(path)
-    else:
-        with np.load(path) as f:
-            names = list(f.keys())
-            name = key or ("x" if "x" in names else names[0])
-            check(name in names, f"--key {name} is not in {path.name}; it has: {', '.join(names)}")
-            arr = f[name]
+    arr = load_array(path, key, prefer="x", key_field="--key")
     if arr.dtype == np.uint8:
         return make_dataset({"kind": "npz", "path": str(path), "key": key})
     check(np.issubdtype(arr.dtype, np.floating), f"{path}: samples must be float in [-1, 1] or uint8 (got {arr.dtype})")
@@ -324,7 +333,8 @@ def _samples_dataset(path: Path, key: str | None) -> Any:
 
 
 @app.command()
-def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
+def ref(overrides: Overrides = None, quiet: Quiet = False,
+        json_out: Annotated[Path | None, typer.Option("--json", help="Also write the reference's id, size and files to this JSON file.")] = None) -> None:
     """Build (or verify) the reference feature statistics of the configured dataset and extractor.
 
     Sweeps build them on first use; this command does it ahead of time (e.g. once per cluster):
@@ -334,6 +344,7 @@ def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
     diffbench ref dataset=folder dataset.path=/data/cifar10/train metrics.extractor=inception
     ```
     """
+    from diffbench.atomicio import check_output_file
     from diffbench.config import compose, settings
     from diffbench.engine.points import ModelCache
     from diffbench.engine.progress import Reporter
@@ -341,6 +352,8 @@ def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
 
     cfg = compose(overrides or [])
     run = settings(cfg)
+    if json_out:
+        check_output_file(json_out, "--json")
     model = ModelCache().get(cfg.model) if cfg.dataset.get("kind") == "model_samples" else None
     with assetstore.cache_root(cfg.cache_dir), Reporter(not quiet) as reporter:
         context = MetricContext(reporter)
@@ -349,6 +362,9 @@ def ref(overrides: Overrides = None, quiet: Quiet = False) -> None:
     state = "built" if stats.built else "found in the cache"
     out.print(f"reference {stats.id}: {stats.stats.n} images, {extractor.name} features ({stats.stats.dim}-d), {state}")
     out.print(f"files:     {stats.path}.npz / .features.npy / .json")
+    if json_out:
+        _write_json(json_out, {"ref_id": stats.id, "n": stats.stats.n, "built": stats.built, "files": str(stats.path),
+                               **extractor.identity(), "weights_check": extractor.weights_check})
 
 
 # plot / report --------------------------------------------------------------------------------------

@@ -418,7 +418,8 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
 
 
 # Counts in the metrics group: their minimum, and which may be null (ref_n: the whole dataset).
-METRIC_COUNTS = {"n_boot": 0, "error_n_boot": 0, "kid_subsets": 1, "kid_subset_size": 2, "ref_n": 2, "error_samples": 1}
+METRIC_COUNTS = {"n_boot": 0, "kid_n_boot": 0, "error_n_boot": 0, "kid_subsets": 1, "kid_subset_size": 2, "ref_n": 2,
+                 "error_samples": 1, "is_splits": 1, "prdc_k": 1, "prdc_max": 2}
 NULLABLE_METRICS = ("ref_n", "error_samples")
 
 
@@ -429,7 +430,10 @@ def check_metric_numbers(metrics: Mapping[str, Any]) -> None:
         if key in metrics and not (value is None and key in NULLABLE_METRICS):
             check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
                   f"metrics.{key} must be an integer >= {minimum} (got {value!r})")
-    check(metrics.get("n_boot") != 1, "metrics.n_boot must be 0 (no intervals) or >= 2 (got 1)")
+    for key in ("n_boot", "kid_n_boot"):
+        check(metrics.get(key) != 1, f"metrics.{key} must be 0 (no intervals) or >= 2 (got 1)")
+    check(isinstance(metrics.get("ci_includes_reference", False), bool),
+          f"metrics.ci_includes_reference must be true or false (got {metrics.get('ci_includes_reference')!r})")
     level = metrics.get("ci_level", 0.95)
     check(isinstance(level, int | float) and not isinstance(level, bool) and 0 < level < 1,
           f"metrics.ci_level must be a number in (0, 1) (got {level!r})")

@@ -3,9 +3,13 @@
 Kinds (``make_dataset(cfg, model=...)``, cfg = the ``dataset`` config group):
 
 - ``folder``: every image file under ``path`` (recursive, sorted by relative path; clean-fid's
-  extensions), converted to RGB. All images must share one size.
+  extensions), converted to 8-bit RGB by ``load_rgb`` (16-bit greyscale scaled by its bit depth,
+  alpha dropped, palettes expanded; see there). All images must share one size: the headers of
+  the whole set are read before the first batch, so the answer does not depend on the batch size,
+  and an unreadable, empty or truncated file is a UsageError naming it.
 - ``npz``: an array in a ``.npz`` (``key``, default its only / first array, e.g. ``arr_0`` of the
   EDM/ADM reference batches) or ``.npy`` file: uint8 [N, H, W, C] or [N, C, H, W], C in {1, 3}.
+  A garbage or truncated file is a UsageError naming it (``load_array``).
 - ``model_samples``: exact draws from an analytic model's data distribution (``sample_data``),
   drawn in fixed chunks of 1024 seeded by (seed, chunk), so the images do not depend on batch size.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -25,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from diffbench.assetstore import PACKAGE_ASSETS as ASSETS  # data and weights shipped with the package
@@ -132,6 +137,31 @@ class ArrayDataset(ImageDataset):
         return hashlib.sha1(self.images[:n].numpy().tobytes()).hexdigest()
 
 
+# What numpy raises on a file that is not (or no longer) a valid .npy / .npz: bad magic or header,
+# truncated data, a damaged zip member, an object array (pickles are refused).
+_ARRAY_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+
+
+def load_array(path: Path, key: str | None = None, prefer: str | None = None, key_field: str = "dataset.key") -> np.ndarray:
+    """The array of a .npy file, or array ``key`` of a .npz (default: ``prefer`` if present, else the first).
+
+    A file numpy cannot read (garbage, truncated, pickled objects) is a UsageError naming it; an
+    absent key names the option that gave it (``key_field``).
+    """
+    try:
+        if path.suffix == ".npy":
+            return np.load(path)
+        with np.load(path) as npz:
+            names = list(npz.keys())
+            check(bool(names), f"{path}: the .npz holds no arrays")
+            key = key or (prefer if prefer in names else names[0])
+            check(key in names, f"{key_field} '{key}' is not in {path.name}; it has: {', '.join(names)}")
+            return npz[key]
+    except _ARRAY_ERRORS as e:
+        raise UsageError(f"{path}: not a readable {path.suffix} array file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); regenerate or re-download it") from None
+
+
 class NpzDataset(ArrayDataset):
     """A .npz (array ``key``) or .npy file of uint8 images."""
 
@@ -140,14 +170,7 @@ class NpzDataset(ArrayDataset):
     def __init__(self, path: str | os.PathLike, key: str | None = None, split: str = "train"):
         self.path = resolve_data_path(path)
         check(self.path.is_file(), f"dataset.path={path} does not exist (nor under {ASSETS})")
-        if self.path.suffix == ".npy":
-            arr = np.load(self.path)
-        else:
-            with np.load(self.path) as npz:
-                names = list(npz.keys())
-                key = key or names[0]
-                check(key in names, f"dataset.key '{key}' is not in {self.path.name}; it has: {', '.join(names)}")
-                arr = npz[key]
+        arr = load_array(self.path, key)
         super().__init__(_nchw(arr, f"dataset {self.path.name}"), self.path.stem, split)
         with open(self.path, "rb") as f:
             self.file_hash = hashlib.file_digest(f, "sha1").hexdigest()
@@ -157,6 +180,54 @@ class NpzDataset(ArrayDataset):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "path": str(self.path)}
+
+
+def _open_image(path: Path) -> Image.Image:
+    """PIL's lazy open (header only); UsageError naming the file when it is empty or not an image."""
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError) as e:
+        raise UsageError(f"{path}: not a readable image ({'empty file' if _empty(path) else type(e).__name__}); "
+                         "remove or replace it") from None
+
+
+def _empty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size == 0
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """One image file as uint8 [H, W, 3], converted deliberately by mode.
+
+    - 16-bit greyscale (Pillow's ``I;16*`` modes, and ``I``, as which older Pillows open 16-bit
+      PNGs): scaled by its bit depth, round(v / 257), the inverse of the usual 8 -> 16-bit
+      expansion v * 257 (PIL's own ``convert`` clips such values at 255: all white). ``I`` values
+      outside [0, 65535] are an error.
+    - Alpha (``RGBA``, ``LA``, palettes with transparency): dropped, colour kept as stored (clean-fid's
+      ``convert("RGB")``), not composited on a background.
+    - Palette (``P``): expanded through the palette; 1-bit: 0 / 255; ``L``: repeated to RGB;
+      CMYK / YCbCr / LAB: Pillow's conversion. Float images (``F``) are refused (no agreed range).
+    A truncated or otherwise undecodable file is a UsageError naming it.
+    """
+    with _open_image(path) as img:
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise UsageError(f"{path}: cannot decode this image (truncated or corrupt: {e}); "
+                             "remove or replace it") from None
+        if img.mode in SIXTEEN_BIT_MODES:
+            return np.repeat(_sixteen_to_eight(np.asarray(img), path)[..., None], 3, axis=2)
+        check(img.mode != "F", f"{path}: float (mode F) images are not supported; save it as 8- or 16-bit")
+        return np.asarray(img.convert("RGBA").convert("RGB") if img.mode == "P" else img.convert("RGB"))
+
+
+def _sixteen_to_eight(arr: np.ndarray, path: Path) -> np.ndarray:
+    """16-bit greyscale values -> uint8 by round(v / 257)."""
+    check(arr.min() >= 0 and arr.max() <= 65535,
+          f"{path}: 32-bit integer pixels outside the 16-bit range [0, 65535]; save it as 8- or 16-bit")
+    return np.rint(arr.astype(np.float64) / 257).astype(np.uint8)
 
 
 class FolderDataset(ImageDataset):
@@ -170,20 +241,32 @@ class FolderDataset(ImageDataset):
         self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         check(bool(self.files), f"dataset.path={self.root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         self.name, self.split = self.root.name, split
+        self.headers_checked = 0  # the first this many files passed check_headers
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _load(self, path: Path) -> np.ndarray:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+    def check_headers(self, n: int) -> None:
+        """Read the headers of the first n files: all must open and share one size (UsageError naming two)."""
+        if n <= self.headers_checked:
+            return
+        first: tuple[Path, tuple[int, int]] | None = None
+        for path in self.files[:n]:
+            with _open_image(path) as img:
+                size = img.size
+            if first is None:
+                first = (path, size)
+            elif size != first[1]:
+                raise UsageError(f"{self.root}: images differ in size: {first[0].relative_to(self.root)} is "
+                                 f"{first[1][0]}x{first[1][1]}, {path.relative_to(self.root)} is {size[0]}x{size[1]}; "
+                                 "resize them to one size first")
+        self.headers_checked = n
 
     def batches(self, batch_size: int, n: int | None = None) -> Iterator[Tensor]:
         n = self._take(n, batch_size)
+        self.check_headers(n)
         for start in range(0, n, batch_size):
-            arrays = [self._load(p) for p in self.files[start:min(start + batch_size, n)]]
-            if len({a.shape for a in arrays}) > 1:
-                raise UsageError(f"dataset.path={self.root}: images differ in size; resize them to one size first")
+            arrays = [load_rgb(p) for p in self.files[start:min(start + batch_size, n)]]
             yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     def fingerprint(self, n: int) -> str:

@@ -39,7 +39,7 @@ def offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(urllib.request, "urlretrieve", no_network)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    assets._VERIFIED.clear()
+    assets._DIGESTS.clear()
 
 
 def _asset(tmp_path, content: bytes = b"weights", **kw) -> Asset:

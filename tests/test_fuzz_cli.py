@@ -140,12 +140,22 @@ def test_garbage_override_syntax(work, text):
 
 @FUZZ
 @given(case=st.sampled_from(["eval", "check", "plot", "report", "sample_suffix", "sample_under_file",
-                             "sweep_under_file", "update_under_file"]), name=words)
+                             "sweep_under_file", "update_under_file", "eval_garbage_npz", "eval_garbage_npy",
+                             "eval_json_is_folder", "eval_json_under_file", "ref_json_under_file"]), name=words)
 def test_bad_paths(work, case, name):
     out = _fresh(work)
     missing, a_file = work / "missing" / name, work / "a_file"
     a_file.write_text("not a folder")
+    garbage = work / f"garbage_{name}"
+    for suffix in (".npz", ".npy"):
+        garbage.with_suffix(suffix).write_bytes(name.encode() * 3)
+    json_under_file = ["--json", str(a_file / f"{name}.json")]
     argv = {"eval": ["eval", f"{missing}.npz", "debug=default", f"out={out}"],
+            "eval_garbage_npz": ["eval", str(garbage.with_suffix(".npz")), "debug=default", f"out={out}"],
+            "eval_garbage_npy": ["eval", str(garbage.with_suffix(".npy")), "debug=default", f"out={out}"],
+            "eval_json_is_folder": ["eval", str(garbage.with_suffix(".npz")), "debug=default", "--json", str(work)],
+            "eval_json_under_file": ["eval", str(garbage.with_suffix(".npz")), "debug=default", *json_under_file],
+            "ref_json_under_file": ["ref", "debug=default", f"cache_dir={out}", *json_under_file],
             "check": ["check", str(missing), "--baseline", str(out)],
             "plot": ["plot", str(missing), "--out", str(out)],
             "report": ["report", str(missing), "--out", str(out)],

@@ -134,7 +134,7 @@ def test_fid_kid_match_cleanfid(sets, mode, sqrtm_disp_shim):
     ours_b = extract(ArrayDataset(b).batches(17), ex)
     assert shared.forwards == 100, "inputs differ between the pipelines beyond 0.013 pixel levels"
     # KID subsets of m = n = 50 rows are permutations of the sets (same value each): 10 suffice.
-    ours = compute_metrics(ours_b, ours_a, ["fd", "kid"], MetricOptions(kid_subsets=10, seed=0))
+    ours = compute_metrics(ours_b, ours_a, ["fd", "kid"], MetricOptions(kid_subsets=10, kid_subset_size=50, seed=0))
 
     # clean-fid's whole compute_fid path (two folders). Its scipy sqrtm of a 2048x2048 matrix takes
     # 20-70 s on 2 cores, so its extractor returns the same features in an orthonormal basis Q of

@@ -15,7 +15,9 @@ Public API (the CLI and sweeps use only these)::
     row = evaluate((to_uint8(b.x) for b in batches), ref, extractor, feature_names,
                    MetricOptions(n_boot=0, device="cuda"), total=n, progress=cb)
     # row: {"fd", "kid", "kid_std", "is", "is_std", "precision", "recall", "density", "coverage",
-    #       "feature_extractor", "resize_mode", "ref_id", "n_gen", "n_ref", "notes": [one-line str]}
+    #       "feature_extractor", "resize_mode", "ref_id", "n_gen", "n_ref", "ci" (interval method),
+    #       "weights_check" (verified | unverified: ...), "notes": [one-line str]}
+    # A metric with too few samples for its options is left out, with a note saying why.
     err = ErrorStats(); err.update(x, x_reference); err.result()          # {"rmse", "psnr", "rmse_max"}
     lp = LPIPS("alex", device); lp.update(to_uint8(x), to_uint8(x_ref)); lp.result()   # {"lpips"}
 
@@ -42,7 +44,8 @@ Missing weights raise ``AssetMissing`` (a UsageError: one line, exit code 2).
 Config fields named in this package's messages (the ``metrics`` group should carry them):
 ``names``, ``extractor`` (auto | inception | random_conv), ``extractor_weights`` (explicit path),
 ``resize_mode`` (clean | legacy_tensorflow), ``ref_n``, ``kid_subsets``, ``kid_subset_size``,
-``is_splits``, ``prdc_k``, ``prdc_max``, ``n_boot``, ``kid_n_boot``, ``ci_level``, ``lpips_net``, ``lpips_weights``.
+``is_splits``, ``prdc_k``, ``prdc_max``, ``n_boot``, ``kid_n_boot``, ``ci_level``, ``ci_includes_reference``,
+``lpips_net``, ``lpips_weights`` (all in configs/metrics/default.yaml; MetricOptions mirrors them).
 Environment: DIFFBENCH_CACHE (cache root), DIFFBENCH_ALLOW_DOWNLOAD=1 (opt-in downloads).
 """
 from diffbench.metrics.error import ErrorStats, solver_error

@@ -2,7 +2,8 @@
 
 ``evaluate`` streams uint8 batches through the extractor once, then ``compute_metrics`` derives
 every requested metric from the kept FeatureStats against the reference. A metric that cannot be
-computed (IS without logits) yields None plus one line in ``notes``; the others go on.
+computed (IS without logits, too few samples for its options) is left out with one line in
+``notes`` saying why; the others go on.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from diffbench.metrics.kid import kid
 from diffbench.metrics.prdc import prdc
 from diffbench.metrics.refs import RefStats
 from diffbench.metrics.stats import FeatureStats, Progress, extract
-from diffbench.metrics.uncertainty import fd_interval, kid_interval
+from diffbench.metrics.uncertainty import Interval, fd_interval, kid_interval
 
 FEATURE_METRICS = ("fd", "kid", "is", "prdc")
 PAIRED_METRICS = ("solver_error", "lpips")
@@ -43,15 +44,18 @@ def parse_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
 
 @dataclass
 class MetricOptions:
-    """Knobs of the feature metrics (the metrics config group's fields).
+    """Knobs of the feature metrics (the metrics config group's fields, configs/metrics/default.yaml).
 
     Attributes:
         kid_subsets, kid_subset_size: KID subset count and size (clean-fid: 100, 1000).
         is_splits: Inception Score splits (10, as the original).
-        prdc_k: k of the k-NN balls (5, Naeem et al.'s recommendation); prdc_max: rows per set used.
-        n_boot: bootstrap replicates for the FD interval (0: none; see uncertainty.py for the cost).
+        prdc_k: k of the k-NN balls (``nearest_k``; 5, Naeem et al.'s recommendation); prdc_max: rows
+            per set used (the first ones).
+        n_boot: bootstrap replicates for the FD interval (0: none; see uncertainty.py for cost and stability).
         kid_n_boot: bootstrap replicates for the KID interval (0: none; each costs a full KID).
-        ci_level: interval level; seed: seeds KID subsets and the bootstrap; device: where the maths runs.
+        ci_level: interval level; ci_includes_reference: resample the reference rows too in the
+            bootstraps (its sampling noise in the interval); seed: seeds KID subsets and the
+            bootstrap; device: where the maths runs.
     """
 
     kid_subsets: int = 100
@@ -62,18 +66,51 @@ class MetricOptions:
     n_boot: int = 0
     kid_n_boot: int = 0
     ci_level: float = 0.95
+    ci_includes_reference: bool = False
     seed: int = 0
     device: str = "cpu"
+
+    def interval_method(self) -> str | None:
+        """How the intervals were made, for rows and output (None: no intervals)."""
+        if not (self.n_boot or self.kid_n_boot):
+            return None
+        side = "generated and reference samples" if self.ci_includes_reference else "generated samples (reference fixed)"
+        return f"normal bootstrap at {self.ci_level:g} over {side}"
 
 
 def _ref_stats(ref: RefStats | FeatureStats) -> FeatureStats:
     return ref.stats if isinstance(ref, RefStats) else ref
 
 
+def too_few(name: str, n_gen: int, n_ref: int, opts: MetricOptions) -> str | None:
+    """Why metric `name` cannot be computed with these sample counts (None: it can), naming the fix."""
+    if name == "fd" and n_gen < 2:
+        return f"needs at least 2 samples (got {n_gen})"
+    if name == "kid" and opts.kid_subset_size > min(n_gen, n_ref):
+        return (f"metrics.kid_subset_size={opts.kid_subset_size} exceeds the samples ({n_gen} generated, "
+                f"{n_ref} reference); lower it or give more samples")
+    if name == "is" and opts.is_splits > n_gen:
+        return f"metrics.is_splits={opts.is_splits} exceeds the {n_gen} samples; lower it"
+    rows = min(n_gen, n_ref, opts.prdc_max)
+    if name == "prdc" and opts.prdc_k >= rows:
+        return (f"metrics.prdc_k={opts.prdc_k} needs more than k rows per set (using {rows}: "
+                f"{n_gen} generated, {n_ref} reference, prdc_max {opts.prdc_max}); lower it")
+    return None
+
+
+def _clip_note(name: str, interval: Interval) -> list[str]:
+    return [f"{name}: interval lower bound clipped at 0 (a distance is not negative)"] if interval.clipped else []
+
+
 def compute_metrics(gen: FeatureStats, ref: RefStats | FeatureStats, metrics: Sequence[str] = ("fd",),
                     options: MetricOptions | None = None,
-                    logits_unavailable: str = "the extractor gives no class logits") -> dict[str, Any]:
-    """Feature metrics of generated stats against the reference -> a flat dict for a results row."""
+                    logits_unavailable: str = "the extractor gives no class logits",
+                    target: FrechetTarget | None = None) -> dict[str, Any]:
+    """Feature metrics of generated stats against the reference -> a flat dict for a results row.
+
+    A metric with too few samples for its options (``too_few``) is None with a note; the others go
+    on. ``target``: the reference's FrechetTarget when the caller caches it (one eigh per reference).
+    """
     opts = options or MetricOptions()
     names, _ = parse_metrics(metrics)
     rstats = _ref_stats(ref)
@@ -83,32 +120,59 @@ def compute_metrics(gen: FeatureStats, ref: RefStats | FeatureStats, metrics: Se
     out: dict[str, Any] = {"feature_extractor": gen.identity.get("extractor"),
                            "resize_mode": gen.identity.get("resize_mode"),
                            "ref_id": ref.id if isinstance(ref, RefStats) else None,
-                           "n_gen": gen.n, "n_ref": rstats.n, "notes": []}
+                           "n_gen": gen.n, "n_ref": rstats.n, "ci": opts.interval_method(), "notes": []}
     needs_rows = {"kid", "prdc"} & set(names) or ("fd" in names and opts.n_boot)
     if needs_rows and (gen.features is None or rstats.features is None):
         raise UsageError("kid / prdc / bootstrap need feature rows; extract with keep_features=True")
-    if "fd" in names:
-        target = FrechetTarget.of(rstats, opts.device)
-        out["fd"] = target.distance_to(gen)
-        if opts.n_boot:
-            out.update(fd_interval(gen.features, target, opts.n_boot, opts.ci_level, opts.seed).fields("fd"))
-    if "kid" in names:
-        out["kid"], out["kid_std"] = kid(rstats.features, gen.features, opts.kid_subsets, opts.kid_subset_size,
-                                         opts.seed, opts.device)
-        if opts.kid_n_boot:
-            iv = kid_interval(rstats.features, gen.features, opts.kid_n_boot, opts.ci_level, opts.seed,
-                              opts.kid_subsets, opts.kid_subset_size, opts.device)
-            out.update(kid_low=iv.low, kid_high=iv.high)
-    if "is" in names:
-        if gen.logits is None:
-            out["is"], out["is_std"] = None, None
+    for name in names:
+        reason = too_few(name, gen.n, rstats.n, opts)
+        if reason:
+            out["notes"].append(f"{name}: skipped: {reason}")
+        elif name == "is" and gen.logits is None:
             out["notes"].append(f"inception_score: unavailable: {logits_unavailable}")
         else:
-            out["is"], out["is_std"] = inception_score(gen.logits, opts.is_splits)
-    if "prdc" in names:
-        out.update(prdc(rstats.features[:opts.prdc_max], gen.features[:opts.prdc_max], opts.prdc_k,
-                        device=opts.device))
+            out.update(_METRICS[name](gen, rstats, opts, target, out["notes"]))
     return out
+
+
+def _fd(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: FrechetTarget | None,
+        notes: list[str]) -> dict[str, Any]:
+    """FD, and its interval with opts.n_boot."""
+    target = target or FrechetTarget.of(ref, opts.device)
+    if not opts.n_boot:
+        return {"fd": target.distance_to(gen)}
+    ref_rows = ref.features if opts.ci_includes_reference else None
+    iv = fd_interval(gen.features, target, opts.n_boot, opts.ci_level, opts.seed, ref_rows)
+    notes += _clip_note("fd", iv)
+    return iv.fields("fd")
+
+
+def _kid(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: FrechetTarget | None,
+         notes: list[str]) -> dict[str, Any]:
+    """KID with its spread over subsets, and its interval with opts.kid_n_boot."""
+    value, std = kid(ref.features, gen.features, opts.kid_subsets, opts.kid_subset_size, opts.seed, opts.device)
+    if not opts.kid_n_boot:
+        return {"kid": value, "kid_std": std}
+    iv = kid_interval(ref.features, gen.features, opts.kid_n_boot, opts.ci_level, opts.seed, opts.kid_subsets,
+                      opts.kid_subset_size, opts.device, opts.ci_includes_reference)
+    notes += _clip_note("kid", iv)
+    return {"kid": value, "kid_std": std, "kid_low": iv.low, "kid_high": iv.high}
+
+
+def _is(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: FrechetTarget | None,
+        notes: list[str]) -> dict[str, Any]:
+    """Inception Score from the generated logits (mean and std over opts.is_splits)."""
+    value, std = inception_score(gen.logits, opts.is_splits)
+    return {"is": value, "is_std": std}
+
+
+def _prdc(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: FrechetTarget | None,
+          notes: list[str]) -> dict[str, Any]:
+    """Precision, recall, density, coverage on the first opts.prdc_max rows of each set."""
+    return prdc(ref.features[:opts.prdc_max], gen.features[:opts.prdc_max], opts.prdc_k, device=opts.device)
+
+
+_METRICS = {"fd": _fd, "kid": _kid, "is": _is, "prdc": _prdc}
 
 
 def evaluate(images: Iterable[Tensor], ref: RefStats | FeatureStats, extractor: Any,
@@ -116,10 +180,11 @@ def evaluate(images: Iterable[Tensor], ref: RefStats | FeatureStats, extractor: 
              total: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Stream uint8 sample batches [B, 3, H, W] through `extractor` and compute the feature metrics.
 
-    Returns compute_metrics' dict; ``notes`` also carries the extractor's fallback line, if any.
+    Returns compute_metrics' dict; ``notes`` starts with the extractor's notes (fallback, unverified
+    weights) and ``weights_check`` says whether its weights are verified.
     """
     gen = extract(images, extractor, keep_features=True, total=total, progress=progress)
     out = compute_metrics(gen, ref, metrics, options, extractor.logits_unavailable)
-    if extractor.fallback:
-        out["notes"].insert(0, extractor.fallback)
+    out["notes"][:0] = extractor.notes
+    out["weights_check"] = extractor.weights_check
     return out

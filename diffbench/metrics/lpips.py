@@ -10,6 +10,7 @@ VGG 16) are upsampled bilinearly to that minimum.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffbench.errors import UsageError, check
-from diffbench.assetstore import Asset, cache_dir, resolve
+from diffbench.errors import AssetMissing, UsageError, check
+from diffbench.assetstore import Asset, cache_dir, resolve, verification
 from diffbench.metrics.features import check_images
 
 # net -> (torchvision's DEFAULT weights URL for its backbone, smallest input side the net accepts)
@@ -70,15 +71,23 @@ def _torch_home_with(weights: Path, filename: str) -> Iterator[None]:
 
 
 class LPIPS:
-    """Streams (sample, reference) uint8 batch pairs; ``result()`` gives the mean LPIPS."""
+    """Streams (sample, reference) uint8 batch pairs; ``result()`` gives the mean LPIPS.
+
+    ``weights_check``: ``verified`` or ``unverified: ...`` (assets.verification) for the backbone file;
+    a file that does not load as the backbone is an AssetMissing naming it.
+    """
 
     def __init__(self, net: str = "alex", device: torch.device | str = "cpu", weights: str | None = None):
         asset = backbone_asset(net)
         path = resolve(asset, weights)
+        self.weights_check = verification(asset, path)
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # slow import: after resolving
 
-        with _torch_home_with(path, asset.filenames[0]):
-            metric = LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="none", normalize=True)
+        try:
+            with _torch_home_with(path, asset.filenames[0]):
+                metric = LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="none", normalize=True)
+        except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as err:
+            raise AssetMissing(asset.broken_message(path, err)) from None
         self.metric, self.device, self.min_size = metric.to(device), torch.device(device), BACKBONES[net][1]
         self.scores: list[np.ndarray] = []
 

@@ -7,6 +7,7 @@ the next one; progress goes to any object with `task(description, total)` (diffb
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -31,7 +32,7 @@ from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.lpips import LPIPS
 from diffbench.metrics.refs import RefStats, load_or_build_reference
 from diffbench.metrics.stats import StreamingStats
-from diffbench.metrics.uncertainty import bootstrap, fd_interval
+from diffbench.metrics.uncertainty import bootstrap
 from diffbench.models import Denoiser
 
 
@@ -193,33 +194,28 @@ class MetricSuite:
             n_boot = int(self.cfg.metrics.get("error_n_boot", 0))
             if n_boot >= 2:
                 iv = bootstrap(lambda idx: math.sqrt(float(mse[idx].mean())), len(mse), n_boot,
-                               float(self.cfg.metrics.get("ci_level", 0.95)))
+                               float(self.cfg.metrics.get("ci_level", 0.95)), nonnegative=True)
                 values["rmse_ref"] = MetricValue(iv.estimate, iv.low, iv.high)
             else:
                 values["rmse_ref"] = MetricValue(self.error.result()["rmse"])
             extra["n_error_samples"] = len(mse)
         if self.lpips is not None:
             values["lpips_ref"] = MetricValue(self.lpips.result()["lpips"])
+            extra["lpips_weights_check"] = self.lpips.weights_check
         return values, extra
 
     def _feature_metrics(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:
         opts = metric_options(self.cfg, self.extractor.device)
         gen = self.stats.finalize(self.extractor.identity())
-        others = [name for name in self.feature if name != "fd"]
-        out = compute_metrics(gen, self.dataset_stats, others, opts, self.extractor.logits_unavailable)
-        if "fd" in self.feature:  # FD against the context's cached target: one eigh per statistics, not per point
-            target = self.context.frechet_target(self.dataset_stats, self.extractor.device)
-            out["fd"] = target.distance(gen.mean, gen.cov)
-            if opts.n_boot:
-                out.update(fd_interval(gen.features, target, opts.n_boot, opts.ci_level, opts.seed).fields("fd"))
+        target = self.context.frechet_target(self.dataset_stats, self.extractor.device)  # one eigh per statistics
+        out = compute_metrics(gen, self.dataset_stats, self.feature, opts, self.extractor.logits_unavailable, target)
         return feature_values(out, self.extractor)
 
 
 def metric_options(cfg: DictConfig, device: torch.device) -> MetricOptions:
     """The metrics config group as diffbench.metrics' MetricOptions."""
-    m = cfg.metrics
-    return MetricOptions(kid_subsets=int(m.kid_subsets), kid_subset_size=int(m.kid_subset_size),
-                         n_boot=int(m.get("n_boot", 0)), ci_level=float(m.get("ci_level", 0.95)), device=str(device))
+    fields = {f.name for f in dataclasses.fields(MetricOptions)} - {"device"}
+    return MetricOptions(**{k: v for k, v in to_dict(cfg.metrics).items() if k in fields}, device=str(device))
 
 
 def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[dict[str, MetricValue], dict[str, Any]]:
@@ -237,7 +233,8 @@ def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[di
             values[label] = MetricValue(out[name], out.get(f"{name}_low"), out.get(f"{name}_high"))
             if out.get(f"{name}_std") is not None:
                 extra[f"{label}_std"] = out[f"{name}_std"]
-    notes = ([extractor.fallback] if extractor.fallback else []) + list(out["notes"])
+    notes = extractor.notes + list(out["notes"])
     extra.update(feature_extractor=out["feature_extractor"], resize_mode=out["resize_mode"], ref_id=out["ref_id"],
-                 n_ref=out["n_ref"], notes="; ".join(notes) or None)
+                 n_ref=out["n_ref"], weights_check=extractor.weights_check, ci=out["ci"],
+                 notes="; ".join(notes) or None)
     return values, extra
