@@ -28,7 +28,7 @@ from diffbench.metrics import (
 )
 from diffbench.metrics.features import INCEPTION_WEIGHTS
 from diffbench.metrics.lpips import LPIPS
-from diffbench.sweep import metric_options
+from diffbench.metrics.suite import metric_options
 
 RC = "metrics.extractor=random_conv"
 
