@@ -17,6 +17,7 @@ from rich.table import Table
 
 from diffbench import assetstore
 from diffbench import columns as col
+from diffbench.config import MAX_SAMPLES
 from diffbench.errors import StorageError, UsageError, check, warn
 
 app = typer.Typer(name="diffbench", no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
@@ -239,7 +240,12 @@ def _parse_seeds(text: str) -> list[int]:
     try:
         for part in text.split(","):
             lo, _, hi = part.partition("-")
-            indices += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+            start, stop = int(lo), int(hi) + 1 if hi else int(lo) + 1
+            if len(indices) + stop - start > MAX_SAMPLES:
+                raise UsageError(f"--seeds {text}: more than {MAX_SAMPLES} indices")
+            indices += list(range(start, stop))
+    except UsageError:
+        raise
     except ValueError:
         raise UsageError(f"--seeds {text}: expected ranges like 0-63 or lists like 0,5,9") from None
     check(len(indices) > 0 and min(indices) >= 0, f"--seeds {text}: give at least one index >= 0")

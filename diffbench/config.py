@@ -152,6 +152,15 @@ class _Nodes:
 NODES = _Nodes()
 
 
+def typed_options(group: str, name: str, options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Options checked against the typed node of a solver or step grid (a wrong type is a one-line UsageError)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(typed_nodes()[group][name]), dict(options))
+    except OmegaConfBaseException as e:
+        raise UsageError(f"{where}: {_one_line(e)}") from None
+    return {k: v for k, v in to_dict(merged).items() if k != "name"}
+
+
 def node_defaults(group: str, name: str) -> dict[str, Any]:
     """The typed config node's default options of a solver or step grid (its name left out)."""
     node = to_dict(OmegaConf.structured(typed_nodes()[group][name]))
@@ -410,10 +419,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
+# Upper bounds checked in O(1) before anything runs: larger values are typos (nfe=1e9 would build a
+# billion-step grid, n_samples=1e12 would be killed for memory after creating the output folder).
+MAX_NFE, MAX_SAMPLES = 100_000, 100_000_000
+
+
+def _positive_int(cfg: DictConfig, key: str, minimum: int = 1, maximum: int | None = None) -> int:
     value = cfg.get(key)
     check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
           f"{key} must be an integer >= {minimum} (got {value!r})")
+    check(maximum is None or value <= maximum, f"{key}={value} is above diffbench's limit of {maximum}; "
+                                               "check the value (a typo?)")
     return int(value)
 
 
@@ -463,6 +479,7 @@ def settings(cfg: DictConfig) -> RunSettings:
         check(ends_at_zero == bool(sched.final_zero),
               f"schedule.final_zero={sched.final_zero} conflicts with schedule.sigmas "
               f"{'ending' if ends_at_zero else 'not ending'} in 0; make them agree")
-    n_samples, device = _positive_int(cfg, "n_samples"), resolve_device(str(cfg.device))
-    return RunSettings(_positive_int(cfg, "nfe"), int(seed), n_samples,
+    check(bool(str(cfg.get("out") or "").strip()), "out is empty; give a results folder (out=runs/mine)")
+    n_samples, device = _positive_int(cfg, "n_samples", maximum=MAX_SAMPLES), resolve_device(str(cfg.device))
+    return RunSettings(_positive_int(cfg, "nfe", maximum=MAX_NFE), int(seed), n_samples,
                        resolve_batch_size(cfg.get("batch_size"), n_samples, device), device, DTYPES[dtype])

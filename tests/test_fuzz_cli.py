@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from diffbench import results
 from diffbench.cli import main
-from diffbench.config import CONFIG_ENV, compose, config_dir, flatten, group_options, to_dict
+from diffbench.config import CONFIG_ENV, MAX_NFE, MAX_SAMPLES, compose, config_dir, flatten, group_options, to_dict
 from diffbench.engine.points import NFE_POLICIES
 
 # No shrinking: a failing example is reported as drawn (each one runs a command, shrinking would take minutes).
@@ -35,9 +35,14 @@ KNOWN = set(flatten(to_dict(compose(["debug=default"]))))
 words = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True).filter(lambda w: w not in RESERVED)
 non_positive = st.integers(max_value=0).map(str)
 fractions = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False).filter(lambda v: v != int(v)).map(repr)
+too_large = {key: st.integers(min_value=limit + 1, max_value=10**15).map(str)
+             for key, limit in (("nfe", MAX_NFE), ("n_samples", MAX_SAMPLES))}
 BAD_VALUES = {
-    "nfe": st.one_of(non_positive, fractions, words),
-    "n_samples": st.one_of(non_positive, fractions, words),
+    "nfe": st.one_of(non_positive, fractions, words, too_large["nfe"]),
+    "n_samples": st.one_of(non_positive, fractions, words, too_large["n_samples"]),
+    "tf32": words.filter(lambda w: w not in ("yes", "no", "on", "off")),
+    "metrics.reference.solver": words,
+    "metrics.reference.rtol": words,
     "batch_size": st.one_of(non_positive, fractions, words),
     "seed": st.one_of(st.integers(max_value=-1).map(str), fractions, words),
     "dtype": words.filter(lambda w: w not in ("float32", "float64")),
@@ -84,6 +89,16 @@ def _run_args(command: str, out_dir: Path, *overrides: str) -> list[str]:
 
 
 # Overrides --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_empty_out_is_rejected(work, command, monkeypatch):
+    monkeypatch.chdir(work)
+    before = sorted(p.name for p in work.iterdir())
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        assert main([command, "debug=default", "out=", "--quiet"]) == 2
+    assert stderr.getvalue().startswith("error: out is empty") and sorted(p.name for p in work.iterdir()) == before
+
 
 @FUZZ
 @given(command=st.sampled_from(COMMANDS), key=st.one_of(words, st.tuples(st.sampled_from(GROUPS), words).map(".".join)),
