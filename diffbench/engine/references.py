@@ -22,12 +22,17 @@ from diffbench.sampling import Plan, make_plan, sample_points
 REFERENCE_CHUNK = 128  # reference solutions run in fixed chunks so they never depend on batch_size
 
 
+# Bumped when the reference solver's algorithm changes, so cached solutions of the old one are not reused
+# (2: rk45 is diffbench's own Dormand-Prince with per-sample step control, no longer torchdiffeq's batch-wide).
+REFERENCE_ALGORITHM = 2
+
+
 def reference_key(cfg: DictConfig, plan: Plan, n: int) -> str:
-    """What reference solutions depend on: model, seed, sample range, noise span, tolerances, dtype."""
+    """What reference solutions depend on: model, seed, sample range, noise span, tolerances, dtype, algorithm."""
     levels = plan.sigmas[plan.sigmas > 0]
     data = {"model": to_dict(cfg.model), "seed": int(cfg.seed), "n": n, "dtype": str(cfg.dtype),
             "sigma_max": float(levels[0]), "sigma_min": float(levels[-1]), "final_zero": bool(plan.sigmas[-1] == 0),
-            "reference": to_dict(cfg.metrics.get("reference", {}))}
+            "reference": to_dict(cfg.metrics.get("reference", {})), "algorithm": REFERENCE_ALGORITHM}
     return config_hash(data)
 
 
