@@ -10,6 +10,7 @@ parent waits for every job and reports each job or point that failed in one line
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -158,7 +159,8 @@ def launch_sweep(overrides: Sequence[str], launcher_overrides: Sequence[str], *,
         launcher, log_dir = _launcher(choice, [*launcher_overrides, *defaults], task)  # validated even if all done
         if planned:
             echo(f"launching {len(planned)} jobs with {choice}; logs under {log_dir}")
-            returns, error = _launch(launcher, choice, planned)
+            wave = int(points[0].cfg.sweep.get("max_local_jobs") or os.cpu_count() or 1)
+            returns, error = _launch(launcher, choice, planned, wave)
     stored = _stored(table, todo)
     failures = _failures(planned, returns, error, stored, [p for p in points if p.key in todo], log_dir)
     ok = sum(status == "ok" for status, _ in stored.values())
@@ -207,16 +209,25 @@ def _check_launcher(choice: str, launcher: DictConfig) -> None:
                                          "leave it at 1 and spread points over jobs (one per point, or --jobs N)")
 
 
-def _launch(launcher: Any, choice: str, planned: list[Job]) -> tuple[Sequence[JobReturn], str | None]:
-    """launcher.launch(...), waiting for every job: (its returns, or the error that stopped the waiting)."""
+def _launch(launcher: Any, choice: str, planned: list[Job], wave: int) -> tuple[Sequence[JobReturn], str | None]:
+    """launcher.launch(...), waiting for every job: (its returns, or the error that stopped the waiting).
+
+    Local processes run in waves of at most `wave` jobs (sweep.max_local_jobs, default the machine's
+    cores), so a large grid does not start hundreds of processes at once; a cluster queues them itself.
+    """
     import submitit
 
+    size = wave if getattr(launcher, "_EXECUTOR", None) == "local" else len(planned)
+    returns: list[JobReturn] = []
     try:
-        return launcher.launch([list(j.hydra_overrides) for j in planned], initial_job_idx=0), None
+        for start in range(0, len(planned), size):
+            part = planned[start:start + size]
+            returns += launcher.launch([list(j.hydra_overrides) for j in part], initial_job_idx=start)
+        return returns, None
     except submitit.core.utils.UncompletedJobError as e:
         if isinstance(e.__cause__, subprocess.CalledProcessError):  # the submission command itself failed
             raise UsageError(f"{choice}: submission failed: {_first_line(e)}") from None
-        return [], _first_line(e)
+        return returns, _first_line(e)
     except (RuntimeError, ValueError, TypeError) as e:  # the executor rejected its parameters before submitting
         raise UsageError(f"{choice}: {_first_line(e)}") from None
 

@@ -111,3 +111,23 @@ def test_a_failing_job_is_one_line_per_point_and_exit_1(tmp_path, capsys):
     assert code == 1 and len(lines) == 2
     assert all(" failed: " in line and str(missing) in line for line in lines)
     assert sorted(line.split()[2] for line in lines) == ["(euler", "(heun"]
+
+
+def test_local_jobs_run_in_waves_of_at_most_max_local_jobs():
+    """hydra/launcher=local starts at most sweep.max_local_jobs processes at once; a cluster gets one submission."""
+    from diffbench.launch import Job, _launch
+
+    class Fake:
+        def __init__(self, executor):
+            self._EXECUTOR, self.calls = executor, []
+
+        def launch(self, overrides, initial_job_idx):
+            self.calls.append((len(overrides), initial_job_idx))
+            return [f"job {initial_job_idx + i}" for i in range(len(overrides))]
+
+    planned = [Job(f"point {i}", (), (0, 1), (f"seed={i}",), (str(i),)) for i in range(5)]
+    local, slurm = Fake("local"), Fake("slurm")
+    assert _launch(local, "local", planned, 2) == ([f"job {i}" for i in range(5)], None)
+    assert local.calls == [(2, 0), (2, 2), (1, 4)]
+    _launch(slurm, "slurm", planned, 2)
+    assert slurm.calls == [(5, 0)]
