@@ -14,7 +14,7 @@ def unmask_step(x: Tensor, p_x0: Tensor, move: Tensor | float, noise: NoiseSourc
     Unmasked positions carry over. `move` is a scalar or [B]; one uniform draw [L, V + 1] per sample.
     """
     batch, length, vocab = p_x0.shape
-    move = torch.as_tensor(move, dtype=torch.float64).expand(batch)[:, None, None]
+    move = torch.as_tensor(move, dtype=torch.float64, device=p_x0.device).expand(batch)[:, None, None]
     probs = torch.cat([p_x0 * move, (1 - move).expand(batch, length, 1)], -1)
     draw = sample_categorical(probs, noise.rand((length, vocab + 1)), precision)
     return torch.where(x == vocab, draw, x)

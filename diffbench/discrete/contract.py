@@ -23,6 +23,7 @@ class DiscreteDenoiser(Protocol):
 
     vocab: int
     length: int
+    device: torch.device
 
     def __call__(self, tokens: Tensor, t: Tensor) -> Tensor: ...
 
@@ -31,8 +32,8 @@ class CountingDiscreteDenoiser:
     """Counts forward passes per sample: `counts[b]` is the passes row b of the batch took part in."""
 
     def __init__(self, model: DiscreteDenoiser, batch: int):
-        self.model, self.vocab, self.length = model, model.vocab, model.length
-        self.counts = torch.zeros(batch, dtype=torch.int64)
+        self.model, self.vocab, self.length, self.device = model, model.vocab, model.length, model.device
+        self.counts = torch.zeros(batch, dtype=torch.int64, device=model.device)
 
     @property
     def mask_id(self) -> int:
@@ -71,9 +72,9 @@ def masked(tokens: Tensor, vocab: int) -> Tensor:
     return tokens == vocab
 
 
-def all_masked(batch: int, length: int, vocab: int) -> Tensor:
+def all_masked(batch: int, length: int, vocab: int, device: torch.device) -> Tensor:
     """The starting sequences: every position MASK."""
-    return torch.full((batch, length), vocab, dtype=torch.int64)
+    return torch.full((batch, length), vocab, dtype=torch.int64, device=device)
 
 
 def time_grid(steps: int) -> Tensor:

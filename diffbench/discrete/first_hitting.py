@@ -19,8 +19,8 @@ def first_hitting(denoiser: CountingDiscreteDenoiser, x: Tensor, times: Tensor, 
     `times` only fixes the number of steps (L, one per token).
     """
     batch, length = x.shape
-    rows = torch.arange(batch)
-    t = torch.ones(batch, dtype=torch.float64)
+    rows = torch.arange(batch, device=x.device)
+    t = torch.ones(batch, dtype=torch.float64, device=x.device)
     for k in range(len(times) - 1):
         t = t * noise.rand((1,))[:, 0] ** (1.0 / (length - k))  # First hitting time of the next reveal.
         p_x0 = denoiser(x, t)

@@ -31,6 +31,15 @@ class MarkovChain:
         self.initial = torch.from_numpy(rng.dirichlet([concentration] * vocab))
         self.transition = torch.from_numpy(rng.dirichlet([concentration] * vocab, size=vocab))
 
+    @property
+    def device(self) -> torch.device:
+        return self.initial.device
+
+    def to(self, device: torch.device | str) -> MarkovChain:
+        """The chain with its tables on `device` (in place)."""
+        self.initial, self.transition = self.initial.to(device), self.transition.to(device)
+        return self
+
     def __call__(self, tokens: Tensor, t: Tensor) -> Tensor:
         """Exact p(x_i | unmasked tokens) [B, L, V]; time-agnostic, as absorbing diffusion's posterior is."""
         return self.conditionals(tokens)
@@ -77,12 +86,12 @@ class MarkovChain:
     def probabilities(self) -> Tensor:
         """Exact p of every sequence [V^L], indexed by `sequence_index`."""
         check(self.enumerable, f"{self.vocab}^{self.length} sequences are too many to enumerate (max {MAX_ENUMERABLE})")
-        every = torch.tensor(list(itertools.product(range(self.vocab), repeat=self.length)), dtype=torch.int64)
+        every = torch.tensor(list(itertools.product(range(self.vocab), repeat=self.length)), device=self.device)
         return self.log_prob(every).exp()
 
     def sequence_index(self, tokens: Tensor) -> Tensor:
         """Each sequence's index in `probabilities` (base-V digits, position 0 most significant)."""
-        powers = self.vocab ** torch.arange(self.length - 1, -1, -1, dtype=torch.int64)
+        powers = self.vocab ** torch.arange(self.length - 1, -1, -1, device=tokens.device)
         return (tokens * powers).sum(1)
 
 

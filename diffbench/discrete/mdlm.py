@@ -32,8 +32,8 @@ def mdlm_ancestral_cache(denoiser: CountingDiscreteDenoiser, x: Tensor, times: T
     is per sample, not per batch as in MDLM's code, so passes counted per sample do not depend on the
     batch size. A row's NFE is 1 + the steps before the last one in which at least one of its tokens changed.
     """
-    p_x0 = torch.empty(*x.shape, denoiser.vocab, dtype=torch.float64)
-    stale = torch.ones(len(x), dtype=torch.bool)
+    p_x0 = torch.empty(*x.shape, denoiser.vocab, dtype=torch.float64, device=x.device)
+    stale = torch.ones(len(x), dtype=torch.bool, device=x.device)
     for t, s in steps_of(times):
         rows = stale.nonzero().squeeze(1)
         if len(rows):  # Refresh the rows whose tokens changed in the previous step.

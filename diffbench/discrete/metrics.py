@@ -35,14 +35,15 @@ class TokenQuality:
 
     def __init__(self, model: MarkovChain, tokens: Tensor):
         self.model, self.n = model, len(tokens)
-        self.tokens = tokens.numpy()
-        self.nll = (-model.log_prob(tokens)).numpy()
-        self.marginals = model.marginals().numpy()
+        tokens = tokens.to(model.device)
+        self.tokens = tokens.cpu().numpy()
+        self.nll = (-model.log_prob(tokens)).cpu().numpy()
+        self.marginals = model.marginals().cpu().numpy()
         self.unigram_true = self.marginals.mean(0)
         self.entropy_true = model.entropy()
         if model.enumerable:
-            self.seq = model.sequence_index(tokens).numpy()
-            self.p = model.probabilities().numpy()
+            self.seq = model.sequence_index(tokens).cpu().numpy()
+            self.p = model.probabilities().cpu().numpy()
 
     def empirical(self, idx: np.ndarray) -> np.ndarray:
         """Empirical sequence distribution of the samples idx [V^L]."""

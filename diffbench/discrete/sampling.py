@@ -48,9 +48,9 @@ class TokenBatch:
 
 
 def sample_tokens(model: DiscreteDenoiser, plan: DiscretePlan, indices: Sequence[int], seed: int) -> TokenBatch:
-    """Run the plan's sampler on samples `indices`; sample i depends only on (seed, i), never on the batch."""
+    """Run the plan's sampler on samples `indices` on the model's device; sample i depends only on (seed, i)."""
     denoiser = CountingDiscreteDenoiser(model, len(indices))
-    noise = NoiseSource(seed, indices)
-    x = all_masked(len(indices), model.length, model.vocab)
-    tokens = plan.sampler.fn(denoiser, x, plan.times, noise=noise, **plan.options)
+    noise = NoiseSource(seed, indices, model.device)
+    x = all_masked(len(indices), model.length, model.vocab, model.device)
+    tokens = plan.sampler.fn(denoiser, x, plan.times.to(model.device), noise=noise, **plan.options)
     return TokenBatch(list(indices), tokens, denoiser.counts)
