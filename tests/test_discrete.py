@@ -76,7 +76,7 @@ class Recording:
     """A model that records every input it is given (to count the steps that changed a token)."""
 
     def __init__(self, model):
-        self.model, self.vocab, self.length, self.inputs = model, model.vocab, model.length, []
+        self.model, self.vocab, self.length, self.device, self.inputs = model, model.vocab, model.length, model.device, []
 
     def __call__(self, tokens, t):
         self.inputs.append(tokens.clone())
