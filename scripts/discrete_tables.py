@@ -96,7 +96,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64, 128, 256])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("results/discrete"))
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (small tensors: 1 avoids contention)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rows = {"convergence": convergence, "precision": precision}[args.table](args)
     command = "python " + shlex.join(sys.argv)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"

@@ -13,6 +13,8 @@ from diffbench.errors import UsageError
 from diffbench.noise import NoiseSource
 from diffbench.solvers import SOLVERS
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def chain():
