@@ -5,7 +5,11 @@ Importing this package registers every sampler and model kind (diffbench.discret
 from __future__ import annotations
 
 from diffbench.discrete import confidence, first_hitting, markov, mdlm, remdm, tau_leaping
+from diffbench.discrete.metrics import check_names as check_metric_names
 from diffbench.discrete.registry import MODELS, SAMPLERS, DiscreteSpec, get_sampler, make_model
+from diffbench.discrete.sampling import make_plan
 
-__all__ = ["MODELS", "SAMPLERS", "DiscreteSpec", "confidence", "first_hitting", "get_sampler", "make_model", "markov",
-           "mdlm", "remdm", "tau_leaping"]
+MASK_SCHEDULE = "linear_mask"  # the one masking schedule, alpha(t) = 1 - t, on a uniform grid in t
+
+__all__ = ["MASK_SCHEDULE", "MODELS", "SAMPLERS", "DiscreteSpec", "check_metric_names", "confidence", "first_hitting",
+           "get_sampler", "make_model", "make_plan", "markov", "mdlm", "remdm", "tau_leaping"]

@@ -63,6 +63,15 @@ class DiscreteSpec:
             check(nfe <= length, f"'{self.name}' unmasks >= 1 token per pass: nfe must be <= {length} (got {nfe})")
         return nfe
 
+    def nearest_below(self, budget: int, length: int) -> int | None:
+        """The largest NFE <= budget this sampler can run on sequences of `length` (None if none)."""
+        for nfe in range(budget, 0, -1):
+            try:
+                return self.steps_for_nfe(nfe, length)
+            except UsageError:
+                continue
+        return None
+
     def nfe_for(self, steps: int) -> int | None:
         """Declared passes per sample for `steps` steps (None when caching decides at run time)."""
         return None if self.adaptive else steps
