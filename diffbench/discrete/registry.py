@@ -28,6 +28,7 @@ class DiscreteSpec:
     at_most_length: bool = False  # at most L steps (each step unmasks at least one token)
     order: int = 1
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    validate: Callable[[Mapping[str, Any]], None] = lambda options: None  # UsageError on bad option values
 
     @property
     def summary(self) -> str:
@@ -48,6 +49,7 @@ class DiscreteSpec:
         bound = {**known, **options}
         check(bound["precision"] in PRECISIONS,
               f"solver.precision={bound['precision']} is unknown; use one of: {', '.join(PRECISIONS)}")
+        self.validate(bound)
         return bound
 
     def is_stochastic(self, options: Mapping[str, Any]) -> bool:
