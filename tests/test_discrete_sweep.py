@@ -52,3 +52,13 @@ def test_sweep_writes_tidy_rows_that_check_reads(tmp_path, sweep_cache):
 def test_bad_discrete_input_is_one_usage_error(tmp_path, sweep_cache, extra, message):
     with pytest.raises(UsageError, match=message):
         prepare(args(tmp_path, sweep_cache, "nfe=4", *extra))
+
+
+def test_sample_command_refuses_discrete_samplers_in_one_line(tmp_path, capsys):
+    from diffbench.cli import main
+
+    code = main(["sample", "experiment=discrete_markov", "solver=first_hitting", "nfe=5", f"out={tmp_path / 'out'}",
+                 f"cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "diffbench sweep" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
