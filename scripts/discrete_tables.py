@@ -8,7 +8,7 @@ categorical sampling on the same noise (a Dirichlet(0.1) chain over V=32): unigr
 Writes results/discrete/<table>.{md,json} with the command.
 
     python scripts/discrete_tables.py convergence --vocab 3 --length 4 --n 20000 --steps 2 4 8 16 32 64 128 256
-    python scripts/discrete_tables.py precision --vocab 32 --length 1 --n 8192 --steps 100 1000 10000
+    python scripts/discrete_tables.py precision --vocab 32 --length 1 --n 8192 --steps 100 1000
 """
 from __future__ import annotations
 
