@@ -78,7 +78,8 @@ class Recording:
     """A model that records every input it is given (to count the steps that changed a token)."""
 
     def __init__(self, model):
-        self.model, self.vocab, self.length, self.device, self.inputs = model, model.vocab, model.length, model.device, []
+        self.model, self.vocab, self.length, self.device = model, model.vocab, model.length, model.device
+        self.inputs: list[torch.Tensor] = []
 
     def __call__(self, tokens, t):
         self.inputs.append(tokens.clone())

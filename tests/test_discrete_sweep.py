@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from diffbench import regression
 from diffbench import columns as col
+from diffbench import regression
 from diffbench.engine.points import prepare
 from diffbench.engine.sweep import run_sweep
 from diffbench.errors import UsageError
@@ -36,7 +36,7 @@ def test_sweep_writes_tidy_rows_that_check_reads(tmp_path, sweep_cache):
     ok = df[df[col.STATUS] == col.OK]
     assert (ok["tv_lo"] <= ok["tv"]).all() and (ok["tv"] <= ok["tv_hi"]).all()
     other = run_sweep(args(tmp_path / "b", sweep_cache, SAMPLER_AXIS, "nfe=8", "batch_size=64"), progress=False).frame()
-    pd.testing.assert_series_equal(df.loc[by_point(other).index, "kl"], by_point(other)["kl"])  # batch size: same samples
+    pd.testing.assert_series_equal(df.loc[by_point(other).index, "kl"], by_point(other)["kl"])  # same samples
     verdicts = regression.compare(other, first.frame())["verdict"].value_counts().to_dict()
     assert verdicts == {"ok": 2 * 5, "skipped": 5}  # `check` on the shared points, same-seed rule
 

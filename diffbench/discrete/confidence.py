@@ -36,7 +36,7 @@ def unmask_ranked(denoiser: CountingDiscreteDenoiser, x: Tensor, times: Tensor, 
 @register("llada_confidence", at_most_length=True)
 def llada_confidence(denoiser: CountingDiscreteDenoiser, x: Tensor, times: Tensor, *, noise: NoiseSource,
                      precision: str = "float64") -> Tensor:
-    """Low-confidence remasking (Nie et al. 2025, "Large language diffusion models", LLaDA): keep the likeliest drafts."""
+    """Low-confidence remasking (Nie et al. 2025, "Large language diffusion models", LLaDA): likeliest drafts first."""
     return unmask_ranked(denoiser, x, times, noise, precision,
                          lambda p, draft: p.gather(-1, draft[..., None])[..., 0])
 
@@ -44,6 +44,6 @@ def llada_confidence(denoiser: CountingDiscreteDenoiser, x: Tensor, times: Tenso
 @register("entropy_unmask", at_most_length=True)
 def entropy_unmask(denoiser: CountingDiscreteDenoiser, x: Tensor, times: Tensor, *, noise: NoiseSource,
                    precision: str = "float64") -> Tensor:
-    """Entropy-ordered unmasking (Ye et al. 2025, "Dream 7B", alg="entropy"): reveal the lowest-entropy positions first."""
+    """Entropy-ordered unmasking (Ye et al. 2025, "Dream 7B", alg="entropy"): lowest-entropy positions first."""
     return unmask_ranked(denoiser, x, times, noise, precision,
                          lambda p, draft: (p * p.clamp_min(1e-300).log()).sum(-1))

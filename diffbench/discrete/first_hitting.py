@@ -12,7 +12,7 @@ from diffbench.noise import NoiseSource
 @register("first_hitting", one_pass_per_token=True)
 def first_hitting(denoiser: CountingDiscreteDenoiser, x: Tensor, times: Tensor, *, noise: NoiseSource,
                   precision: str = "float64") -> Tensor:
-    """First-hitting sampler (Zheng et al. 2024, "Masked diffusion models are secretly time-agnostic masked models", alg. 1).
+    """First-hitting sampler (Zheng et al. 2024, "Masked diffusion models are secretly time-agnostic...", alg. 1).
 
     With m tokens masked at time t, the next reveal happens at t * u^(1/m) (alpha(t) = 1 - t); one
     uniformly chosen masked position then takes a token from p_x0. Exact for exact conditionals;

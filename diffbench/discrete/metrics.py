@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from diffbench.columns import MetricValue
@@ -99,7 +98,8 @@ def check_names(names: Sequence[str], model: MarkovChain) -> None:
                        f"(names from: {', '.join(METRICS)})")
     sequence = [n for n in names if n in SEQUENCE_METRICS]
     check(not sequence or model.enumerable,
-          f"metrics {', '.join(sequence)} need an enumerable model ({model.vocab}^{model.length} sequences is too many); "
+          f"metrics {', '.join(sequence)} need an enumerable model ({model.vocab}^{model.length} sequences are too "
+          "many); "
           "drop them from metrics.names")
 
 

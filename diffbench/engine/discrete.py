@@ -18,7 +18,7 @@ from diffbench import results
 from diffbench.columns import MetricValue, ResultRow
 from diffbench.discrete import DiscreteSpec
 from diffbench.discrete.metrics import TokenQuality
-from diffbench.discrete.sampling import sample_tokens
+from diffbench.discrete.sampling import DiscretePlan, sample_tokens
 from diffbench.engine.points import Point
 
 GRID_SEQUENCES = 16  # sequences kept per point for the sample-grid figures
@@ -32,6 +32,7 @@ def is_discrete(point: Point) -> bool:
 def measure_discrete(point: Point, model: Any, row: ResultRow) -> tuple[dict[str, Any], Mapping[str, MetricValue]]:
     """Sample and measure one discrete point: sets the row's measured columns, returns (extra columns, metrics)."""
     run, plan = point.run, point.plan
+    assert isinstance(plan, DiscretePlan)
     model.to(run.device)
     start = time.perf_counter()
     batches = [sample_tokens(model, plan, range(i, min(i + run.batch_size, run.n_samples)), run.seed)

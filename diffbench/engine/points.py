@@ -15,8 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from diffbench import assetstore, discrete
-from diffbench.config import (RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings,
-                              to_dict)
+from diffbench.config import RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings, to_dict
 from diffbench.errors import UsageError, check
 from diffbench.metrics.suite import check_metrics
 from diffbench.models import Denoiser, make_model
@@ -33,12 +32,12 @@ class Point:
 
     cfg: DictConfig  # as composed: cfg.nfe is the budget
     run: RunSettings
-    spec: SolverSpec
+    spec: SolverSpec | discrete.DiscreteSpec
     solver_options: dict[str, Any]  # as configured (the plan holds them bound to the function's defaults)
     nfe_policy: str
     nfe_budget: int
     nfe: int  # the NFE the point runs: the budget, or the largest valid one below it (nearest_below)
-    plan: Plan | None
+    plan: Plan | discrete.DiscretePlan | None
     model_key: str  # the model's identity: kind and options
     config: dict[str, Any]  # the config as run (nfe = the NFE the point runs): what the row records
     key: str  # config_hash of `config`: the resume key
@@ -137,7 +136,7 @@ def resolve_discrete_point(cfg: DictConfig, run: RunSettings, model: Any, overri
     policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
     check(policy in NFE_POLICIES, f"sweep.nfe_policy={policy} is unknown; use one of: {', '.join(NFE_POLICIES)}")
     nfe = run.nfe if policy == "exact" else spec.nearest_below(run.nfe, model.length)
-    fixed = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
+    fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
                  model_key=model_identity(cfg.model)[2], overrides=tuple(overrides))
     if nfe is None:
         return Point(**fixed, nfe=run.nfe, plan=None, **_as_run(cfg, run.nfe),
