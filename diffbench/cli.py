@@ -200,6 +200,7 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     from diffbench import plots, results
     from diffbench.atomicio import check_writable
     from diffbench.config import compose
+    from diffbench.engine.discrete import is_discrete
     from diffbench.engine.points import ModelCache, resolve_point
     from diffbench.engine.progress import Reporter
     from diffbench.sampling import first_nonfinite, sample_points
@@ -207,6 +208,8 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     cfg = compose(overrides or [])
     models = ModelCache()
     point = resolve_point(cfg, models, policy="exact")
+    check(not is_discrete(point), f"diffbench sample runs continuous solvers only; run discrete sampler "
+                                  f"'{point.spec.name}' with diffbench sweep (its samples/*.npz hold the tokens)")
     indices = _parse_seeds(seeds) if seeds else list(range(point.run.n_samples))
     path = output or Path(cfg.out) / "samples" / f"{cfg.solver.name}_{cfg.schedule.name}_nfe{cfg.nfe}_seed{cfg.seed}.npz"
     check(path.suffix == ".npz", f"--output {path}: give a .npz path")

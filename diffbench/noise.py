@@ -49,17 +49,25 @@ class NoiseSource:
         self._keys = mix64(mix64(torch.full_like(index, int(seed))) ^ index)
         self.draws = 0
 
+    def _bits(self, count: int) -> Tensor:
+        """The next draw's `count` hashes per row [B, count]; row b depends only on (seed, index b, draw number)."""
+        key = mix64(self._keys ^ mix64(torch.tensor(self.draws, dtype=torch.int64, device=self.device)))
+        self.draws += 1
+        counter = torch.arange(count, dtype=torch.int64, device=self.device)
+        return mix64(key[:, None] ^ mix64(counter)[None, :])
+
     def randn(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
         """Noise of shape [B, *shape]; row b depends only on (seed, index b, draw number)."""
         n = math.prod(shape)
-        key = mix64(self._keys ^ mix64(torch.tensor(self.draws, dtype=torch.int64, device=self.device)))
-        self.draws += 1
-        counter = torch.arange(2 * n, dtype=torch.int64, device=self.device)
-        bits = mix64(key[:, None] ^ mix64(counter)[None, :])
+        bits = self._bits(2 * n)
         u1, u2 = _uniform(bits[:, :n]), _uniform(bits[:, n:])
         z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-        return z.to(torch.float32).reshape(len(key), *shape).to(dtype)
+        return z.to(torch.float32).reshape(len(self._keys), *shape).to(dtype)
 
     def randn_like(self, x: Tensor) -> Tensor:
         """Standard normal noise shaped like x (batch-first), in x's dtype."""
         return self.randn(x.shape[1:], x.dtype)
+
+    def rand(self, shape: Sequence[int]) -> Tensor:
+        """Float64 uniforms in (0, 1) of shape [B, *shape] (53 random bits each), reproducible per index."""
+        return _uniform(self._bits(math.prod(shape))).reshape(len(self._keys), *shape)

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("diffbench.config",),
     ("diffbench.sampling",),
     ("diffbench.metrics", "diffbench.metrics."),
+    ("diffbench.discrete", "diffbench.discrete."),  # masked diffusion: uses noise, columns, metrics' bootstrap
     ("diffbench.engine", "diffbench.engine."),
     ("diffbench.launch", "diffbench.plots", "diffbench.regression"),
     ("diffbench.report",),

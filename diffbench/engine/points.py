@@ -14,9 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from diffbench import assetstore
-from diffbench.config import (RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings,
-                              to_dict)
+from diffbench import assetstore, discrete
+from diffbench.config import RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings, to_dict
 from diffbench.errors import UsageError, check
 from diffbench.metrics.suite import check_metrics
 from diffbench.models import Denoiser, make_model
@@ -33,12 +32,12 @@ class Point:
 
     cfg: DictConfig  # as composed: cfg.nfe is the budget
     run: RunSettings
-    spec: SolverSpec
+    spec: SolverSpec | discrete.DiscreteSpec
     solver_options: dict[str, Any]  # as configured (the plan holds them bound to the function's defaults)
     nfe_policy: str
     nfe_budget: int
     nfe: int  # the NFE the point runs: the budget, or the largest valid one below it (nearest_below)
-    plan: Plan | None
+    plan: Plan | discrete.DiscretePlan | None
     model_key: str  # the model's identity: kind and options
     config: dict[str, Any]  # the config as run (nfe = the NFE the point runs): what the row records
     key: str  # config_hash of `config`: the resume key
@@ -67,7 +66,8 @@ class ModelCache:
     def get(self, model_cfg: DictConfig) -> Denoiser:
         kind, options, key = model_identity(model_cfg)
         if key not in self._models:
-            self._models[key] = make_model(kind, options)
+            build = discrete.make_model if kind in discrete.MODELS else make_model
+            self._models[key] = build(kind, options)
         return self._models[key]
 
 
@@ -106,6 +106,8 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     run = settings(cfg)
     with assetstore.cache_root(cfg.cache_dir):  # model weights resolve in the config's cache_dir
         model = models.get(cfg.model)
+    if model_identity(cfg.model)[0] in discrete.MODELS:
+        return resolve_discrete_point(cfg, run, model, overrides, policy)
     check_metrics(cfg, model, run)
     spec = get_solver(str(cfg.solver.name))
     options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}
@@ -120,6 +122,26 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
         return Point(**fixed, nfe=run.nfe, plan=None, **_as_run(cfg, run.nfe),
                      reason=f"nfe budget {run.nfe} is below solver '{spec.name}''s minimum of {minimum}")
     return Point(**fixed, nfe=nfe, plan=make_point_plan(cfg, spec, options, model, nfe), **_as_run(cfg, nfe))
+
+
+def resolve_discrete_point(cfg: DictConfig, run: RunSettings, model: Any, overrides: Sequence[str],
+                           policy: str | None) -> Point:
+    """A masked-diffusion point (diffbench.discrete): sampler, NFE and time grid on the model's sequences."""
+    check(cfg.schedule.name == discrete.MASK_SCHEDULE,
+          f"discrete samplers run the linear mask schedule; use schedule={discrete.MASK_SCHEDULE}")
+    discrete.check_metric_names(list(cfg.metrics.names), model)
+    spec = discrete.get_sampler(str(cfg.solver.name))
+    options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}
+    spec.bind(options)
+    policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
+    check(policy in NFE_POLICIES, f"sweep.nfe_policy={policy} is unknown; use one of: {', '.join(NFE_POLICIES)}")
+    nfe = run.nfe if policy == "exact" else spec.nearest_below(run.nfe, model.length)
+    fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
+                 model_key=model_identity(cfg.model)[2], overrides=tuple(overrides))
+    if nfe is None:
+        return Point(**fixed, nfe=run.nfe, plan=None, **_as_run(cfg, run.nfe),
+                     reason=f"no valid nfe <= {run.nfe} for sampler '{spec.name}' at length {model.length}")
+    return Point(**fixed, nfe=nfe, plan=discrete.make_plan(spec, nfe, model.length, options), **_as_run(cfg, nfe))
 
 
 def _as_run(cfg: DictConfig, nfe: int) -> dict[str, Any]:

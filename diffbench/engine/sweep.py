@@ -23,6 +23,7 @@ from diffbench import columns as col
 from diffbench.atomicio import check_writable, remove_orphans
 from diffbench.batching import BatchSizer
 from diffbench.columns import MetricValue, ResultRow
+from diffbench.engine.discrete import is_discrete, measure_discrete
 from diffbench.engine.points import POINT_ERRORS, ModelCache, Point, prepare
 from diffbench.engine.progress import Reporter
 from diffbench.engine.references import ReferenceSolutions
@@ -114,7 +115,7 @@ class Runner:
             cfg = point.cfg
             key = json.dumps([point.config["metrics"], point.config["dataset"], point.model_key, str(point.run.device)],
                              sort_keys=True)
-            if point.plan is not None and key not in seen:
+            if point.plan is not None and key not in seen and not is_discrete(point):
                 seen.add(key)
                 MetricSuite(cfg, self.models.get(cfg.model), point.run, self.metrics)
 
@@ -139,6 +140,8 @@ class Runner:
         cfg, run, plan = point.cfg, point.run, point.plan
         assert plan is not None
         model = self.models.get(cfg.model)
+        if is_discrete(point):
+            return measure_discrete(point, model, row)
         suite = MetricSuite(cfg, model, run, self.metrics)
         n_err = min(run.n_samples, int(cfg.metrics.get("error_samples") or run.n_samples))
         solutions = self.solutions.get(cfg, model, plan, run, n_err) if suite.needs_solutions else None
