@@ -21,10 +21,10 @@ from diffbench.schedules import EDM
 
 def k_sampling() -> ModuleType:
     """k_diffusion.sampling without k_diffusion/__init__.py; skips the test where k-diffusion is not installed."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
     if "k_diffusion" not in sys.modules:
+        spec = importlib.util.find_spec("k_diffusion")
+        if spec is None or not spec.submodule_search_locations:
+            pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
         package = types.ModuleType("k_diffusion")
         package.__path__ = list(spec.submodule_search_locations)
         sys.modules["k_diffusion"] = package
