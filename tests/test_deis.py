@@ -9,7 +9,7 @@ from diffbench.solvers.deis import rhoab_coefficients
 from diffbench.solvers.pndm import AB_COEFFS
 from diffbench.schedules import EDM
 from diffbench.steps import make_sigmas
-from tests.helpers.k_diffusion_sampling import RandomNetDenoiser, k_sampling
+from tests.helpers.reference_impls import RandomNetDenoiser, k_sampling
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])

@@ -8,7 +8,7 @@ from diffbench.noise import NoiseSource
 from diffbench.schedules import EDM
 from diffbench.solvers import SOLVERS
 from diffbench.steps import make_sigmas
-from tests.helpers.k_diffusion_sampling import RandomNetDenoiser, k_sampling
+from tests.helpers.reference_impls import RandomNetDenoiser, k_sampling
 from tests.helpers.weak_order import weak_order
 
 PAIRS = [("dpmpp_2s_ancestral", "sample_dpmpp_2s_ancestral"), ("dpmpp_sde", "sample_dpmpp_sde")]
