@@ -29,3 +29,17 @@ def test_lms_matches_k_diffusion_sample_lms():
     ours = SOLVERS["lms"].fn(model, x, sigmas, **SOLVERS["lms"].options())
     theirs = sampling.sample_lms(model, x, sigmas, disable=True)
     assert torch.allclose(ours, theirs, rtol=0, atol=1e-10)
+
+
+def test_rhork_local_error_is_fifth_order_and_its_step_to_zero_is_d(gauss):
+    """One RK4 step's error shrinks ~2^5 = 32x when the step halves (sigma 10 -> 9 vs 9.5); a step to 0 returns D."""
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 10.0
+
+    def local_error(h: float) -> float:
+        sigmas = torch.tensor([10.0, 10.0 - h], dtype=torch.float64)
+        return float((SOLVERS["deis_rhork_4"].fn(gauss, x, sigmas) - gauss.exact_ode(x, 10.0, 10.0 - h)).abs().max())
+
+    ratio = local_error(1.0) / local_error(0.5)
+    assert 24 <= ratio <= 40, ratio
+    to_zero = SOLVERS["deis_rhork_4"].fn(gauss, x, torch.tensor([0.5, 0.0], dtype=torch.float64))
+    assert torch.equal(to_zero, gauss(x, 0.5))
