@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diffbench.schedules import EDM
 from diffbench.solvers import SOLVERS
 from diffbench.solvers.deis import rhoab_coefficients
 from diffbench.solvers.pndm import AB_COEFFS
-from diffbench.schedules import EDM
 from diffbench.steps import make_sigmas
 from tests.helpers.reference_impls import RandomNetDenoiser, k_sampling
 

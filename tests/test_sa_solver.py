@@ -15,7 +15,7 @@ from tests.helpers.weak_order import weak_order
 
 
 def diffusers_sa_solver(monkeypatch, model, x, predictor_order, corrector_order, eta, noise):
-    """diffusers' SASolverScheduler in float64 on its own 10-step grid, fed `noise`'s draws; returns (sigmas, x) in EDM coordinates."""
+    """diffusers' SASolverScheduler in float64 on its 10-step grid, fed `noise`'s draws: (sigmas, x), EDM coordinates."""
     sasolver = pytest.importorskip("diffusers.schedulers.scheduling_sasolver")
     scheduler = sasolver.SASolverScheduler(predictor_order=predictor_order, corrector_order=corrector_order,
                                            prediction_type="sample", tau_func=lambda t: math.sqrt(eta))
@@ -49,13 +49,13 @@ def test_one_node_weight_is_the_sde_step():
 
 @pytest.mark.parametrize("name", ["sa_solver", "sa_solver_3"])
 def test_weak_order_is_the_registered_order(name):
-    """Exact mean + variance error on 1-D Gaussian data over 32..128 steps (sa_solver_3: 4.0 over 8..32, pre-asymptotic)."""
+    """Exact mean + variance error (1-D Gaussian) over 32..128 steps (sa_solver_3: 4.0 over 8..32, pre-asymptotic)."""
     slope, errs = weak_order(name, (32, 48, 64, 96, 128))
     assert abs(slope - SOLVERS[name].order) <= 0.3, (slope, errs)
 
 
 def test_ode_variant_converges_at_second_order(gauss):
-    """eta = 0 on the exact Gaussian PF-ODE: slope 2.4 over 16..64 steps (the first-order last step of lower_order_final)."""
+    """eta = 0 on the exact Gaussian PF-ODE: slope 2.4 over 16..64 steps (lower_order_final's first-order last step)."""
     x_T = torch.randn(256, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20.0
     steps = (16, 32, 64)
     errs = [error_at(gauss, "sa_solver", n, x_T, {"eta": 0.0}) for n in steps]

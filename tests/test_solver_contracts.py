@@ -39,7 +39,8 @@ STOCHASTIC = sorted([(n, {}) for n, s in SOLVERS.items() if s.is_stochastic()]
 # corrector): UniPC-3 is erratic below ~48 steps (5.05 / 4.46 over 8..32, 1.89 / 2.33 over 24..96) and tends to
 # order 2 (2.06 bh1 / 2.12 bh2 over 64..256), which is what it is held to (ASYMPTOTIC); p = 1, 2 keep p + 1 there.
 WINDOW = {"dpmpp_3m_diffusers": (16, 24, 32, 48, 64), "ipndm": (16, 24, 32, 48, 64), "dpm_solver_3": (16, 24, 32, 48, 64),
-          "dpmpp_2m": (10, 12, 16, 24, 32), "dpmpp_3m": (10, 12, 16, 24, 32), "teleport_dpmpp_2m": (10, 12, 16, 24, 32),
+          "dpmpp_2m": (10, 12, 16, 24, 32), "dpmpp_3m": (10, 12, 16, 24, 32),
+          "teleport_dpmpp_2m": (10, 12, 16, 24, 32),
           "unipc_bh1": (64, 96, 128, 192, 256), "unipc_bh2": (64, 96, 128, 192, 256)}
 ASYMPTOTIC = {"unipc_bh1": 2, "unipc_bh2": 2}
 # dpm_solver_v3's default ems=auto computes the exact model statistics of a Gaussian, where v3 is exact at any

@@ -55,7 +55,7 @@ def test_teleporting_beats_the_plain_solver_at_equal_nfe(iso, x_T):
 
 
 def test_mismatched_statistics_leave_the_closed_form_bias(x_T):
-    """Data N(0, 1) teleported as N(0, 0.5^2) to sigma = 4: the bias is the two Gaussian flows' difference, carried exactly."""
+    """Data N(0, 1) teleported as N(0, 0.5^2) to sigma = 4: the bias is the two Gaussian flows' gap, carried exactly."""
     model = gaussian(shape=(4,), mean=0.0, std=1.0)
     out = error_at(model, "teleport_heun", 400, x_T, {"teleport_sigma": 4.0, "data_std": 0.5})
     # The exact flow after teleporting maps the sigma=4 discrepancy linearly to sigma=0.02.

@@ -133,7 +133,8 @@ def deis_rhork(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSou
             # Euler step to zero: the denoised estimate.
             x = denoiser(x, sigma)
             continue
-        h, slopes = sigma_next - sigma, []
+        h = sigma_next - sigma
+        slopes: list[Tensor] = []
         for row in RK4_A:
             # Stage: eps at sigma + c h from the weighted earlier slopes.
             x_stage = x + h * sum(w * k for w, k in zip(row, slopes)) if row else x

@@ -138,7 +138,7 @@ def dpmpp_2s(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
 
 def ancestral_move(x: Tensor, sigma: float, sigma_to: float, denoised: Tensor, eta: float, s_noise: float,
                    noise: NoiseSource | None) -> Tensor:
-    """First-order data-prediction move to sigma_down, then fresh noise of std sigma_up (k-diffusion's ancestral split)."""
+    """First-order data-prediction move to sigma_down, then fresh noise of std sigma_up (the ancestral split)."""
     sigma_down, sigma_up = ancestral_step(sigma, sigma_to, eta)
     x = data_prediction_step(x, sigma, sigma_down, [denoised])
     if sigma_up > 0:
@@ -150,7 +150,8 @@ def ancestral_move(x: Tensor, sigma: float, sigma_to: float, denoised: Tensor, e
 
 def check_ancestral(eta: float, s_noise: float) -> None:
     """eta in [0, 1] keeps sigma_down > 0 before the last step (so the NFE rule holds); s_noise >= 0."""
-    check(0 <= eta <= 1 and s_noise >= 0, f"solver.eta must be in [0, 1] and solver.s_noise >= 0 (got {eta}, {s_noise})")
+    check(0 <= eta <= 1 and s_noise >= 0,
+          f"solver.eta must be in [0, 1] and solver.s_noise >= 0 (got {eta}, {s_noise})")
 
 
 @register("dpmpp_2s_ancestral", order=2, nfe=last_step_single(2), stochastic="eta", eta=1.0)

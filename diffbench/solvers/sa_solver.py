@@ -78,7 +78,7 @@ def sa_solver(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSour
     check(eta >= 0, f"solver.eta must be >= 0 (got {eta})")
     n = len(sigmas) - 1
     history: list[tuple[float, Tensor]] = []  # (lambda, D), newest first
-    last: tuple[Tensor, float, float, Tensor | None, int] | None = None  # the last predictor's x, sigma, eta, xi, order_c
+    last: tuple[Tensor, float, float, Tensor | None, int] | None = None  # last predictor's x, sigma, eta, xi, order_c
     for i in range(n):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = denoiser(x, sigma)

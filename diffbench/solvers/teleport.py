@@ -52,7 +52,7 @@ def teleported(name: str) -> SolverFn:
 
     def solver(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
                teleport_sigma: float = TELEPORT_SIGMA, data_mean: float = 0.0, data_std: float = 0.5) -> Tensor:
-        """Analytical teleportation (Wang & Vastola 2024): the Gaussian model's exact ODE to teleport_sigma, then a solver."""
+        """Analytical teleportation (Wang & Vastola 2024): exact Gaussian-model ODE to teleport_sigma, then a solver."""
         check(teleport_sigma > 0 and data_std > 0,
               f"solver.teleport_sigma and solver.data_std must be > 0 (got {teleport_sigma}, {data_std})")
         sigma_max = float(sigmas[0])
