@@ -15,7 +15,7 @@ from tests.helpers.weak_order import weak_order
 
 
 def diffusers_sa_solver(monkeypatch, model, x, predictor_order, corrector_order, eta, noise):
-    """diffusers' SASolverScheduler in float64 on its 10-step grid, fed `noise`'s draws: (sigmas, x), EDM coordinates."""
+    """diffusers' SASolverScheduler in float64 on its 10-step grid, fed `noise`'s draws: (sigmas, x) in EDM units."""
     sasolver = pytest.importorskip("diffusers.schedulers.scheduling_sasolver")
     scheduler = sasolver.SASolverScheduler(predictor_order=predictor_order, corrector_order=corrector_order,
                                            prediction_type="sample", tau_func=lambda t: math.sqrt(eta))
