@@ -23,7 +23,9 @@ from torch import Tensor
 from diffbench.errors import check
 from diffbench.models.base import Denoiser, expand_as
 from diffbench.noise import NoiseSource
-from diffbench.solvers.registry import register
+from diffbench.solvers._common import to_d
+from diffbench.solvers.pndm import adams_bashforth
+from diffbench.solvers.registry import SOLVERS, register
 
 CANDIDATES = 65  # odd: the middle candidate is the scheduled level itself
 
@@ -117,4 +119,34 @@ def ts_dpmpp_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSo
         # Exponential-integrator step (DDIM form) from sigma_s to sigma_next.
         x = expand_as(sigma_next / sigma_s, x) * x_s - expand_as(torch.expm1(-h), x) * direction
         old, lam_old = denoised, lam
+    return x
+
+
+@register("ts_plms", order=2, nfe=SOLVERS["plms"].nfe)
+def ts_plms(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+            window: float = 0.08, cutoff: float = 0.3, data_var: float = 0.0) -> Tensor:
+    """TS-PNDM (Li et al. 2024, the Time-Shift Sampler on S-PNDM / PLMS): pseudo linear multistep from shifted levels.
+
+    Each step evaluates the model at the level t_s and transfers from there (DDIM's transfer in EDM
+    coordinates, x_s + (sigma' - sigma_s) eps) with PLMS's combination of noise estimates: a pseudo
+    improved-Euler first step, then the 2-step Adams-Bashforth on the estimates at the shifted levels.
+    Order 2 is PLMS's wherever no shift happens (see ts_ddim); defaults are ts_ddim's.
+    """
+    model = TimeShiftedDenoiser(denoiser, window, cutoff, data_var)
+    history: list[Tensor] = []
+    for i in range(len(sigmas) - 1):
+        sigma_next = float(sigmas[i + 1])
+        # Shifted time step: the model at the level whose marginal variance matches the sample's.
+        x_s, sigma_s, denoised = model(x, sigmas, i)
+        step = sigma_next - expand_as(sigma_s, x)
+        eps = (x_s - denoised) / expand_as(sigma_s, x)
+        history = (history + [eps])[-2:]
+        if i == 0 and sigma_next > 0:
+            # Pseudo improved Euler: average eps at both ends of the transfer.
+            x_end = x_s + step * eps
+            eps = (eps + to_d(x_end, sigma_next, denoiser(x_end, sigma_next))) / 2
+        else:
+            # Pseudo linear multistep (the DDIM limit on a first step to sigma = 0).
+            eps = adams_bashforth(history)
+        x = x_s + step * eps
     return x
