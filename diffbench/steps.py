@@ -125,11 +125,13 @@ def ays(n: int, schedule: NoiseSchedule, span: Span, table: str = "sd15") -> Ten
     authors' recipe for other step counts.
     """
     check(table in AYS_TABLES, f"schedule.table '{table}' is unknown; choose one of: {', '.join(AYS_TABLES)}")
-    logs = torch.tensor(AYS_TABLES[table][:-1], dtype=torch.float64).log()
-    position = _ramp(span.points(n)) * (len(logs) - 1)
-    below = position.floor().long().clamp(max=len(logs) - 2)
-    frac = position - below
-    return _finish(torch.exp(logs[below] * (1 - frac) + logs[below + 1] * frac), span)
+    levels = torch.tensor(AYS_TABLES[table][:-1], dtype=torch.float64)
+    count = span.points(n)
+    position = torch.arange(count, dtype=torch.float64) * (len(levels) - 1) / max(count - 1, 1)
+    below = position.floor().long()
+    above, frac = (below + 1).clamp(max=len(levels) - 1), position - below
+    between = torch.exp(levels[below].log() * (1 - frac) + levels[above].log() * frac)
+    return _finish(torch.where(frac == 0, levels[below], between), span)  # table levels exactly as published
 
 
 @register_steps("fitted")
