@@ -138,8 +138,8 @@ def ays(n: int, schedule: NoiseSchedule, span: Span, table: str = "sd15") -> Ten
 def fitted(n: int, schedule: NoiseSchedule, span: Span, method: str = "gits", calibration_seed: int = 1000,
            calibration_n: int = 32, artefact: str = "", sigmas: Sequence[float] = ()) -> Tensor:
     """A grid fitted per model, solver and NFE by `diffbench fit` (diffbench/fit/); sweeps fill artefact and sigmas."""
-    check(bool(artefact) and len(sigmas) > 0,
-          f"schedule=fitted (method {method}) has no fitted grid here; run `diffbench fit` with the same overrides first")
+    check(bool(artefact) and len(sigmas) > 0, f"schedule=fitted (method {method}) has no fitted grid here; "
+                                              "run `diffbench fit` with the same overrides first")
     return explicit(n, schedule, span, sigmas)
 
 

@@ -9,11 +9,11 @@ import torch
 from diffbench.engine.points import prepare
 from diffbench.engine.sweep import run_sweep
 from diffbench.errors import UsageError
-from diffbench.fit import gits
+from diffbench.fit import gits, search
 from diffbench.fit.artefacts import FIT_NFE, FIT_SECONDS
 from diffbench.fit.run import fit_all
 from diffbench.schedules import EDM
-from diffbench.steps import AYS_TABLES, make_sigmas
+from diffbench.steps import AYS_TABLES, make_sigmas, resolve_span
 from tests.helpers.sweeps import sweep_args
 
 
@@ -86,3 +86,33 @@ def test_evaluating_on_the_calibration_seed_is_refused(tmp_path, small_gits, one
     prepare([*args, "schedule=fitted", "seed=0"])
     with pytest.raises(UsageError, match="calibration"):
         prepare([*args, "schedule=fitted", "seed=5"])
+
+
+def test_search_left_at_its_start_is_the_karras_grid(monkeypatch):
+    monkeypatch.setattr(search, "ROUNDS", 0)
+    for final_zero in (True, False):
+        span = resolve_span(EDM(), 0.002, 80.0, final_zero)
+        karras = make_sigmas("karras", 6, EDM(), sigma_min=0.002, sigma_max=80.0, final_zero=final_zero)
+        assert torch.equal(search.fit(lambda s: 0.0, span, 6), karras)
+
+
+def test_search_only_accepts_lower_errors():
+    span = resolve_span(EDM(), 0.002, 80.0, True)
+    target = torch.tensor([80.0, 20.0, 5.0, 1.0, 0.002, 0.0], dtype=torch.float64)
+    calls: list[float] = []
+
+    def error(s):
+        calls.append(float((s[:-1].log() - target[:-1].log()).abs().sum()))
+        return calls[-1]
+
+    fitted = search.fit(error, span, 5)
+    assert calls[-1] >= min(calls) and error(fitted) == min(calls) < calls[0]
+    assert (fitted[1:] < fitted[:-1]).all() and fitted[0] == 80.0 and fitted[-2] == pytest.approx(0.002)
+
+
+def test_search_fit_beats_karras_on_its_calibration_samples(tmp_path, one_thread):
+    args = sweep_args(tmp_path, tmp_path / "cache", "solver=ipndm", "nfe=4", "schedule.calibration_n=8",
+                      "schedule.method=search")
+    fitted, = fit_all(args, progress=False)
+    rmse = fitted.artefact["calibration_rmse"]
+    assert rmse["fitted"] < rmse["karras"] and fitted.artefact[FIT_NFE] > 0

@@ -35,7 +35,8 @@ def calibration(cfg: DictConfig) -> dict[str, int]:
     """The calibration set: sample indices 0..n-1 of noise seed `seed` (disjoint from the evaluation's seed)."""
     seed, n = cfg.schedule.calibration_seed, cfg.schedule.calibration_n
     check(isinstance(n, int) and n >= 1, f"schedule.calibration_n must be a positive integer (got {n!r})")
-    check(isinstance(seed, int) and seed >= 0, f"schedule.calibration_seed must be a non-negative integer (got {seed!r})")
+    check(isinstance(seed, int) and seed >= 0,
+          f"schedule.calibration_seed must be a non-negative integer (got {seed!r})")
     return {"seed": seed, "n": n}
 
 
@@ -60,7 +61,8 @@ def load(cache_dir: str | Path, key: str) -> dict[str, Any] | None:
     return artefact if artefact.get("key") == key else None
 
 
-def fill_fitted(cfg: DictConfig, model_key: str, nfe: int, schedule: NoiseSchedule) -> tuple[DictConfig, dict[str, Any]]:
+def fill_fitted(cfg: DictConfig, model_key: str, nfe: int,
+                schedule: NoiseSchedule) -> tuple[DictConfig, dict[str, Any]]:
     """A schedule=fitted config with its artefact's key and grid filled in, and the row columns of the fit.
 
     The evaluation must not see calibration noise: its seed must differ from the calibration seed.

@@ -2,8 +2,8 @@
 chosen by dynamic programming over a fine grid, costed by the teacher trajectory's local errors.
 
 A teacher (Heun with TEACHER_SUBSTEPS geometric sub-steps per fine interval) solves the calibration noise
-along a fine Karras grid of FINE_STEPS steps (sigma_max to sigma_min). The cost of jumping from fine level i to level j is the
-RMS distance, over calibration samples, between one Euler (= DDIM) step from the teacher's x_i and the
+along a fine Karras grid of FINE_STEPS steps (sigma_max to sigma_min). The cost of jumping from fine level i
+to level j is the RMS distance, over calibration samples, between one Euler (= DDIM) step from the teacher's x_i and the
 teacher's x_j; dynamic programming then picks the cheapest path of exactly `steps` jumps.
 """
 from __future__ import annotations

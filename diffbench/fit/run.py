@@ -2,8 +2,10 @@
 
 Calibration noise is sample indices 0..calibration_n-1 of noise seed calibration_seed; a sweep using
 the grid must run another seed (diffbench.fit.artefacts.fill_fitted checks it). Each fit is timed and
-its denoiser evaluations counted; the grid's and Karras' RMSE against the RK45 reference on the
-calibration samples are stored beside it (a diagnostic: those reference solves are not fit cost).
+its denoiser evaluations counted (fit_nfe, summed over calibration samples). The RK45 reference solutions of
+the calibration samples (what `search` fits to; adaptive, shared by every fit of one calibration set) are
+timed in the fit that first solves them but not counted in fit_nfe. The grid's and Karras' RMSE against
+them are stored beside the grid.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +26,30 @@ from diffbench.engine.points import ModelCache, model_identity
 from diffbench.engine.progress import Reporter
 from diffbench.engine.references import ReferenceSolutions
 from diffbench.errors import check
-from diffbench.fit import artefacts, gits
+from diffbench.fit import artefacts, gits, search
 from diffbench.models.base import CountingDenoiser, Denoiser
 from diffbench.noise import NoiseSource
 from diffbench.sampling import initial_noise, make_plan, sample_batch, sample_shape
 from diffbench.solvers import SolverSpec, get_solver
 from diffbench.steps import Span, resolve_span
 
-FitMethod = Callable[[Denoiser, Tensor, Span, int], Tensor]
-METHODS: dict[str, tuple[FitMethod, dict[str, Any]]] = {"gits": (gits.fit, gits.OPTIONS)}
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a fit method may use: the counted denoiser, calibration noise at sigma_max, span, step count, and
+    `error(sigmas)`: the run solver's RMSE against the RK45 reference on the calibration samples."""
+
+    denoiser: CountingDenoiser
+    x: Tensor
+    span: Span
+    steps: int
+    error: Callable[[Tensor], float]
+
+
+METHODS: dict[str, tuple[Callable[[Calibration], Tensor], dict[str, Any]]] = {
+    "gits": (lambda c: gits.fit(c.denoiser, c.x, c.span, c.steps), gits.OPTIONS),
+    "search": (lambda c: search.fit(c.error, c.span, c.steps), search.OPTIONS),
+}
 
 
 @dataclass(frozen=True)
@@ -71,28 +89,35 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
     span = resolve_span(model.schedule, cfg.schedule.sigma_min, cfg.schedule.sigma_max, bool(cfg.schedule.final_zero))
     calib = request["calibration"]
     calib_run = RunSettings(run.nfe, calib["seed"], calib["n"], calib["n"], run.device, run.dtype)
+    calib_cfg = OmegaConf.merge(cfg, {"seed": calib["seed"], "n_samples": calib["n"]})
     counter = CountingDenoiser(model)
     x = initial_noise(NoiseSource(calib["seed"], range(calib["n"]), run.device), sample_shape(model),
                       model.schedule.prior_std(span.sigma_max), run.dtype)
+    rmse = partial(calibration_rmse, calib_cfg, spec, options, calib_run, solutions, span)
     fit, method_options = METHODS[method]
     start = time.perf_counter()
-    sigmas = fit(counter, x, span, spec.steps_for_nfe(run.nfe, span.final_zero, options))
+    sigmas = fit(Calibration(counter, x, span, spec.steps_for_nfe(run.nfe, span.final_zero, options),
+                             lambda grid: rmse(counter, grid)))
     seconds = time.perf_counter() - start
-    calib_cfg = OmegaConf.merge(cfg, {"seed": calib["seed"], "n_samples": calib["n"]})
-    rmse = {name: calibration_rmse(calib_cfg, model, spec, options, calib_run, solutions, grid, span)
-            for name, grid in (("fitted", sigmas.tolist()), ("karras", None))}
     artefact = {"key": key, "request": request, "sigmas": sigmas.tolist(), artefacts.FIT_SECONDS: seconds,
                 artefacts.FIT_NFE: counter.sample_evals, "method_options": method_options,
-                "calibration_rmse": rmse, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "calibration_rmse": {"fitted": rmse(model, sigmas), "karras": rmse(model, None)},
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return Fitted(key, artefacts.save(cfg.cache_dir, key, artefact), artefact, False)
 
 
-def calibration_rmse(cfg: DictConfig, model: Denoiser, spec: SolverSpec, options: dict[str, Any], run: RunSettings,
-                     solutions: ReferenceSolutions, sigmas: list[float] | None, span: Span) -> float:
+def calibration_rmse(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], run: RunSettings,
+                     solutions: ReferenceSolutions, span: Span, model: Denoiser, sigmas: Tensor | None) -> float:
     """RMSE vs the RK45 reference on the calibration samples of a grid (Karras when sigmas is None)."""
-    grid = {"step_schedule": "explicit", "step_options": {"sigmas": sigmas}} if sigmas else {}
+    grid = {"step_schedule": "explicit", "step_options": {"sigmas": sigmas.tolist()}} if sigmas is not None else {}
     plan = make_plan(spec, run.nfe, model.schedule, solver_options=options, sigma_min=span.sigma_min,
                      sigma_max=span.sigma_max, final_zero=span.final_zero, **grid)
-    reference = solutions.get(cfg, model, plan, run, run.n_samples)
-    x = sample_batch(model, plan, range(run.n_samples), run.seed, sample_shape(model), run.device, run.dtype).x
+    base = unwrap(model)
+    reference = solutions.get(cfg, base, plan, run, run.n_samples)
+    x = sample_batch(model, plan, range(run.n_samples), run.seed, sample_shape(base), run.device, run.dtype).x
     return float((x.cpu() - reference).pow(2).mean().sqrt())
+
+
+def unwrap(model: Denoiser) -> Denoiser:
+    """The model under a CountingDenoiser: reference solves are not the fit's own evaluations."""
+    return model.inner if isinstance(model, CountingDenoiser) else model
