@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from diffbench.cli import main
 from diffbench.engine.points import prepare
 from diffbench.engine.sweep import run_sweep
 from diffbench.errors import UsageError
@@ -116,3 +117,12 @@ def test_search_fit_beats_karras_on_its_calibration_samples(tmp_path, one_thread
     fitted, = fit_all(args, progress=False)
     rmse = fitted.artefact["calibration_rmse"]
     assert rmse["fitted"] < rmse["karras"] and fitted.artefact[FIT_NFE] > 0
+
+
+def test_cli_fit_prints_where_the_grid_went_and_refuses_other_schedules(tmp_path, small_gits, capsys):
+    args = sweep_args(tmp_path, tmp_path / "cache", "solver=euler", "nfe=3", "schedule.calibration_n=2")
+    assert main(["fit", *args, "-q"]) == 0
+    assert str(tmp_path / "cache" / "fitted") in capsys.readouterr().out
+    assert main(["fit", *args[:-1], "schedule=karras"]) == 2
+    assert "schedule=fitted" in capsys.readouterr().err
+    assert main(["fit", *args, "schedule.method=oss"]) == 2
