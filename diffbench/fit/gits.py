@@ -16,8 +16,8 @@ from diffbench.models.base import Denoiser
 from diffbench.solvers import get_solver
 from diffbench.steps import Span, karras
 
-FINE_STEPS = 100
-TEACHER_SUBSTEPS = 4
+FINE_STEPS = 50
+TEACHER_SUBSTEPS = 2
 OPTIONS = {"fine_steps": FINE_STEPS, "teacher_substeps": TEACHER_SUBSTEPS, "fine_grid": "karras", "teacher": "heun"}
 
 
