@@ -1,4 +1,4 @@
-"""The `diffbench` command line (Typer): sweep, sample, eval, ref, plot, report, check, list, doctor.
+"""The `diffbench` command line (Typer): sweep, sample, eval, ref, fit, plot, report, check, list, doctor.
 
 Bad input of any kind ends in one line on stderr naming the field and the fix, exit code 2, no
 traceback and nothing written (DESIGN.md "Errors"). A file that cannot be written (disk full) is one
@@ -374,6 +374,30 @@ def ref(overrides: Overrides = None, quiet: Quiet = False,
     if json_out:
         _write_json(json_out, {"ref_id": stats.id, "n": stats.stats.n, "built": stats.built, "files": str(stats.path),
                                **extractor.identity(), "weights_check": extractor.weights_check})
+
+
+@app.command()
+def fit(overrides: Overrides = None, quiet: Quiet = False,
+        refit: Annotated[bool, typer.Option(help="Fit again even when the cache holds the grid.")] = False) -> None:
+    """Fit step grids per (model, solver, NFE) on calibration noise; sweeps use them with `schedule=fitted`.
+
+    Takes the sweep's overrides (comma lists fit each point); the grid is stored in the cache, keyed by
+    model, solver, NFE, method and calibration set, with its fitting time and NFE:
+
+    ```
+    diffbench fit solver=dpmpp_2m nfe=4,6,8 schedule.method=gits
+    diffbench sweep solver=dpmpp_2m nfe=4,6,8 schedule=fitted schedule.method=gits out=runs/fitted
+    ```
+    """
+    from diffbench.fit.run import fit_all
+
+    for fitted in fit_all(overrides or [], progress=not quiet, refit=refit):
+        a, request = fitted.artefact, fitted.artefact["request"]
+        rmse = a["calibration_rmse"]
+        state = "found in the cache" if fitted.reused else f"fitted in {a['fit_seconds']:.1f} s, {a['fit_nfe']} NFE"
+        out.print(f"{request['solver']['name']} nfe {request['nfe']} {request['method']}: {state}; calibration RMSE "
+                  f"{rmse['fitted']:.4g} (karras {rmse['karras']:.4g})")
+        out.print(f"  {fitted.path}")
 
 
 # plot / report --------------------------------------------------------------------------------------

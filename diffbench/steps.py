@@ -107,6 +107,42 @@ def explicit(n: int, schedule: NoiseSchedule, span: Span,
     return levels
 
 
+# Align Your Steps (Sabour et al. 2024): the published 10-step sigma grids (the last step to 0), as shipped in
+# diffusers 0.42, diffusers/schedulers/scheduling_utils.py `AysSchedules` (StableDiffusion/StableDiffusionXL/
+# StableDiffusionVideo "Sigmas"). They hold for those models' own noise schedules only.
+AYS_TABLES: dict[str, tuple[float, ...]] = {
+    "sd15": (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.0),
+    "sdxl": (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.0),
+    "svd": (700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.0),
+}
+
+
+@register_steps("ays")
+def ays(n: int, schedule: NoiseSchedule, span: Span, table: str = "sd15") -> Tensor:
+    """Align Your Steps' published grids (Sabour et al. 2024) for SD1.5 / SDXL / SVD; the span is ignored.
+
+    n = 10 is the table itself; other n interpolate log sigma linearly over the table's positions, the
+    authors' recipe for other step counts.
+    """
+    check(table in AYS_TABLES, f"schedule.table '{table}' is unknown; choose one of: {', '.join(AYS_TABLES)}")
+    levels = torch.tensor(AYS_TABLES[table][:-1], dtype=torch.float64)
+    count = span.points(n)
+    position = torch.arange(count, dtype=torch.float64) * (len(levels) - 1) / max(count - 1, 1)
+    below = position.floor().long()
+    above, frac = (below + 1).clamp(max=len(levels) - 1), position - below
+    between = torch.exp(levels[below].log() * (1 - frac) + levels[above].log() * frac)
+    return _finish(torch.where(frac == 0, levels[below], between), span)  # table levels exactly as published
+
+
+@register_steps("fitted")
+def fitted(n: int, schedule: NoiseSchedule, span: Span, method: str = "gits", calibration_seed: int = 1000,
+           calibration_n: int = 32, artefact: str = "", sigmas: Sequence[float] = ()) -> Tensor:
+    """A grid fitted per model, solver and NFE by `diffbench fit` (diffbench/fit/); sweeps fill artefact and sigmas."""
+    check(bool(artefact) and len(sigmas) > 0, f"schedule=fitted (method {method}) has no fitted grid here; "
+                                              "run `diffbench fit` with the same overrides first")
+    return explicit(n, schedule, span, sigmas)
+
+
 def resolve_span(schedule: NoiseSchedule, sigma_min: float | None = None, sigma_max: float | None = None,
                  final_zero: bool = True) -> Span:
     """Fill unset ends from the schedule and validate them (sigma_min must be below sigma_max)."""

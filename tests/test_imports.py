@@ -23,10 +23,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("diffbench.data",),
     ("diffbench.solvers", "diffbench.solvers."),
     ("diffbench.config",),
+    ("diffbench.fit.artefacts",),  # fitted grids' cache: the engine reads them
     ("diffbench.sampling",),
+    ("diffbench.fit.gits",),
     ("diffbench.metrics", "diffbench.metrics."),
     ("diffbench.discrete", "diffbench.discrete."),  # masked diffusion: uses noise, columns, metrics' bootstrap
     ("diffbench.engine", "diffbench.engine."),
+    ("diffbench.fit", "diffbench.fit."),  # `diffbench fit`: fits on calibration noise against cached references
     ("diffbench.launch", "diffbench.plots", "diffbench.regression"),
     ("diffbench.report",),
     ("diffbench.cli",),

@@ -10,7 +10,7 @@ from diffbench.errors import UsageError
 from diffbench.schedules import EDM, VPLinear
 from diffbench.steps import STEP_SCHEDULES, make_sigmas
 
-GRIDS = [n for n in STEP_SCHEDULES if n != "explicit"]
+GRIDS = [n for n in STEP_SCHEDULES if n not in ("explicit", "ays", "fitted")]  # ays: published absolute levels
 
 
 @pytest.mark.parametrize("final_zero", [True, False])

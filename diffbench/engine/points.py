@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig
@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from diffbench import assetstore, discrete
 from diffbench.config import RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings, to_dict
 from diffbench.errors import UsageError, check
+from diffbench.fit.artefacts import fill_fitted
 from diffbench.metrics.suite import check_metrics
 from diffbench.models import Denoiser, make_model
 from diffbench.sampling import Plan, make_plan
@@ -43,6 +44,7 @@ class Point:
     key: str  # config_hash of `config`: the resume key
     reason: str | None = None
     overrides: tuple[str, ...] = ()  # the override list that composes this point alone
+    fit: dict[str, Any] = field(default_factory=dict)  # a fitted grid's cost columns (diffbench.fit.artefacts)
 
     @property
     def label(self) -> str:
@@ -114,8 +116,12 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
     final_zero = bool(cfg.schedule.final_zero)
     nfe = feasible_nfe(spec, run.nfe, final_zero, policy)
+    model_key = model_identity(cfg.model)[2]
+    fit: dict[str, Any] = {}
+    if cfg.schedule.name == "fitted":  # its grid and artefact key come from `diffbench fit`'s cache
+        cfg, fit = fill_fitted(cfg, model_key, nfe or spec.min_nfe(final_zero), model.schedule)
     fixed = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
-                 model_key=model_identity(cfg.model)[2], overrides=tuple(overrides))
+                 model_key=model_key, overrides=tuple(overrides), fit=fit)
     if nfe is None:
         minimum = spec.min_nfe(final_zero)
         make_point_plan(cfg, spec, options, model, minimum)  # validates the rest of the point

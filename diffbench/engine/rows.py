@@ -50,8 +50,8 @@ def record(point: Point, row: ResultRow, extra: Mapping[str, Any] | None = None,
     metrics = results.metric_row(values) if values is not None else {}
     if values is not None:
         row.update(metric_names=metrics.pop(col.METRIC_NAMES))
-    return {col.CONFIG_HASH: row.config_hash, col.POINT_HASH: row.point_hash, **config, **row.columns(), **versions,
-            **(extra or {}), **metrics}
+    return {col.CONFIG_HASH: row.config_hash, col.POINT_HASH: row.point_hash, **config, **row.columns(), **point.fit,
+            **versions, **(extra or {}), **metrics}
 
 
 def save_grid_samples(out: str, key: str, x: Tensor) -> str:

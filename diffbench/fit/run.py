@@ -1,0 +1,123 @@
+"""`diffbench fit`: fit the step grid of every (model, solver, NFE) a config asks for with schedule=fitted.
+
+Calibration noise is sample indices 0..calibration_n-1 of noise seed calibration_seed; a sweep using
+the grid must run another seed (diffbench.fit.artefacts.fill_fitted checks it). Each fit is timed and
+its denoiser evaluations counted (fit_nfe, summed over calibration samples). The RK45 reference solutions of
+the calibration samples (what `search` fits to; adaptive, shared by every fit of one calibration set) are
+timed in the fit that first solves them but not counted in fit_nfe. The grid's and Karras' RMSE against
+them are stored beside the grid.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from diffbench import assetstore
+from diffbench.config import RunSettings, compose_points, config_hash, expand_grid, settings, to_dict
+from diffbench.engine.points import ModelCache, model_identity
+from diffbench.engine.progress import Reporter
+from diffbench.engine.references import ReferenceSolutions
+from diffbench.errors import check
+from diffbench.fit import artefacts, gits, search
+from diffbench.models.base import CountingDenoiser, Denoiser
+from diffbench.noise import NoiseSource
+from diffbench.sampling import initial_noise, make_plan, sample_batch, sample_shape
+from diffbench.solvers import SolverSpec, get_solver
+from diffbench.steps import Span, resolve_span
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a fit method may use: the counted denoiser, calibration noise at sigma_max, span, step count, and
+    `error(sigmas)`: the run solver's RMSE against the RK45 reference on the calibration samples."""
+
+    denoiser: CountingDenoiser
+    x: Tensor
+    span: Span
+    steps: int
+    error: Callable[[Tensor], float]
+
+
+METHODS: dict[str, tuple[Callable[[Calibration], Tensor], dict[str, Any]]] = {
+    "gits": (lambda c: gits.fit(c.denoiser, c.x, c.span, c.steps), gits.OPTIONS),
+    "search": (lambda c: search.fit(c.error, c.span, c.steps), search.OPTIONS),
+}
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """One fitted grid: its artefact, where it is stored, and whether it was already in the cache."""
+
+    key: str
+    path: Path
+    artefact: dict[str, Any]
+    reused: bool
+
+
+def fit_all(overrides: Sequence[str], progress: bool = True, refit: bool = False) -> list[Fitted]:
+    """Fit (or find in the cache) the grid of every grid point; schedule=fitted unless overridden."""
+    cfgs = compose_points(expand_grid(["schedule=fitted", *overrides]))
+    models = ModelCache()
+    with Reporter(progress) as reporter:
+        solutions = ReferenceSolutions(reporter)
+        return [fit_point(cfg, models, solutions, refit) for cfg in cfgs]
+
+
+def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions, refit: bool = False) -> Fitted:
+    """Fit one point's grid on its calibration noise and store it (reuse a stored one unless refit)."""
+    check(cfg.schedule.name == "fitted", f"diffbench fit fits schedule=fitted grids (got schedule={cfg.schedule.name})")
+    method = str(cfg.schedule.method)
+    check(method in METHODS, f"schedule.method '{method}' is unknown; choose one of: {', '.join(METHODS)}")
+    run = settings(cfg)
+    with assetstore.cache_root(cfg.cache_dir):
+        model = models.get(cfg.model)
+    request = artefacts.fit_request(cfg, model_identity(cfg.model)[2], run.nfe, model.schedule)
+    key = config_hash(request)
+    stored = None if refit else artefacts.load(cfg.cache_dir, key)
+    if stored is not None:
+        return Fitted(key, artefacts.artefact_path(cfg.cache_dir, key), stored, True)
+    spec = get_solver(str(cfg.solver.name))
+    options = spec.bind({k: v for k, v in to_dict(cfg.solver).items() if k != "name"})
+    span = resolve_span(model.schedule, cfg.schedule.sigma_min, cfg.schedule.sigma_max, bool(cfg.schedule.final_zero))
+    calib = request["calibration"]
+    calib_run = RunSettings(run.nfe, calib["seed"], calib["n"], calib["n"], run.device, run.dtype)
+    calib_cfg = OmegaConf.merge(cfg, {"seed": calib["seed"], "n_samples": calib["n"]})
+    counter = CountingDenoiser(model)
+    x = initial_noise(NoiseSource(calib["seed"], range(calib["n"]), run.device), sample_shape(model),
+                      model.schedule.prior_std(span.sigma_max), run.dtype)
+    rmse = partial(calibration_rmse, calib_cfg, spec, options, calib_run, solutions, span)
+    fit, method_options = METHODS[method]
+    start = time.perf_counter()
+    sigmas = fit(Calibration(counter, x, span, spec.steps_for_nfe(run.nfe, span.final_zero, options),
+                             lambda grid: rmse(counter, grid)))
+    seconds = time.perf_counter() - start
+    artefact = {"key": key, "request": request, "sigmas": sigmas.tolist(), artefacts.FIT_SECONDS: seconds,
+                artefacts.FIT_NFE: counter.sample_evals, "method_options": method_options,
+                "calibration_rmse": {"fitted": rmse(model, sigmas), "karras": rmse(model, None)},
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return Fitted(key, artefacts.save(cfg.cache_dir, key, artefact), artefact, False)
+
+
+def calibration_rmse(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], run: RunSettings,
+                     solutions: ReferenceSolutions, span: Span, model: Denoiser, sigmas: Tensor | None) -> float:
+    """RMSE vs the RK45 reference on the calibration samples of a grid (Karras when sigmas is None)."""
+    grid = {"step_schedule": "explicit", "step_options": {"sigmas": sigmas.tolist()}} if sigmas is not None else {}
+    plan = make_plan(spec, run.nfe, model.schedule, solver_options=options, sigma_min=span.sigma_min,
+                     sigma_max=span.sigma_max, final_zero=span.final_zero, **grid)
+    base = unwrap(model)
+    reference = solutions.get(cfg, base, plan, run, run.n_samples)
+    x = sample_batch(model, plan, range(run.n_samples), run.seed, sample_shape(base), run.device, run.dtype).x
+    return float((x.cpu() - reference).pow(2).mean().sqrt())
+
+
+def unwrap(model: Denoiser) -> Denoiser:
+    """The model under a CountingDenoiser: reference solves are not the fit's own evaluations."""
+    return model.inner if isinstance(model, CountingDenoiser) else model
