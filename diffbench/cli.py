@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -27,7 +27,7 @@ app = typer.Typer(name="diffbench", no_args_is_help=True, add_completion=False, 
                        "give overrides as `key=value`, e.g. "
                        "`diffbench sample solver=heun nfe=9`.")
 # click's base error for bad command lines (typer >= 0.20 vendors click, so found through typer)
-_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_CLICK_ERROR: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 _ARGV: list[str] = ["diffbench"]
@@ -322,11 +322,11 @@ def _samples_dataset(path: Path, key: str | None) -> Any:
     import numpy as np
     import torch
 
-    from diffbench.data import ArrayDataset, load_array, make_dataset, to_uint8
+    from diffbench.data import ArrayDataset, FolderDataset, load_array, make_dataset, to_uint8
 
     check(path.exists(), f"{path} does not exist; give a .npz/.npy of samples or a folder of images")
     if path.is_dir():
-        folder = make_dataset({"kind": "folder", "path": str(path)})
+        folder = cast(FolderDataset, make_dataset({"kind": "folder", "path": str(path)}))
         folder.check_headers(len(folder))  # unreadable files and mixed sizes: before the reference is built
         return folder
     check(path.suffix in (".npz", ".npy"), f"{path}: give a .npz/.npy file or a folder of images")
@@ -571,7 +571,8 @@ def _dataset_rows() -> tuple[list[str], list[list[Any]]]:
 
     from diffbench.config import config_file, group_options
 
-    rows = [[name, _options_text(OmegaConf.to_container(OmegaConf.load(config_file("dataset", name))))]
+    rows = [[name, _options_text(cast(dict[str, Any], OmegaConf.to_container(
+                OmegaConf.load(cast(Path, config_file("dataset", name))))))]
             for name in group_options("dataset")]
     return ["dataset", "fields (??? = give it on the command line)"], rows
 

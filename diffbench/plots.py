@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import matplotlib
 import matplotlib.ticker
@@ -266,7 +267,7 @@ def png_bytes(fig: plt.Figure) -> bytes:
 def hide_overlapping_tick_labels(fig: plt.Figure) -> None:
     """Along each axis, hide every tick label that would overlap the last one kept (major and minor)."""
     fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    renderer = cast(Any, fig.canvas).get_renderer()  # the Agg canvas has one
     for ax in fig.axes:
         for axis, start in ((ax.xaxis, "x0"), (ax.yaxis, "y0")):
             labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]

@@ -112,7 +112,7 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
     final_zero = bool(cfg.schedule.final_zero)
     nfe = feasible_nfe(spec, run.nfe, final_zero, policy)
-    fixed = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
+    fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
                  model_key=model_identity(cfg.model)[2], overrides=tuple(overrides))
     if nfe is None:
         minimum = spec.min_nfe(final_zero)

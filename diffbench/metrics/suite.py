@@ -143,7 +143,7 @@ class MetricContext:
 def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
     """Metric choices that cannot work with this model or sample count (UsageError naming the fix)."""
     feature, paired = parse_metrics(list(cfg.metrics.names))
-    shape = getattr(model, "shape", ())
+    shape: tuple[int, ...] = getattr(model, "shape", ())
     if feature or "lpips" in paired:
         check(len(shape) == 3 and shape[0] in (1, 3),
               f"metrics {', '.join(feature or paired)} need image samples [1 or 3, H, W] but the model's shape "
@@ -181,6 +181,7 @@ class MetricSuite:
     def update(self, x: Tensor, indices: Sequence[int], solutions: Tensor | None) -> None:
         """Add one batch of samples (indices: their sample indices) to every metric."""
         if self.extractor is not None:
+            assert self.stats is not None  # set with the extractor
             for part in x.split(FEATURE_BATCH):  # batch_size=auto may hand over thousands of samples
                 out = self.extractor(to_uint8(part))
                 self.stats.update(out.features, out.logits)
@@ -211,6 +212,7 @@ class MetricSuite:
         return values, extra
 
     def _feature_metrics(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:
+        assert self.extractor is not None and self.stats is not None and self.dataset_stats is not None
         opts = metric_options(self.cfg, self.extractor.device)
         gen = self.stats.finalize(self.extractor.identity())
         target = self.context.frechet_target(self.dataset_stats, self.extractor.device)  # one eigh per statistics
