@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -79,7 +79,7 @@ def _step_integrals(ems: EMS, lam_s: float, lam_t: float, terms: int) -> _Step:
     """Composite Gauss-Legendre over the EMS cells between lam_s and lam_t (EMS linear in each cell)."""
     grid = ems.lambdas
     inner = grid[(grid > lam_s) & (grid < lam_t)].tolist()
-    breaks: list[float] | Tensor = []
+    breaks: Any = []  # the break points: a list, then their tensor
     for a, b in zip([lam_s, *inner], [*inner, lam_t]):
         pieces = max(1, math.ceil((b - a) / _MAX_CELL))
         breaks += [a + (b - a) * i / pieces for i in range(pieces)]
