@@ -267,8 +267,6 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     diffbench eval my_samples/ dataset=npz dataset.path=ref.npz metrics.extractor=inception
     ```
     """
-    import json
-
     from diffbench.atomicio import check_output_file
     from diffbench.batching import FEATURE_BATCH
     from diffbench.config import compose, settings
@@ -613,9 +611,9 @@ def _doctor() -> dict[str, dict[str, str]]:
     import torch
 
     from diffbench import results
+    from diffbench.assetstore import cache_dir, resolve
     from diffbench.config import config_dirs
     from diffbench.errors import AssetMissing
-    from diffbench.assetstore import cache_dir, resolve
     from diffbench.metrics.features import INCEPTION_WEIGHTS
     from diffbench.metrics.lpips import BACKBONES, backbone_asset
 

@@ -37,7 +37,6 @@ from diffbench.assetstore import PACKAGE_ASSETS as ASSETS  # data and weights sh
 from diffbench.errors import UsageError, check
 
 
-
 def resolve_data_path(path: str | os.PathLike) -> Path:
     """dataset.path as given (relative to the working directory), else a name under diffbench/assets/."""
     given = Path(path).expanduser()

@@ -33,9 +33,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from diffbench import results
 from diffbench.config import _hydra, _one_line, parse_overrides
-from diffbench.errors import UsageError, check
 from diffbench.engine.points import Point, prepare
 from diffbench.engine.sweep import SweepSummary, run_sweep
+from diffbench.errors import UsageError, check
 
 LAUNCHER_GROUP = "hydra/launcher"
 PLAIN_VALUE = re.compile(r"[\w/.@+-]+")

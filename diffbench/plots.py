@@ -20,9 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from diffbench import columns as col  # noqa: E402
 from diffbench import results  # noqa: E402
 from diffbench.atomicio import write_all  # noqa: E402
-from diffbench import columns as col  # noqa: E402
 from diffbench.errors import check  # noqa: E402
 
 LINESTYLES = ("-", "--", ":", "-.")

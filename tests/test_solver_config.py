@@ -12,10 +12,10 @@ import pytest
 
 from diffbench.cli import main
 from diffbench.config import CONFIG_PATH_ENV, compose, node_defaults, to_dict, typed_nodes
+from diffbench.engine.points import prepare
 from diffbench.errors import UsageError
 from diffbench.models.base import CountingDenoiser
 from diffbench.solvers import SOLVERS
-from diffbench.engine.points import prepare
 
 TINY = ["debug=default", "model=gaussian", "model.shape=[4]", "metrics=error_only"]
 

@@ -15,8 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from diffbench import assetstore
-from diffbench.config import (RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings,
-                              to_dict)
+from diffbench.config import RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings, to_dict
 from diffbench.errors import UsageError, check
 from diffbench.metrics.suite import check_metrics
 from diffbench.models import Denoiser, make_model

@@ -31,9 +31,9 @@ import inspect
 import math
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from diffbench.errors import AssetMissing, UsageError, check, warn
 from diffbench.assetstore import Asset, file_digest, resolve, verification, weights_dir
+from diffbench.errors import AssetMissing, UsageError, check, warn
 from diffbench.noise import NoiseSource
 
 INCEPTION_WEIGHTS = Asset(

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffbench.errors import AssetMissing, UsageError, check
 from diffbench.assetstore import Asset, cache_dir, resolve, verification
+from diffbench.errors import AssetMissing, UsageError, check
 from diffbench.metrics.features import check_images
 
 # net -> (torchvision's DEFAULT weights URL for its backbone, smallest input side the net accepts)

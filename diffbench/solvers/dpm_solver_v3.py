@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffbench.solvers.ems import EMS, resolve
 from diffbench.errors import check
 from diffbench.models.base import Denoiser
 from diffbench.noise import NoiseSource
 from diffbench.solvers._common import lambdas as to_lambdas
+from diffbench.solvers.ems import EMS, resolve
 from diffbench.solvers.registry import per_step, register
 
 _GL_POINTS = 4
