@@ -126,4 +126,5 @@ def check_output_file(path: Path, field: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise UsageError(f"{field} {path}: cannot write in {folder} ({e.strerror or e}); choose a writable path") from None
+        raise UsageError(f"{field} {path}: cannot write in {folder} ({e.strerror or e}); "
+                         "choose a writable path") from None

@@ -238,7 +238,8 @@ def _one_line(e: Exception) -> str:
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
         group, name = e.missing_cfg_file.rsplit("/", 1)
         opts = ", ".join(e.options or group_options(group))
-        return f"{group}={name} is not an option; choose one of: {opts} (or add {group}/{name}.yaml to a --config-dir folder)"
+        return (f"{group}={name} is not an option; choose one of: {opts} "
+                f"(or add {group}/{name}.yaml to a --config-dir folder)")
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("See https")]
     text = "; ".join(lines[:2]) if lines else type(e).__name__
     if text.startswith("Could not override"):

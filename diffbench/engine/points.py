@@ -97,7 +97,8 @@ def make_point_plan(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], 
                      final_zero=bool(cfg.schedule.final_zero), shape=getattr(model, "shape", None))
 
 
-def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] = (), policy: str | None = None) -> Point:
+def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] = (),
+                  policy: str | None = None) -> Point:
     """Validate one composed config into a Point; raises UsageError on bad input.
 
     `policy` overrides the config's sweep.nfe_policy (`diffbench sample` runs the budget exactly).
@@ -111,8 +112,8 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
     final_zero = bool(cfg.schedule.final_zero)
     nfe = feasible_nfe(spec, run.nfe, final_zero, policy)
-    fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
-                 model_key=model_identity(cfg.model)[2], overrides=tuple(overrides))
+    fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy,
+                                 nfe_budget=run.nfe, model_key=model_identity(cfg.model)[2], overrides=tuple(overrides))
     if nfe is None:
         minimum = spec.min_nfe(final_zero)
         make_point_plan(cfg, spec, options, model, minimum)  # validates the rest of the point

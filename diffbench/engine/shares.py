@@ -91,7 +91,8 @@ def merge_shares(shares: Sequence[Share], suite: MetricSuite, keep: int, batch_s
     pieces = [piece for s in shares for piece in s.kept]
     grid = ([i for idx, _ in pieces for i in idx], rows_by_index(pieces))
     _load_state(shares, suite, indices, batch_size)
-    return Share(sorted(indices), sum(s.nfe_total for s in shares), kept=[(sorted(grid[0])[:keep], grid[1][:keep])], **slowest)
+    return Share(sorted(indices), sum(s.nfe_total for s in shares),
+                 kept=[(sorted(grid[0])[:keep], grid[1][:keep])], **slowest)
 
 
 def per_sample_nfe(total: float, n: int) -> float | None:
