@@ -290,7 +290,8 @@ def charts(df: pd.DataFrame, root: Path, metrics: Sequence[str] | None = None) -
                                                       "give a table written by `diffbench sweep`")
     check(not ok_rows(df).empty, "the results table has no successful rows to plot")
     missing = [m for m in metrics if m not in df.columns]
-    check(not missing, f"metric {', '.join(missing)} is not in the table; it has: {', '.join(results.metric_columns(df))}")
+    check(not missing, f"metric {', '.join(missing)} is not in the table; "
+                       f"it has: {', '.join(results.metric_columns(df))}")
     out = []
     for metric in metrics:
         if ok_rows(df)[metric].notna().any():

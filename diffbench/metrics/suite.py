@@ -135,7 +135,8 @@ class MetricContext:
             dataset = make_dataset(to_dict(cfg.dataset), model=model, model_config=to_dict(cfg.model))
             n = len(dataset) if ref_n is None else int(ref_n)
             with self.reporter.task(f"dataset statistics ({extractor.name})", n) as advance:
-                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir, batch_size=min(batch_size, FEATURE_BATCH),
+                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir,
+                                                          batch_size=min(batch_size, FEATURE_BATCH),
                                                           progress=progress_callback(advance))
         return self._refs[key]
 
