@@ -59,7 +59,8 @@ def test_continuous_knobs_stay_settable():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["solver=dpmpp_2m", "solver.lower_order_final=maybe"], "solver.lower_order_final=maybe: Value 'maybe' is not a valid bool"),
+    (["solver=dpmpp_2m", "solver.lower_order_final=maybe"],
+     "solver.lower_order_final=maybe: Value 'maybe' is not a valid bool"),
     (["solver=ddim", "solver.eta=abc"], "solver.eta=abc: Value 'abc' of type 'str' could not be converted to Float"),
     (["solver=ddim", "solver.eta=[1,2]"], "solver.eta=[1,2]: Value '[1, 2]' of type 'list'"),
     (["schedule.rho=abc"], "schedule.rho=abc: Value 'abc'"),
