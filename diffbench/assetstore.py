@@ -202,6 +202,7 @@ def resolve(asset: Asset, explicit: str | os.PathLike | None = None) -> Path:
 
 def download(asset: Asset) -> Path:
     """Fetch the asset into the cache (temp file + rename), checking its hash; AssetMissing on failure."""
+    assert asset.url is not None  # only assets with a url are downloaded
     target = weights_dir() / asset.filenames[0]
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")

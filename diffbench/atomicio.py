@@ -49,7 +49,7 @@ def staged(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
     """write(tmp) to a temporary file beside target, then rename it over target (see `staged`)."""
     with staged(target) as tmp:
         write(tmp)
@@ -126,4 +126,5 @@ def check_output_file(path: Path, field: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise UsageError(f"{field} {path}: cannot write in {folder} ({e.strerror or e}); choose a writable path") from None
+        raise UsageError(f"{field} {path}: cannot write in {folder} ({e.strerror or e}); "
+                         "choose a writable path") from None

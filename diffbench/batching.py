@@ -8,7 +8,7 @@ ones (rk45, dpm_solver_adaptive), whose step sizes are controlled per sample.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 
@@ -26,7 +26,7 @@ def resolve_batch_size(value: object, n_samples: int, device: torch.device) -> i
         return min(n_samples, AUTO_CUDA_START if device.type == "cuda" else AUTO_CPU)
     check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
           f"batch_size must be an integer >= 1 or auto (got {value!r})")
-    return int(value)
+    return int(cast(int, value))
 
 
 class BatchSizer:

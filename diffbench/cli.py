@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -27,7 +27,7 @@ app = typer.Typer(name="diffbench", no_args_is_help=True, add_completion=False, 
                        "give overrides as `key=value`, e.g. "
                        "`diffbench sample solver=heun nfe=9`.")
 # click's base error for bad command lines (typer >= 0.20 vendors click, so found through typer)
-_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_CLICK_ERROR: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 _ARGV: list[str] = ["diffbench"]
@@ -39,8 +39,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 
 @app.callback()
 def options(config_dir: Annotated[list[Path] | None, typer.Option(
-        "--config-dir", metavar="DIR", help="A folder of your own configs (`<group>/<name>.yaml`) that add to or override the "
-                             "packaged ones; repeatable, the first wins (also $DIFFBENCH_CONFIG_PATH).",
+        "--config-dir", metavar="DIR", help="A folder of your own configs (`<group>/<name>.yaml`) that add to "
+                                            "or override the packaged ones; repeatable, the first wins "
+                                            "(also $DIFFBENCH_CONFIG_PATH).",
         show_default=False)] = None) -> None:
     """Benchmark the speed/quality trade-off of diffusion and flow-model samplers."""
     if config_dir:
@@ -56,11 +57,14 @@ def options(config_dir: Annotated[list[Path] | None, typer.Option(
 
 @app.command()
 def sweep(overrides: Overrides = None, quiet: Quiet = False,
-          shard: Annotated[str, typer.Option(help="Run share I of N of the points (I/N, 0-based), for several jobs.")] = "0/1",
-          jobs: Annotated[int, typer.Option(help="With hydra/launcher=...: N jobs of shards (0: one job per point).")] = 0,
+          shard: Annotated[str, typer.Option(help="Run share I of N of the points (I/N, 0-based), "
+                                                  "for several jobs.")] = "0/1",
+          jobs: Annotated[int, typer.Option(help="With hydra/launcher=...: N jobs of shards "
+                                                 "(0: one job per point).")] = 0,
           retry_failed: Annotated[bool, typer.Option(help="Run again the points stored as failed.")] = False,
           dry_run: Annotated[bool, typer.Option(help="List the grid points and exit.")] = False,
-          report: Annotated[bool, typer.Option(help="Write plots and the HTML/markdown report at the end.")] = True) -> None:
+          report: Annotated[bool, typer.Option(help="Write plots and "
+                                                    "the HTML/markdown report at the end.")] = True) -> None:
     """Run a grid of solvers x schedules x NFE budgets (x models x seeds) into a results table.
 
     With no arguments: the embedded default (an analytic image-shaped Gaussian mixture, CPU, no
@@ -183,8 +187,10 @@ def _cell(value: object) -> str:
 
 @app.command()
 def sample(overrides: Overrides = None, quiet: Quiet = False,
-           seeds: Annotated[str | None, typer.Option(help="Sample indices, e.g. 0-63 or 0,5,9 (default: 0..n_samples-1).")] = None,
-           output: Annotated[Path | None, typer.Option("--output", "-o", help="The .npz to write (a PNG grid goes next to it).")] = None) -> None:
+           seeds: Annotated[str | None, typer.Option(help="Sample indices, e.g. 0-63 or 0,5,9 "
+                                                          "(default: 0..n_samples-1).")] = None,
+           output: Annotated[Path | None, typer.Option("--output", "-o", help="The .npz to write (a PNG grid "
+                                                                              "goes next to it).")] = None) -> None:
     """Draw samples with one model + solver + schedule + NFE, save them (.npz) and a PNG grid.
 
     Prints the measured NFE and the time. Sample i's noise depends only on (seed, i):
@@ -211,7 +217,8 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     check(not is_discrete(point), f"diffbench sample runs continuous solvers only; run discrete sampler "
                                   f"'{point.spec.name}' with diffbench sweep (its samples/*.npz hold the tokens)")
     indices = _parse_seeds(seeds) if seeds else list(range(point.run.n_samples))
-    path = output or Path(cfg.out) / "samples" / f"{cfg.solver.name}_{cfg.schedule.name}_nfe{cfg.nfe}_seed{cfg.seed}.npz"
+    path = output or Path(cfg.out) / "samples" / (f"{cfg.solver.name}_{cfg.schedule.name}"
+                                                  f"_nfe{cfg.nfe}_seed{cfg.seed}.npz")
     check(path.suffix == ".npz", f"--output {path}: give a .npz path")
     check_writable(path.parent, "--output")
     model = models.get(cfg.model)
@@ -261,8 +268,10 @@ def _parse_seeds(text: str) -> list[int]:
 def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy (float in [-1, 1] or uint8 images) "
                                                           "or a folder of images.", show_default=False)],
              overrides: Overrides = None, quiet: Quiet = False,
-             key: Annotated[str | None, typer.Option(help="Array name inside the .npz (default: x, else the first).")] = None,
-             json_out: Annotated[Path | None, typer.Option("--json", help="Also write the values to this JSON file.")] = None) -> None:
+             key: Annotated[str | None, typer.Option(help="Array name inside the .npz (default: x, "
+                                                          "else the first).")] = None,
+             json_out: Annotated[Path | None, typer.Option("--json", help="Also write the values "
+                                                                          "to this JSON file.")] = None) -> None:
     """Compute the feature metrics (FD/FID, KID, IS, PR) of saved samples against the configured dataset.
 
     ```
@@ -270,8 +279,6 @@ def eval_cmd(samples: Annotated[Path, typer.Argument(help="Samples: a .npz/.npy 
     diffbench eval my_samples/ dataset=npz dataset.path=ref.npz metrics.extractor=inception
     ```
     """
-    import json
-
     from diffbench.atomicio import check_output_file
     from diffbench.batching import FEATURE_BATCH
     from diffbench.config import compose, settings
@@ -325,11 +332,11 @@ def _samples_dataset(path: Path, key: str | None) -> Any:
     import numpy as np
     import torch
 
-    from diffbench.data import ArrayDataset, load_array, make_dataset, to_uint8
+    from diffbench.data import ArrayDataset, FolderDataset, load_array, make_dataset, to_uint8
 
     check(path.exists(), f"{path} does not exist; give a .npz/.npy of samples or a folder of images")
     if path.is_dir():
-        folder = make_dataset({"kind": "folder", "path": str(path)})
+        folder = cast(FolderDataset, make_dataset({"kind": "folder", "path": str(path)}))
         folder.check_headers(len(folder))  # unreadable files and mixed sizes: before the reference is built
         return folder
     check(path.suffix in (".npz", ".npy"), f"{path}: give a .npz/.npy file or a folder of images")
@@ -343,7 +350,8 @@ def _samples_dataset(path: Path, key: str | None) -> Any:
 
 @app.command()
 def ref(overrides: Overrides = None, quiet: Quiet = False,
-        json_out: Annotated[Path | None, typer.Option("--json", help="Also write the reference's id, size and files to this JSON file.")] = None) -> None:
+        json_out: Annotated[Path | None, typer.Option("--json", help="Also write the reference's id, size and files "
+                                                                     "to this JSON file.")] = None) -> None:
     """Build (or verify) the reference feature statistics of the configured dataset and extractor.
 
     Sweeps build them on first use; this command does it ahead of time (e.g. once per cluster):
@@ -407,8 +415,10 @@ Results = Annotated[Path, typer.Argument(help="A results table: its folder, .par
 
 @app.command()
 def plot(results_path: Results,
-         out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the PNGs (default: `<table dir>/figures`).")] = None,
-         metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to plot (default: all in the table).")] = None) -> None:
+         out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the PNGs "
+                                                                    "(default: `<table dir>/figures`).")] = None,
+         metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to plot "
+                                                               "(default: all in the table).")] = None) -> None:
     """Draw metric-vs-NFE plots, metric-vs-time Pareto fronts and a sample grid from a results table.
 
     Writes `nfe_<metric>.png` and `pareto_<metric>.png` per metric and `samples_grid.png`:
@@ -431,7 +441,8 @@ def plot(results_path: Results,
 
 @app.command()
 def report(results_path: Results,
-           out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the report (default: `<table dir>/report`).")] = None,
+           out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the report "
+                                                                      "(default: `<table dir>/report`).")] = None,
            title: Annotated[str, typer.Option(help="Page title.")] = "diffbench report") -> None:
     """Write a self-contained HTML report (figures inlined) and a markdown page from a results table.
 
@@ -458,15 +469,21 @@ def report(results_path: Results,
 
 @app.command("check")
 def check_cmd(results_path: Results,
-              baseline: Annotated[Path, typer.Option("--baseline", "-b", help="The baseline table: its folder, .parquet or .csv.",
+              baseline: Annotated[Path, typer.Option("--baseline", "-b", help="The baseline table: "
+                                                                              "its folder, .parquet or .csv.",
                                                      show_default=False)],
-              metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to compare (default: all of the baseline's).")] = None,
+              metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to compare "
+                                                                    "(default: all of the baseline's).")] = None,
               rtol: Annotated[float, typer.Option(help="Relative slack added to every tolerance.")] = 0.0,
-              alpha: Annotated[float, typer.Option(help="Chance that an unchanged re-run on another seed fails the whole check.")] = 0.05,
-              require_all: Annotated[bool, typer.Option(help="Count each baseline point missing from the results as a regression.")] = False,
-              same_seed: Annotated[bool, typer.Option(help="Hold points re-run on the baseline's own seed and environment "
+              alpha: Annotated[float, typer.Option(help="Chance that an unchanged re-run "
+                                                        "on another seed fails the whole check.")] = 0.05,
+              require_all: Annotated[bool, typer.Option(help="Count each baseline point "
+                                                             "missing from the results as a regression.")] = False,
+              same_seed: Annotated[bool, typer.Option(help="Hold points re-run "
+                                                           "on the baseline's own seed and environment "
                                                            "on a CPU to relative 1e-6 (they reproduce it).")] = True,
-              update: Annotated[bool, typer.Option(help="Write the results as the new baseline instead of comparing.")] = False) -> None:
+              update: Annotated[bool, typer.Option(help="Write the results "
+                                                        "as the new baseline instead of comparing.")] = False) -> None:
     """Compare a results table with a baseline: exit 0 pass, 1 regression, 2 bad input.
 
     Points are matched by config without the seed; only the points both tables hold are compared
@@ -505,7 +522,8 @@ def check_cmd(results_path: Results,
                     "(--require-all counts them as regressions)")
     out.print(summary, highlight=False)
     for row in bad.itertuples(index=False):
-        out.print(f"REGRESSION {row.solver} / {row.schedule} / nfe {row.nfe} ({row.config_hash}) {row.metric}: {row.why}",
+        out.print(f"REGRESSION {row.solver} / {row.schedule} / nfe {row.nfe} ({row.config_hash}) "
+                  f"{row.metric}: {row.why}",
                   highlight=False, markup=False)
     if len(bad):
         raise typer.Exit(1)
@@ -519,8 +537,10 @@ def _print_frame(df: Any) -> None:
 # list / doctor --------------------------------------------------------------------------------------
 
 @app.command("list")
-def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | models | datasets | metrics | all")] = "all",
-             as_json: Annotated[bool, typer.Option("--json", help="Print the tables as JSON (one object per row).")] = False) -> None:
+def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | "
+                                                      "models | datasets | metrics | all")] = "all",
+             as_json: Annotated[bool, typer.Option("--json", help="Print the tables "
+                                                                  "as JSON (one object per row).")] = False) -> None:
     """List what configs can name: solvers (order, stochastic, min NFE, default options), schedules, models, ...
 
     ```
@@ -568,9 +588,12 @@ def _solver_rows() -> tuple[list[str], list[list[Any]]]:
 
     rows = []
     for name, spec in sorted(SOLVERS.items()):
-        stochastic = ("yes" if spec.stochastic else "no") if isinstance(spec.stochastic, bool) else f"{spec.stochastic}>0"
-        nfe = "adaptive" if spec.adaptive else ",".join(str(spec.nfe_for(n, True)) for n in range(spec.min_steps, spec.min_steps + 4)) + ",…"
-        rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe, node_defaults("solver", name), sorted(spec.fixed())])
+        stochastic = (("yes" if spec.stochastic else "no") if isinstance(spec.stochastic, bool)
+                      else f"{spec.stochastic}>0")
+        nfe = "adaptive" if spec.adaptive else ",".join(str(spec.nfe_for(n, True))
+                                                        for n in range(spec.min_steps, spec.min_steps + 4)) + ",…"
+        rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe,
+                     node_defaults("solver", name), sorted(spec.fixed())])
     return ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options", "fixed"], rows
 
 
@@ -578,7 +601,8 @@ def _schedule_rows() -> tuple[list[str], list[list[Any]]]:
     from diffbench.config import group_options
     from diffbench.steps import STEP_SCHEDULES
 
-    rows = [[name, "yes" if name in group_options("schedule") else "-", _summary(fn)] for name, fn in sorted(STEP_SCHEDULES.items())]
+    rows = [[name, "yes" if name in group_options("schedule") else "-", _summary(fn)]
+            for name, fn in sorted(STEP_SCHEDULES.items())]
     return ["schedule", "config", "spacing"], rows
 
 
@@ -598,7 +622,8 @@ def _dataset_rows() -> tuple[list[str], list[list[Any]]]:
 
     from diffbench.config import config_file, group_options
 
-    rows = [[name, _options_text(OmegaConf.to_container(OmegaConf.load(config_file("dataset", name))))]
+    rows = [[name, _options_text(cast(dict[str, Any], OmegaConf.to_container(
+                OmegaConf.load(cast(Path, config_file("dataset", name))))))]
             for name in group_options("dataset")]
     return ["dataset", "fields (??? = give it on the command line)"], rows
 
@@ -639,9 +664,9 @@ def _doctor() -> dict[str, dict[str, str]]:
     import torch
 
     from diffbench import results
+    from diffbench.assetstore import cache_dir, resolve
     from diffbench.config import config_dirs
     from diffbench.errors import AssetMissing
-    from diffbench.assetstore import cache_dir, resolve
     from diffbench.metrics.features import INCEPTION_WEIGHTS
     from diffbench.metrics.lpips import BACKBONES, backbone_asset
 

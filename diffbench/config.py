@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, make_dataclass
 from functools import cache
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, cast, get_args, get_origin, get_type_hints
 
 import torch
 import yaml
@@ -158,7 +158,7 @@ def typed_options(group: str, name: str, options: Mapping[str, Any], where: str)
         merged = OmegaConf.merge(OmegaConf.structured(typed_nodes()[group][name]), dict(options))
     except OmegaConfBaseException as e:
         raise UsageError(f"{where}: {_one_line(e)}") from None
-    return {k: v for k, v in to_dict(merged).items() if k != "name"}
+    return {k: v for k, v in to_dict(cast(DictConfig, merged)).items() if k != "name"}
 
 
 def node_defaults(group: str, name: str) -> dict[str, Any]:
@@ -189,6 +189,7 @@ def _plain(value: Any) -> Any:
 def _register_nodes() -> None:
     """Store the typed solver and step-grid nodes, and model defaults for kinds that have no YAML file."""
     store = ConfigStore.instance()
+    node: Any  # a typed node's dataclass, then a model kind's defaults
     for group, nodes in typed_nodes().items():
         for name, node in nodes.items():
             store.store(group=group, name=name, node=node)
@@ -237,7 +238,8 @@ def _one_line(e: Exception) -> str:
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
         group, name = e.missing_cfg_file.rsplit("/", 1)
         opts = ", ".join(e.options or group_options(group))
-        return f"{group}={name} is not an option; choose one of: {opts} (or add {group}/{name}.yaml to a --config-dir folder)"
+        return (f"{group}={name} is not an option; choose one of: {opts} "
+                f"(or add {group}/{name}.yaml to a --config-dir folder)")
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("See https")]
     text = "; ".join(lines[:2]) if lines else type(e).__name__
     if text.startswith("Could not override"):
@@ -328,7 +330,7 @@ def expand_grid(overrides: Sequence[str] = ()) -> list[list[str]]:
     overrides apply to every point.
     """
     parsed = parse_overrides(overrides)
-    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    plain = [cast(str, o.input_line) for o in parsed if not o.is_sweep_override()]
     with _hydra():
         base = _compose(plain)
         axes: dict[str, tuple[str, list[str]]] = {}
@@ -340,7 +342,7 @@ def expand_grid(overrides: Sequence[str] = ()) -> list[list[str]]:
                 axes[o.key_or_group] = (o.get_key_element(), _axis_values(o))
     for key, (_, values) in axes.items():
         check(len(values) > 0, f"{key}: the sweep list is empty; give at least one value")
-    fixed = [o.input_line for o in parsed if o.key_or_group not in axes]
+    fixed = [cast(str, o.input_line) for o in parsed if o.key_or_group not in axes]
     names = [element for element, _ in axes.values()]
     return [fixed + [f"{n}={v}" for n, v in zip(names, combo)]
             for combo in itertools.product(*(values for _, values in axes.values()))]
@@ -412,6 +414,7 @@ def resolve_device(name: str) -> torch.device:
         device = None
     check(device is not None and device.type in ("cpu", "cuda"),
           f"device={name} is not a device diffbench runs on; use auto, cpu, cuda or cuda:N")
+    assert device is not None  # check() raised otherwise
     check(device.type != "cuda" or torch.cuda.is_available(),
           f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
     check(device.type != "cuda" or device.index is None or device.index < torch.cuda.device_count(),

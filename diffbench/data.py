@@ -37,7 +37,6 @@ from diffbench.assetstore import PACKAGE_ASSETS as ASSETS  # data and weights sh
 from diffbench.errors import UsageError, check
 
 
-
 def resolve_data_path(path: str | os.PathLike) -> Path:
     """dataset.path as given (relative to the working directory), else a name under diffbench/assets/."""
     given = Path(path).expanduser()
@@ -142,7 +141,8 @@ class ArrayDataset(ImageDataset):
 _ARRAY_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
-def load_array(path: Path, key: str | None = None, prefer: str | None = None, key_field: str = "dataset.key") -> np.ndarray:
+def load_array(path: Path, key: str | None = None, prefer: str | None = None,
+               key_field: str = "dataset.key") -> np.ndarray:
     """The array of a .npy file, or array ``key`` of a .npz (default: ``prefer`` if present, else the first).
 
     A file numpy cannot read (garbage, truncated, pickled objects) is a UsageError naming it; an
@@ -159,7 +159,8 @@ def load_array(path: Path, key: str | None = None, prefer: str | None = None, ke
             return npz[key]
     except _ARRAY_ERRORS as e:
         raise UsageError(f"{path}: not a readable {path.suffix} array file ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); regenerate or re-download it") from None
+                         f"{str(e).splitlines()[0] if str(e) else 'no detail'}); "
+                         "regenerate or re-download it") from None
 
 
 class NpzDataset(ArrayDataset):

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra._internal.callbacks import Callbacks
 from hydra.core.global_hydra import GlobalHydra
@@ -33,9 +33,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from diffbench import results
 from diffbench.config import _hydra, _one_line, parse_overrides
-from diffbench.errors import UsageError, check
 from diffbench.engine.points import Point, prepare
 from diffbench.engine.sweep import SweepSummary, run_sweep
+from diffbench.errors import UsageError, check
 
 LAUNCHER_GROUP = "hydra/launcher"
 PLAIN_VALUE = re.compile(r"[\w/.@+-]+")
@@ -100,15 +100,15 @@ class Launched:
 def split_overrides(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     """(the sweep's overrides, the launcher's: hydra/launcher=..., hydra.launcher.*, hydra.sweep.dir=...)."""
     parsed = parse_overrides(overrides)
-    launcher = [o.input_line for o in parsed if o.key_or_group.startswith("hydra")]
-    return [o.input_line for o in parsed if not o.key_or_group.startswith("hydra")], launcher
+    launcher = [cast(str, o.input_line) for o in parsed if o.key_or_group.startswith("hydra")]
+    return [cast(str, o.input_line) for o in parsed if not o.key_or_group.startswith("hydra")], launcher
 
 
 def launcher_choice(launcher_overrides: Sequence[str]) -> str:
     """The `hydra/launcher=NAME` among the launcher overrides (UsageError when missing)."""
     for o in parse_overrides(launcher_overrides):
         if o.key_or_group == LAUNCHER_GROUP:
-            return o.input_line
+            return cast(str, o.input_line)
     raise UsageError(f"{launcher_overrides[0]}: a launcher option without a launcher; add hydra/launcher=local "
                      "(or slurm, submitit_local, submitit_slurm)")
 
@@ -120,7 +120,7 @@ def plan_jobs(points: Sequence[Point], todo: set[str], jobs: int, overrides: Seq
     if jobs == 0:
         return [Job(f"point {p.key} ({p.label})", (*_without_out(p.overrides), pinned), (0, 1),
                     (*_without_out(p.overrides), pinned), (p.key,)) for p in points if p.key in todo]
-    shared = [o.input_line for o in parse_overrides(overrides) if not o.is_sweep_override()]
+    shared = [cast(str, o.input_line) for o in parse_overrides(overrides) if not o.is_sweep_override()]
     planned = []
     for index in range(jobs):
         keys = tuple(p.key for p in points[index::jobs] if p.key in todo)
@@ -131,7 +131,7 @@ def plan_jobs(points: Sequence[Point], todo: set[str], jobs: int, overrides: Seq
 
 
 def _without_out(overrides: Sequence[str]) -> list[str]:
-    return [o.input_line for o in parse_overrides(overrides) if o.key_or_group != "out"]
+    return [cast(str, o.input_line) for o in parse_overrides(overrides) if o.key_or_group != "out"]
 
 
 def _quote(value: str) -> str:
@@ -180,6 +180,7 @@ def _stored(table: Path, keys: set[str]) -> dict[str, tuple[str, str | None]]:
 def _launcher(choice: str, overrides: list[str], task: SweepTask) -> tuple[Any, Path]:
     """The launcher plugin set up on the multirun config that `overrides` compose (UsageError if invalid)."""
     hydra = GlobalHydra.instance().hydra
+    assert hydra is not None  # called inside _hydra()
     try:
         cfg = hydra.compose_config("config", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
         context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(cfg))  # as Hydra.multirun

@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import matplotlib
 import matplotlib.ticker
@@ -19,9 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from diffbench import columns as col  # noqa: E402
 from diffbench import results  # noqa: E402
 from diffbench.atomicio import write_all  # noqa: E402
-from diffbench import columns as col  # noqa: E402
 from diffbench.errors import check  # noqa: E402
 
 LINESTYLES = ("-", "--", ":", "-.")
@@ -266,7 +267,7 @@ def png_bytes(fig: plt.Figure) -> bytes:
 def hide_overlapping_tick_labels(fig: plt.Figure) -> None:
     """Along each axis, hide every tick label that would overlap the last one kept (major and minor)."""
     fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
+    renderer = cast(Any, fig.canvas).get_renderer()  # the Agg canvas has one
     for ax in fig.axes:
         for axis, start in ((ax.xaxis, "x0"), (ax.yaxis, "y0")):
             labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
@@ -289,7 +290,8 @@ def charts(df: pd.DataFrame, root: Path, metrics: Sequence[str] | None = None) -
                                                       "give a table written by `diffbench sweep`")
     check(not ok_rows(df).empty, "the results table has no successful rows to plot")
     missing = [m for m in metrics if m not in df.columns]
-    check(not missing, f"metric {', '.join(missing)} is not in the table; it has: {', '.join(results.metric_columns(df))}")
+    check(not missing, f"metric {', '.join(missing)} is not in the table; "
+                       f"it has: {', '.join(results.metric_columns(df))}")
     out = []
     for metric in metrics:
         if ok_rows(df)[metric].notna().any():

@@ -119,7 +119,8 @@ def std_error(row: pd.Series, metric: str) -> float:
 
 def same_environment(b: pd.Series, c: pd.Series) -> bool:
     """Whether two rows ran where same-seed results reproduce: equal ENVIRONMENT columns, on a CPU."""
-    return str(b.get(col.DEVICE_NAME)).startswith("cpu") and all(str(b.get(name)) == str(c.get(name)) for name in ENVIRONMENT)
+    return str(b.get(col.DEVICE_NAME)).startswith("cpu") and all(str(b.get(name)) == str(c.get(name))
+                                                                 for name in ENVIRONMENT)
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,8 @@ def _html_page(title: str, intro: str, charts: list[plots.Chart], notes: dict[st
                    f'{base64.b64encode(c.png).decode()}"/><figcaption>{html.escape(c.caption)}</figcaption></figure>'
                    for c in charts)
     notes_html = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in notes.items())
-    prov_html = "".join(f"<li><b>{html.escape(k)}</b>: " + "; ".join(f"<code>{html.escape(v)}</code>" for v in vs) + "</li>"
+    prov_html = "".join(f"<li><b>{html.escape(k)}</b>: " +
+                        "; ".join(f"<code>{html.escape(v)}</code>" for v in vs) + "</li>"
                         for k, vs in prov.items())
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>{intro}</p>"

@@ -78,7 +78,7 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Like load, but a missing or empty table is a UsageError (for commands that need rows)."""
     df = load(path)
     check(not df.empty, f"no results table at {path}; run `diffbench sweep out=DIR` first or give its path")
-    for col in (KEY, "status"):
+    for col in (KEY, "status"):  # noqa: F402 (the columns module is not used here)
         check(col in df.columns, f"{path} is not a diffbench results table (no '{col}' column)")
     duplicated = df[KEY][df[KEY].duplicated()]
     if len(duplicated):

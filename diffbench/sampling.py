@@ -135,6 +135,7 @@ def sample_shape(model: Denoiser) -> tuple[int, ...]:
     """The shape of one sample, as the model declares it."""
     shape = getattr(model, "shape", None)
     check(shape is not None, "the model does not declare its sample shape (model.shape)")
+    assert shape is not None  # check() raised otherwise
     return tuple(shape)
 
 

@@ -19,7 +19,7 @@ from diffbench.errors import UsageError, check
 Array = Tensor | float
 
 
-def _t(x: Array) -> Tensor:
+def _t(x: Array | Sequence[float]) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 

@@ -165,5 +165,6 @@ def make_sigmas(name: str, n: int, schedule: NoiseSchedule, *, sigma_min: float 
         raise UsageError(f"step schedule '{name}': {e}") from None
     check(bool(torch.isfinite(sigmas).all()), f"step schedule '{name}' produced non-finite noise levels")
     check(bool((sigmas[:-1] > sigmas[1:]).all()),
-          f"step schedule '{name}' with {options or 'its defaults'} repeats noise levels (a degenerate grid); change its options")
+          f"step schedule '{name}' with {options or 'its defaults'} repeats noise levels "
+          "(a degenerate grid); change its options")
     return sigmas

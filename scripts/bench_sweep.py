@@ -38,10 +38,10 @@ import torch
 from diffbench import results
 from diffbench.config import compose
 from diffbench.data import make_dataset, to_uint8
-from diffbench.metrics.features import make_extractor
-from diffbench.models.unet import UNet, save_checkpoint
 from diffbench.engine.points import ModelCache, resolve_point
 from diffbench.engine.sweep import run_sweep
+from diffbench.metrics.features import make_extractor
+from diffbench.models.unet import UNet, save_checkpoint
 from diffbench.sampling import sample_points, set_tf32
 
 SPEED_VARIANTS = {  # name -> overrides (the model's own options are recorded in every diffbench row)

@@ -18,10 +18,10 @@ import torch
 from diffusers import EDMDPMSolverMultistepScheduler
 
 from diffbench.config import compose
+from diffbench.engine.points import ModelCache
 from diffbench.models.base import Denoiser
 from diffbench.noise import NoiseSource
 from diffbench.sampling import initial_noise, make_plan, sample_batch
-from diffbench.engine.points import ModelCache
 
 OURS = [("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpmpp_3m", {"lower_order_final": True}), ("dpmpp_3m_diffusers", {}),
         ("unipc_bh2", {}), ("unipc_bh2", {"lower_order_final": True})]

@@ -53,7 +53,7 @@ def test_rk45_agrees_with_torchdiffeq_dopri5(mixture):
         ours = sample_batch(mixture, plan, [i], seed=5, shape=(1, 4, 4))
         x_T = NoiseSource(5, [i]).randn((1, 4, 4), torch.float64) * mixture.schedule.prior_std(20.0)
         counter = CountingDenoiser(mixture)
-        rhs = lambda log_sigma, y: y - counter(y, float(log_sigma.exp()))  # noqa: E731
+        rhs = lambda log_sigma, y: y - counter(y, float(log_sigma.exp()))  # noqa: E731, B023 (used within its iteration)
         theirs = torchdiffeq.odeint(rhs, x_T, torch.tensor([hi, lo], dtype=torch.float64), method="dopri5",
                                     rtol=1e-7, atol=1e-7)[-1]
         assert float((ours.x - theirs).abs().max()) < 1e-5

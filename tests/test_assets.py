@@ -14,10 +14,10 @@ import urllib.request
 import pytest
 import torch
 
-from diffbench.errors import AssetMissing
 from diffbench import assetstore as assets
-from diffbench.metrics import features, lpips
 from diffbench.assetstore import Asset, resolve
+from diffbench.errors import AssetMissing
+from diffbench.metrics import features, lpips
 
 REAL_CACHES = {key: os.environ.get(key) for key in ("DIFFBENCH_CACHE", "TORCH_HOME")}
 

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 
 from diffbench import results
 from diffbench.distributed import backend, shard_indices
+from diffbench.engine.references import REFERENCE_CHUNK
+from diffbench.engine.shares import Share, merge_shares
+from diffbench.engine.sweep import GRID_SAMPLES, run_sweep
 from diffbench.errors import UsageError
 from diffbench.metrics import ErrorStats, StreamingStats
-from diffbench.engine.shares import Share, merge_shares
 from diffbench.solvers import SOLVERS
-from diffbench.engine.references import REFERENCE_CHUNK
-from diffbench.engine.sweep import GRID_SAMPLES, run_sweep
 
 WORLD = 2
 BATCH = 8

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from diffbench.errors import UsageError
-from diffbench.solvers import ems as ems_mod
-from diffbench.solvers.ems import EMS, cached_ems, compute_ems, lambda_grid, samples_for_ems
 from diffbench.models.analytic import GaussianDenoiser
 from diffbench.noise import NoiseSource
 from diffbench.sampling import make_plan, sample_batch
 from diffbench.solvers import SOLVERS
+from diffbench.solvers import ems as ems_mod
+from diffbench.solvers.ems import EMS, cached_ems, compute_ems, lambda_grid, samples_for_ems
 
 V3 = SOLVERS["dpm_solver_v3"].fn
 DDIM = SOLVERS["ddim"].fn

@@ -33,18 +33,17 @@ from diffbench.batching import AUTO_CPU, AUTO_CUDA_START, BatchSizer, resolve_ba
 from diffbench.cli import main
 from diffbench.config import RunSettings, compose, settings
 from diffbench.data import ArrayDataset, to_uint8
-from diffbench.solvers.ems import cached_ems, lambda_grid
-from diffbench.errors import StorageError, UsageError
-from diffbench.metrics import load_or_build_reference, make_extractor
-from diffbench.models import MODELS
-from diffbench.models.analytic import MixtureDenoiser, gaussian, image_mixture
-from diffbench.sampling import make_plan
-from diffbench.solvers import SOLVERS, register
 from diffbench.engine.points import ModelCache, Point, prepare
 from diffbench.engine.progress import Reporter
 from diffbench.engine.references import ReferenceSolutions
 from diffbench.engine.sweep import SweepSummary, run_sweep
-from diffbench.sampling import sample_points
+from diffbench.errors import StorageError, UsageError
+from diffbench.metrics import load_or_build_reference, make_extractor
+from diffbench.models import MODELS
+from diffbench.models.analytic import MixtureDenoiser, gaussian, image_mixture
+from diffbench.sampling import make_plan, sample_points
+from diffbench.solvers import SOLVERS, register
+from diffbench.solvers.ems import cached_ems, lambda_grid
 from tests.helpers import slow_model
 from tests.helpers.sweeps import FAST_SWEEP, sweep_args
 

@@ -102,7 +102,8 @@ def test_malformed_tables_are_one_line_for_report_plot_and_check(table, tmp_path
     bad.parent.mkdir()
     _shapes(results.load(table))[shape].to_csv(bad, index=False)
     expect = {"no status column": "no 'status' column", "duplicated key": "repeat a config_hash",
-              "non-numeric metric": "metric column rmse_ref holds non-numeric values", "non-numeric nfe": "nfe_measured",
+              "non-numeric metric": "metric column rmse_ref holds non-numeric values",
+              "non-numeric nfe": "nfe_measured",
               "no solver column": "lacks the column(s) solver.name"}[shape]
     commands = [["report", str(bad), "--out", str(tmp_path / "r")], ["plot", str(bad), "--out", str(tmp_path / "p")]]
     if shape in ("no status column", "duplicated key", "non-numeric metric"):

@@ -89,7 +89,8 @@ def test_row_schema_names_every_fixed_column_once_with_a_meaning():
     from diffbench import columns
 
     fixed = {v for k, v in vars(columns).items() if k.isupper() and isinstance(v, str) and v in columns.FIXED}
-    assert {columns.CONFIG_HASH, columns.STATUS, columns.NFE_BUDGET, columns.NFE_DECLARED, columns.NFE_MEASURED} <= fixed
+    assert {columns.CONFIG_HASH, columns.STATUS, columns.NFE_BUDGET,
+            columns.NFE_DECLARED, columns.NFE_MEASURED} <= fixed
     assert all(len(text) > 10 for text in columns.meanings().values())
     assert set(results.FIRST) - {columns.MODEL_KIND, columns.SOLVER, columns.SCHEDULE, columns.SEED,
                                  columns.N_SAMPLES} <= columns.FIXED

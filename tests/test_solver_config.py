@@ -12,10 +12,10 @@ import pytest
 
 from diffbench.cli import main
 from diffbench.config import CONFIG_PATH_ENV, compose, node_defaults, to_dict, typed_nodes
+from diffbench.engine.points import prepare
 from diffbench.errors import UsageError
 from diffbench.models.base import CountingDenoiser
 from diffbench.solvers import SOLVERS
-from diffbench.engine.points import prepare
 
 TINY = ["debug=default", "model=gaussian", "model.shape=[4]", "metrics=error_only"]
 
@@ -59,7 +59,8 @@ def test_continuous_knobs_stay_settable():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["solver=dpmpp_2m", "solver.lower_order_final=maybe"], "solver.lower_order_final=maybe: Value 'maybe' is not a valid bool"),
+    (["solver=dpmpp_2m", "solver.lower_order_final=maybe"],
+     "solver.lower_order_final=maybe: Value 'maybe' is not a valid bool"),
     (["solver=ddim", "solver.eta=abc"], "solver.eta=abc: Value 'abc' of type 'str' could not be converted to Float"),
     (["solver=ddim", "solver.eta=[1,2]"], "solver.eta=[1,2]: Value '[1, 2]' of type 'list'"),
     (["schedule.rho=abc"], "schedule.rho=abc: Value 'abc'"),

@@ -7,9 +7,9 @@ import torch
 from diffbench.errors import UsageError
 from diffbench.metrics import ErrorStats
 from diffbench.metrics.features import resize_clean, resize_clean_matmul
+from diffbench.metrics.suite import MetricFeed
 from diffbench.models import make_model
 from diffbench.models.unet import UNet, save_checkpoint
-from diffbench.metrics.suite import MetricFeed
 from diffbench.sampling import set_tf32
 
 ARCH = {"in_channels": 1, "resolution": 8, "channels": 8, "channel_mult": [1, 2], "attn_resolutions": [4]}

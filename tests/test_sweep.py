@@ -8,10 +8,10 @@ import torch
 
 from diffbench import results
 from diffbench.columns import ResultRow
-from diffbench.errors import UsageError
-from diffbench.solvers import SOLVERS
 from diffbench.engine.points import prepare
 from diffbench.engine.sweep import run_sweep
+from diffbench.errors import UsageError
+from diffbench.solvers import SOLVERS
 from tests.helpers.sweeps import sweep_args as _args
 
 METRICS = ["rmse_ref", "rmse_ref_lo", "rmse_ref_hi"]

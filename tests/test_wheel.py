@@ -26,7 +26,8 @@ def test_wheel_install_runs_without_a_checkout(tmp_path):
     shutil.copytree(REPO / "diffbench", src / "diffbench", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DIFFBENCH_CONFIG_DIR", "DIFFBENCH_CONFIG_PATH")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "DIFFBENCH_CONFIG_DIR", "DIFFBENCH_CONFIG_PATH")}
     env["DIFFBENCH_CACHE"] = str(tmp_path / "cache")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
           str(src)], tmp_path, env)
@@ -36,7 +37,8 @@ def test_wheel_install_runs_without_a_checkout(tmp_path):
     _run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], tmp_path, env)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = _run([str(venv / "bin" / "python"), "-c", "import diffbench.config as c; print(c.config_dir())"], elsewhere, env)
+    where = _run([str(venv / "bin" / "python"), "-c", "import diffbench.config as c; print(c.config_dir())"],
+                 elsewhere, env)
     assert where.strip().startswith(str(venv)), where
     listed = _run([str(venv / "bin" / "diffbench"), "list", "solvers", "--json"], elsewhere, env)
     assert '"unipc_bh2_afs"' in listed

@@ -100,7 +100,8 @@ def make_point_plan(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], 
                      final_zero=bool(cfg.schedule.final_zero), shape=getattr(model, "shape", None))
 
 
-def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] = (), policy: str | None = None) -> Point:
+def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] = (),
+                  policy: str | None = None) -> Point:
     """Validate one composed config into a Point; raises UsageError on bad input.
 
     `policy` overrides the config's sweep.nfe_policy (`diffbench sample` runs the budget exactly).
@@ -120,7 +121,7 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     fit: dict[str, Any] = {}
     if cfg.schedule.name == "fitted":  # its grid and artefact key come from `diffbench fit`'s cache
         cfg, fit = fill_fitted(cfg, model_key, nfe or spec.min_nfe(final_zero), model.schedule)
-    fixed = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
+    fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
                  model_key=model_key, overrides=tuple(overrides), fit=fit)
     if nfe is None:
         minimum = spec.min_nfe(final_zero)

@@ -7,7 +7,7 @@ columns, the flattened config as run, `version.<package>` and the metric columns
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ def start_row(point: Point, command: Sequence[str] | None) -> ResultRow:
     row = ResultRow(config_hash=point.key, point_hash=point_hash(point.config), nfe_policy=point.nfe_policy,
                     nfe_budget=point.nfe_budget, solver_order=point.spec.order,
                     solver_stochastic=point.spec.is_stochastic(point.solver_options),
-                    timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
                     world_size=distributed.world_size())
     provenance = results.provenance(point.run.device, command)
     row.update(**{k: v for k, v in provenance.items() if k in FIXED})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -81,17 +81,18 @@ def merge_shares(shares: Sequence[Share], suite: MetricSuite, keep: int, batch_s
     shares are recomputed from their rows in the order and chunks one process adds them
     (`replay`), so they equal one process's bit for bit, not only up to summation order.
     """
-    slowest = {"time_sampling_s": max(s.time_sampling_s for s in shares),
+    slowest: dict[str, Any] = {"time_sampling_s": max(s.time_sampling_s for s in shares),
                "time_metrics_s": max(s.time_metrics_s for s in shares)}
     failed = [s for s in shares if s.reason is not None]
     if failed:
-        first = min(failed, key=lambda s: s.failed_at)
+        first = min(failed, key=lambda s: cast(int, s.failed_at))
         return Share(list(first.indices), first.nfe_total, reason=first.reason, failed_at=first.failed_at, **slowest)
     indices = [i for s in shares for i in s.indices]
     pieces = [piece for s in shares for piece in s.kept]
     grid = ([i for idx, _ in pieces for i in idx], rows_by_index(pieces))
     _load_state(shares, suite, indices, batch_size)
-    return Share(sorted(indices), sum(s.nfe_total for s in shares), kept=[(sorted(grid[0])[:keep], grid[1][:keep])], **slowest)
+    return Share(sorted(indices), sum(s.nfe_total for s in shares),
+                 kept=[(sorted(grid[0])[:keep], grid[1][:keep])], **slowest)
 
 
 def per_sample_nfe(total: float, n: int) -> float | None:
@@ -105,13 +106,13 @@ def per_sample_nfe(total: float, n: int) -> float | None:
 def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int], batch_size: int) -> None:
     """Set the suite's accumulators to the union of the shares', per-sample rows in index order."""
     if suite.stats is not None:
-        order = torch.as_tensor(np.argsort(indices, kind="stable"))
-        rows = torch.cat([r for s in shares for r in s.stats.rows])[order]
-        logit_rows = [r for s in shares for r in s.stats.logit_rows]
+        order: Tensor | np.ndarray = torch.as_tensor(np.argsort(indices, kind="stable"))
+        rows = torch.cat([r for s in shares for r in cast(StreamingStats, s.stats).rows])[order]
+        logit_rows = [r for s in shares for r in cast(StreamingStats, s.stats).logit_rows]
         logits = torch.cat(logit_rows)[order] if logit_rows else None
         suite.stats = replay(rows, logits, batch_size, suite.stats.device) if len(shares) > 1 else shares[0].stats
         # The paired metrics compare exactly the samples 0..n-1 that have a reference solution.
-    n_paired = sum(len(s.mse) for s in shares)
+    n_paired = sum(len(cast(np.ndarray, s.mse)) for s in shares)
     paired = [i for i in indices if i < n_paired]
     order = np.argsort(paired, kind="stable")
     suite.error.mse = [np.concatenate([s.mse for s in shares])[order]]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 from torch import Tensor
@@ -66,7 +66,8 @@ def run_sweep(overrides: Sequence[str] = (), *, progress: bool = True, shard: tu
     table = results.table_paths(points[0].cfg.out).parquet
     failed = 0
     with distributed.session(p.run.device for p in points), assetstore.cache_root(points[0].cfg.cache_dir):
-        done = distributed.broadcast(results.done_keys(table, ok_only=retry_failed) if distributed.is_main() else None)
+        done = cast(set[str], distributed.broadcast(results.done_keys(table, ok_only=retry_failed)
+                                                   if distributed.is_main() else None))
         todo = [p for p in points[index::count] if p.key not in done]
         with Reporter(progress and distributed.is_main()) as reporter:
             runner = Runner(reporter, command)
@@ -168,6 +169,7 @@ class Runner:
                       sizer: BatchSizer) -> Share:
         """Sample this rank's batches of a point (all of them on one process) into its metric suite."""
         run, share = point.run, Share()
+        assert point.plan is not None  # only runnable points are sampled
         indices = distributed.shard_indices(run.n_samples, run.batch_size)
         with self.reporter.task(point.label, len(indices)) as advance, \
                 MetricFeed(suite, solutions, background=run.device.type == "cuda") as feed:

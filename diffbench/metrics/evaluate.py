@@ -141,6 +141,7 @@ def _fd(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: Frech
     target = target or FrechetTarget.of(ref, opts.device)
     if not opts.n_boot:
         return {"fd": target.distance_to(gen)}
+    assert gen.features is not None  # compute_metrics checked needs_rows
     ref_rows = ref.features if opts.ci_includes_reference else None
     iv = fd_interval(gen.features, target, opts.n_boot, opts.ci_level, opts.seed, ref_rows)
     notes += _clip_note("fd", iv)
@@ -150,6 +151,7 @@ def _fd(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: Frech
 def _kid(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: FrechetTarget | None,
          notes: list[str]) -> dict[str, Any]:
     """KID with its spread over subsets, and its interval with opts.kid_n_boot."""
+    assert ref.features is not None and gen.features is not None  # compute_metrics checked needs_rows
     value, std = kid(ref.features, gen.features, opts.kid_subsets, opts.kid_subset_size, opts.seed, opts.device)
     if not opts.kid_n_boot:
         return {"kid": value, "kid_std": std}
@@ -162,6 +164,7 @@ def _kid(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: Frec
 def _is(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: FrechetTarget | None,
         notes: list[str]) -> dict[str, Any]:
     """Inception Score from the generated logits (mean and std over opts.is_splits)."""
+    assert gen.logits is not None  # compute_metrics skips is without logits
     value, std = inception_score(gen.logits, opts.is_splits)
     return {"is": value, "is_std": std}
 
@@ -169,6 +172,7 @@ def _is(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: Frech
 def _prdc(gen: FeatureStats, ref: FeatureStats, opts: MetricOptions, target: FrechetTarget | None,
           notes: list[str]) -> dict[str, Any]:
     """Precision, recall, density, coverage on the first opts.prdc_max rows of each set."""
+    assert ref.features is not None and gen.features is not None  # compute_metrics checked needs_rows
     return prdc(ref.features[:opts.prdc_max], gen.features[:opts.prdc_max], opts.prdc_k, device=opts.device)
 
 

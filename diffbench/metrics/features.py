@@ -31,12 +31,12 @@ import inspect
 import math
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from diffbench.errors import AssetMissing, UsageError, check, warn
 from diffbench.assetstore import Asset, file_digest, resolve, verification, weights_dir
+from diffbench.errors import AssetMissing, UsageError, check, warn
 from diffbench.noise import NoiseSource
 
 INCEPTION_WEIGHTS = Asset(
@@ -67,7 +67,7 @@ EXTRACTOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat1
 def _pil_bicubic(channel: np.ndarray, size: int) -> np.ndarray:
     """One channel as a float32 PIL image ('F' mode), bicubic to size x size, clipped to [0, 255]."""
     img = Image.fromarray(channel.astype(np.float32))
-    return np.asarray(img.resize((size, size), resample=Image.BICUBIC)).clip(0, 255)
+    return np.asarray(img.resize((size, size), resample=Image.Resampling.BICUBIC)).clip(0, 255)
 
 
 def _pil_bicubic_kernel(x: float) -> float:
@@ -271,7 +271,7 @@ class InceptionExtractor(FeatureExtractor):
         x = ((pixels - 128) / 128).to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)
         feats = self.layers(x).reshape(-1, self.dim).float()
         # Logits without the output bias, as StyleGAN's IS (matching Salimans et al.'s TF code).
-        logits = F.linear(feats, self.head_weight) if self.has_logits else None
+        logits = F.linear(feats, cast(Tensor, self.head_weight)) if self.has_logits else None
         return Features(feats, logits)
 
     def identity(self) -> dict[str, Any]:

@@ -15,14 +15,15 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffbench.errors import AssetMissing, UsageError, check
 from diffbench.assetstore import Asset, cache_dir, resolve, verification
+from diffbench.errors import AssetMissing, UsageError, check
 from diffbench.metrics.features import check_images
 
 # net -> (torchvision's DEFAULT weights URL for its backbone, smallest input side the net accepts)
@@ -85,7 +86,8 @@ class LPIPS:
 
         try:
             with _torch_home_with(path, asset.filenames[0]):
-                metric = LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="none", normalize=True)
+                metric = LearnedPerceptualImagePatchSimilarity(net_type=cast(Literal["vgg", "alex", "squeeze"], net),
+                                                               reduction="none", normalize=True)
         except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as err:
             raise AssetMissing(asset.broken_message(path, err)) from None
         self.metric, self.device, self.min_size = metric.to(device), torch.device(device), BACKBONES[net][1]

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from diffbench.atomicio import atomic_write
-from diffbench.errors import warn
 from diffbench.assetstore import cache_dir as default_cache_dir
 from diffbench.assetstore import file_digest
+from diffbench.atomicio import atomic_write
+from diffbench.errors import warn
 from diffbench.metrics.stats import FeatureStats, Progress, extract
 
 FORMAT = 1

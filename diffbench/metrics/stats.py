@@ -94,6 +94,7 @@ class StreamingStats:
         if self.n == 0:
             self.n, self.mean, self.scatter = n_b, mean_b.clone(), scatter_b.clone()
             return
+        assert self.mean is not None and self.scatter is not None  # set once n > 0
         n = self.n + n_b
         delta = mean_b - self.mean
         self.mean = self.mean + delta * (n_b / n)
@@ -103,6 +104,7 @@ class StreamingStats:
     def merge(self, other: StreamingStats) -> None:
         """Fold another accumulator in (e.g. another rank's); rows are appended after this one's."""
         if other.n:
+            assert other.mean is not None and other.scatter is not None  # set once n > 0
             self._combine(other.n, other.mean.to(self.device), other.scatter.to(self.device))
         self.rows += other.rows
         self.logit_rows += other.logit_rows
@@ -111,6 +113,7 @@ class StreamingStats:
         """The FeatureStats of everything seen so far (needs at least 2 rows for a covariance)."""
         if self.n < 2:
             raise UsageError(f"need at least 2 samples for feature statistics (got {self.n})")
+        assert self.mean is not None and self.scatter is not None  # set once n > 0
         cov = (self.scatter / (self.n - 1)).cpu().numpy()
         rows = torch.cat(self.rows).numpy() if self.keep_features else None
         logits = torch.cat(self.logit_rows).numpy() if self.logit_rows else None

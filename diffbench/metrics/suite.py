@@ -135,7 +135,8 @@ class MetricContext:
             dataset = make_dataset(to_dict(cfg.dataset), model=model, model_config=to_dict(cfg.model))
             n = len(dataset) if ref_n is None else int(ref_n)
             with self.reporter.task(f"dataset statistics ({extractor.name})", n) as advance:
-                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir, batch_size=min(batch_size, FEATURE_BATCH),
+                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir,
+                                                          batch_size=min(batch_size, FEATURE_BATCH),
                                                           progress=progress_callback(advance))
         return self._refs[key]
 
@@ -143,7 +144,7 @@ class MetricContext:
 def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
     """Metric choices that cannot work with this model or sample count (UsageError naming the fix)."""
     feature, paired = parse_metrics(list(cfg.metrics.names))
-    shape = getattr(model, "shape", ())
+    shape: tuple[int, ...] = getattr(model, "shape", ())
     if feature or "lpips" in paired:
         check(len(shape) == 3 and shape[0] in (1, 3),
               f"metrics {', '.join(feature or paired)} need image samples [1 or 3, H, W] but the model's shape "
@@ -181,6 +182,7 @@ class MetricSuite:
     def update(self, x: Tensor, indices: Sequence[int], solutions: Tensor | None) -> None:
         """Add one batch of samples (indices: their sample indices) to every metric."""
         if self.extractor is not None:
+            assert self.stats is not None  # set with the extractor
             for part in x.split(FEATURE_BATCH):  # batch_size=auto may hand over thousands of samples
                 out = self.extractor(to_uint8(part))
                 self.stats.update(out.features, out.logits)
@@ -211,6 +213,7 @@ class MetricSuite:
         return values, extra
 
     def _feature_metrics(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:
+        assert self.extractor is not None and self.stats is not None and self.dataset_stats is not None
         opts = metric_options(self.cfg, self.extractor.device)
         gen = self.stats.finalize(self.extractor.identity())
         target = self.context.frechet_target(self.dataset_stats, self.extractor.device)  # one eigh per statistics

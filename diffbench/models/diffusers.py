@@ -165,7 +165,7 @@ def diffusers_unet(path: str = "", scheduler: Mapping[str, Any] | None = None, d
     prediction = config["prediction_type"]
     check(prediction in PREDICTIONS, f"{where}: prediction_type '{prediction}' is not supported; use one of: "
           f"{', '.join(PREDICTIONS)}")
-    unet = load_unet(unet_dir)
+    unet: Any = load_unet(unet_dir)  # a diffusers UNet2DModel: its .config is untyped
     size = unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
     channels = int(unet.config.in_channels)

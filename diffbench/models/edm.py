@@ -73,5 +73,6 @@ def edm(path: str = "", shape: Sequence[int] | None = None, sigma_data: float | 
     precond = precond_of(fields, "edm", "EDM-preconditioned", path)
     schedule = EDM(option(sigma_min, precond, "sigma_min", 0.002), option(sigma_max, precond, "sigma_max", 80.0))
     net_dtype = parse_dtype(dtype)
-    return EDMDenoiser(TorchNet(module, net_dtype, channels_last, compile), option(sigma_data, precond, "sigma_data", 0.5), schedule,
+    return EDMDenoiser(TorchNet(module, net_dtype, channels_last, compile),
+                       option(sigma_data, precond, "sigma_data", 0.5), schedule,
                        checkpoint_shape(fields, shape, path), net_dtype, path)

@@ -70,6 +70,7 @@ def flow(path: str = "", shape: Sequence[int] | None = None, time_scale: float |
     precond = precond_of(fields, "flow", "a flow model", path)
     reverse = bool(precond.get("reverse_time", False) if reverse_time is None else reverse_time)
     net_dtype = parse_dtype(dtype)
-    net = Velocity(TorchNet(module, net_dtype, channels_last, compile), option(time_scale, precond, "time_scale", 1.0), reverse)
+    net = Velocity(TorchNet(module, net_dtype, channels_last, compile),
+                   option(time_scale, precond, "time_scale", 1.0), reverse)
     schedule = RectifiedFlow(option(t_min, precond, "t_min", 1e-3), option(t_max, precond, "t_max", 0.999))
     return FlowDenoiser(net, schedule, checkpoint_shape(fields, shape, path), net_dtype, path)

@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ class NoiseEmbedding(nn.Module):
         half = self.channels // 2
         freqs = torch.arange(half, dtype=torch.float32, device=c_noise.device) / max(half - 1, 1)
         args = c_noise.float()[:, None] * (1.0 / self.max_positions) ** freqs[None, :]
-        return self.mlp(torch.cat([args.cos(), args.sin()], dim=1).to(self.mlp[0].weight.dtype))
+        return self.mlp(torch.cat([args.cos(), args.sin()], dim=1).to(cast(Tensor, self.mlp[0].weight).dtype))
 
 
 class ResBlock(nn.Module):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -107,7 +107,7 @@ def taylor_terms(lams: Sequence[float], values: Sequence[Tensor]) -> list[Tensor
         basis = [(basis[p - 1] if p else 0.0) - root * (basis[p] if p < len(basis) else 0.0)
                  for p in range(len(basis) + 1)]
         bases.append(basis)
-    return [values[0]] + [math.factorial(p) * sum(bases[j][p] * newton[j] for j in range(p, len(values)))
+    return [values[0]] + [cast(Tensor, math.factorial(p) * sum(bases[j][p] * newton[j] for j in range(p, len(values))))
                           for p in range(1, len(values))]
 
 
@@ -121,6 +121,7 @@ def multistep(x: Tensor, sigmas: Tensor, evaluate: Callable[[Tensor, float], Ten
     Step i uses the newest k outputs, k = min(order, i + 1) (warm-up); with lower_order_final and
     fewer than 10 steps also k <= n - i, the DPM-Solver reference code's stabiliser for few steps.
     """
+    history: list[tuple[float, Tensor]]
     n, history = len(sigmas) - 1, []
     for i in range(n):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])

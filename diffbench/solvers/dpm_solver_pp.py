@@ -72,6 +72,7 @@ def sde_multistep(x: Tensor, sigmas: Tensor, noise: NoiseSource | None, order: i
         x = data_prediction_step(x, sigma, sigma_next, terms, eta, midpoint=True)
         # Exact noise of the linear SDE over the step.
         if eta > 0 and sigma_next > 0:
+            assert noise is not None  # checked above
             std = sigma_next * math.sqrt(-math.expm1(-2 * eta * math.log(sigma / sigma_next)))
             x = x + noise.randn_like(x) * s_noise * std
         return x

@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffbench.solvers.ems import EMS, resolve
 from diffbench.errors import check
 from diffbench.models.base import Denoiser
 from diffbench.noise import NoiseSource
 from diffbench.solvers._common import lambdas as to_lambdas
+from diffbench.solvers.ems import EMS, resolve
 from diffbench.solvers.registry import per_step, register
 
 _GL_POINTS = 4
@@ -78,7 +79,7 @@ def _step_integrals(ems: EMS, lam_s: float, lam_t: float, terms: int) -> _Step:
     """Composite Gauss-Legendre over the EMS cells between lam_s and lam_t (EMS linear in each cell)."""
     grid = ems.lambdas
     inner = grid[(grid > lam_s) & (grid < lam_t)].tolist()
-    breaks = []
+    breaks: Any = []  # the break points: a list, then their tensor
     for a, b in zip([lam_s, *inner], [*inner, lam_t]):
         pieces = max(1, math.ceil((b - a) / _MAX_CELL))
         breaks += [a + (b - a) * i / pieces for i in range(pieces)]
@@ -108,7 +109,7 @@ def _taylor(dl: list[float], g: list[Tensor], pseudo: bool) -> list[Tensor]:
             out.append(table[0])
         return out
     inv = np.linalg.inv(np.array([[dl[j] ** k for k in range(1, n + 1)] for j in range(1, n + 1)]))
-    return [sum(float(inv[k, j]) * (g[j + 1] - g[0]) for j in range(n)) for k in range(n)]
+    return [cast(Tensor, sum(float(inv[k, j]) * (g[j + 1] - g[0]) for j in range(n))) for k in range(n)]
 
 
 @register("dpm_solver_v3", order=3, nfe=per_step(1))

@@ -38,7 +38,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -150,7 +150,7 @@ def _jvp(fn: Fn, y: Tensor, sigma: Tensor, ty: Tensor, tsigma: Tensor, method: s
          fd_step: float) -> tuple[Tensor, Tensor]:
     """fn(y, sigma) and its directional derivative along (ty, tsigma)."""
     if method == "autodiff":
-        return torch.func.jvp(fn, (y, sigma), (ty, tsigma))
+        return cast(tuple[Tensor, Tensor], torch.func.jvp(fn, (y, sigma), (ty, tsigma)))
     # Central difference; the step changes y and sigma by at most fd_step relative.
     rms = lambda t: float(t.pow(2).mean().sqrt())  # noqa: E731
     h = fd_step / max(rms(ty) / (1.0 + rms(y)), float((tsigma / sigma).abs().max()), 1e-30)
@@ -261,7 +261,7 @@ def samples_for_ems(denoiser: Denoiser, shape: Sequence[int], n: int, seed: int,
     """x0 [n, *shape]: the model's data when it has them, else reference-solver samples."""
     model = unwrap(denoiser)
     if hasattr(model, "sample_data"):
-        data = model.sample_data(n, generator=torch.Generator().manual_seed(seed))  # type: ignore[attr-defined]
+        data = model.sample_data(n, generator=torch.Generator().manual_seed(seed))
         return data.to(device)
     return _reference_samples(model, shape, n, seed, batch_size, torch.device(device))
 

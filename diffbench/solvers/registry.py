@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ class SolverFn(Protocol):
 
 
 NfeFn = Callable[..., int]  # (steps, grid ends at zero, **options it names) -> NFE
+Fn = TypeVar("Fn", bound=Callable[..., Tensor])  # a solver function, with its own keyword options
 
 
 def per_step(k: int) -> NfeFn:
@@ -168,7 +169,7 @@ SOLVERS: dict[str, SolverSpec] = {}
 
 
 def register(name: str, *, order: int, nfe: NfeFn | None = per_step(1), stochastic: bool | str = False,
-             min_steps: int = 1, **defaults: Any) -> Callable[[SolverFn], SolverFn]:
+             min_steps: int = 1, **defaults: Any) -> Callable[[Fn], Fn]:
     """Register `fn` under `name`; stack decorators to register variants with other defaults.
 
     The signature's keyword-only defaults, with `defaults` over them, are the one source of the name's
@@ -176,10 +177,10 @@ def register(name: str, *, order: int, nfe: NfeFn | None = per_step(1), stochast
     names on one function are fixed by each name (SolverSpec.fixed).
     """
 
-    def wrap(fn: SolverFn) -> SolverFn:
+    def wrap(fn: Fn) -> Fn:
         if name in SOLVERS:
             raise RuntimeError(f"solver name '{name}' registered twice")
-        SOLVERS[name] = SolverSpec(name, fn, order, nfe, stochastic, dict(defaults), min_steps)
+        SOLVERS[name] = SolverSpec(name, cast(SolverFn, fn), order, nfe, stochastic, dict(defaults), min_steps)
         return fn
 
     return wrap

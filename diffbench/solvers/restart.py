@@ -25,7 +25,7 @@ from diffbench.solvers.registry import register
 from diffbench.steps import Span, karras
 
 # The paper's README example for CIFAR-10 (EDM): one interval, 3 levels, K=2, [0.06, 0.30].
-DEFAULT_RESTARTS: tuple[tuple[float, ...], ...] = ((3, 2, 0.06, 0.30),)
+DEFAULT_RESTARTS: tuple[tuple[int, int, float, float], ...] = ((3, 2, 0.06, 0.30),)
 
 
 def parse_restarts(restarts: Sequence[Sequence[float]]) -> list[tuple[int, int, float, float]]:

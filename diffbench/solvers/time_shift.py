@@ -114,6 +114,7 @@ def ts_dpmpp_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSo
         lam, h = -sigma_s.log(), (sigma_s / sigma_next).log()
         direction = denoised
         if old is not None:
+            assert lam_old is not None  # set with old
             # Second-order multistep estimate (linear in lambda through the previous estimate).
             direction = denoised + (denoised - old) * expand_as(h / (2 * (lam - lam_old)), x)
         # Exponential-integrator step (DDIM form) from sigma_s to sigma_next.
