@@ -35,7 +35,7 @@ A KID replicate costs num_subsets * m^2 * d; per-sample metrics (solver error, L
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -71,12 +71,22 @@ def bootstrap(statistic: Callable[..., float], n: int, n_boot: int = 200, level:
     With ``n_ref`` > 0 the statistic is statistic(indices, reference_indices) and the n_ref
     reference rows are resampled too, independently of the generated ones.
     """
+    estimate = statistic(*(np.arange(m) for m in ([n, n_ref] if n_ref else [n])))
+    return bootstrap_replicates(estimate, lambda draws: [statistic(*d) for d in draws], n, n_boot, level, seed,
+                                nonnegative, n_ref)
+
+
+def bootstrap_replicates(estimate: float, replicates: Callable[[list[tuple[np.ndarray, ...]]], Sequence[float]],
+                         n: int, n_boot: int = 200, level: float = 0.95, seed: int = 0, nonnegative: bool = False,
+                         n_ref: int = 0) -> Interval:
+    """``bootstrap`` with all replicates computed in one call: replicates(draws) -> one value per draw,
+    each draw (indices,) or (indices, reference_indices); the same draws as ``bootstrap`` for a seed."""
     check(n_boot >= 2, f"metrics.n_boot must be >= 2 for an interval (got {n_boot})")
     check(0 < level < 1, f"metrics.ci_level must be in (0, 1) (got {level})")
     rng = np.random.default_rng(seed)
     sides = [n, n_ref] if n_ref else [n]
-    estimate = statistic(*(np.arange(m) for m in sides))
-    std = float(np.std([statistic(*(rng.integers(0, m, m) for m in sides)) for _ in range(n_boot)], ddof=1))
+    draws = [tuple(rng.integers(0, m, m) for m in sides) for _ in range(n_boot)]
+    std = float(np.std(np.asarray(replicates(draws), dtype=np.float64), ddof=1))
     half = float(NormalDist().inv_cdf((1 + level) / 2)) * std
     low, high = estimate - half, estimate + half
     clipped = nonnegative and low < 0
@@ -97,8 +107,9 @@ def fd_interval(features: np.ndarray, target: FrechetTarget, n_boot: int = 200, 
     """
     rows = _rows(features, target.device)
     if ref_features is None:
-        return bootstrap(lambda idx: target.distance_to_rows(rows[torch.as_tensor(idx, device=rows.device)]),
-                         len(rows), n_boot, level, seed, nonnegative=True)
+        return bootstrap_replicates(target.distance_to_rows(rows),
+                                    lambda draws: target.resampled_distances(rows, [d[0] for d in draws]),
+                                    len(rows), n_boot, level, seed, nonnegative=True)
     ref_rows = _rows(ref_features, target.device)
 
     def distance(idx: np.ndarray, ref_idx: np.ndarray) -> float:
@@ -117,11 +128,12 @@ def paired_fd_difference(features_a: np.ndarray, features_b: np.ndarray, target:
           f"(got {len(features_a)} and {len(features_b)})")
     a, b = _rows(features_a, target.device), _rows(features_b, target.device)
 
-    def difference(idx: np.ndarray) -> float:
-        i = torch.as_tensor(idx, device=a.device)
-        return target.distance_to_rows(a[i]) - target.distance_to_rows(b[i])
+    def differences(draws: list[tuple[np.ndarray, ...]]) -> np.ndarray:
+        indices = [d[0] for d in draws]
+        return target.resampled_distances(a, indices) - target.resampled_distances(b, indices)
 
-    return bootstrap(difference, len(a), n_boot, level, seed)
+    return bootstrap_replicates(target.distance_to_rows(a) - target.distance_to_rows(b), differences, len(a),
+                                n_boot, level, seed)
 
 
 def kid_interval(ref_features: np.ndarray, features: np.ndarray, n_boot: int = 50, level: float = 0.95,
