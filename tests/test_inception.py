@@ -8,13 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diffbench.config import compose
 from diffbench.data import NpzDataset
 from diffbench.errors import AssetMissing
 from diffbench.metrics.features import make_extractor
 from diffbench.metrics.fid import frechet_distance
 from diffbench.metrics.inception import ConvUnit, inception_fid, load_graph_weights
 from diffbench.metrics.stats import FeatureStats
-from diffbench.metrics.suite import feature_values
+from diffbench.metrics.suite import MetricContext, feature_values
 
 FEATURE_TOL = 1e-4  # float32 rounding (folded batch norm, summation order); measured 1.2e-5
 
@@ -48,7 +49,12 @@ def test_module_features_match_the_torchscript_graph(reference):
 
 
 def test_module_rows_and_reference_keys_name_the_implementation(reference):
-    module = _extractor("inception_module", dtype="bfloat16")
+    cfg = compose(["metrics.extractor=inception_module", "metrics.extractor_dtype=bfloat16"])
+    try:
+        module = MetricContext(None).extractor(cfg, torch.device("cpu"))
+    except AssetMissing as err:
+        pytest.skip(f"Inception weights unavailable offline: {err}")
+    assert module.identity()["dtype"] == "bfloat16"
     assert module.identity()["extractor"] == "inception_module" != reference.identity()["extractor"]
     assert module.identity()["weights_sha1"] == reference.identity()["weights_sha1"]
     out = {"fd": 1.0, "feature_extractor": "inception_module", "resize_mode": "clean", "ref_id": "r",
