@@ -76,18 +76,17 @@ def test_loader_rejects_a_network_that_is_not_fids(reference):
 
 @pytest.mark.slow
 def test_fid_parity_on_real_images(reference):
-    """24 MNIST digits vs the next 24: FID from the module within 1e-3 of the graph's (float32);
-    bfloat16 moves it by less than 1% (about 0.5 here; the float16 GPU effect is in scripts/bench_inception.py)."""
-    images = _mnist(48)
+    """16 MNIST digits vs the next 16: FID from the module within 1e-3 of the graph's (float32);
+    bfloat16 moves it by a few percent (the float16 GPU effect is in scripts/bench_inception.py)."""
+    images = _mnist(32)
     graph = reference(images).features
     module = _extractor("inception_module")(images).features
     low = _extractor("inception_module", dtype="bfloat16", channels_last=True)(images).features
-    fid_graph = frechet_distance(_stats(graph[:24]), _stats(graph[24:]))
-    fid_module = frechet_distance(_stats(module[:24]), _stats(module[24:]))
-    fid_low = frechet_distance(_stats(low[:24]), _stats(low[24:]))
+    fid_graph, fid_module, fid_low = (frechet_distance(_stats(f[:16]), _stats(f[16:])) for f in (graph, module, low))
+    print(f"FID graph {fid_graph:.6f} module {fid_module:.6f} bfloat16 {fid_low:.6f}")
     assert (module - graph).abs().max().item() < FEATURE_TOL
     assert abs(fid_module - fid_graph) < 1e-3
-    assert abs(fid_low - fid_graph) < 0.01 * fid_graph
+    assert abs(fid_low - fid_graph) < 0.05 * fid_graph
 
 
 @pytest.mark.slow

@@ -25,11 +25,13 @@ same noise (diffbench.noise), so one resampled index set is applied to both and 
 metric(A*) - metric(B*); the shared per-sample variation cancels and the interval is much tighter
 than two independent ones. It excludes 0 when the difference is resolved at this n.
 
-Cost: with n <= d rows (e.g. 512 samples, 2048-d Inception) one FD replicate is O(n d^2 + n^3)
-(fid.py's row path: ~0.1-0.3 s on 2 CPU cores); with n > d it is the covariance of the resampled
-rows, O(n d^2), plus one d x d eigvalsh, O(d^3) (the reference's square root is computed once):
-for d = 2048 about 1-3 s on 2 CPU cores and ~20 ms on a GPU, so n_boot = 200 takes minutes on a
-CPU; random_conv (d = 224) is far cheaper. Including the reference adds, per replicate, the
+Cost: against a fixed reference the replicates run through FrechetTarget.resampled_distances
+(fid.py): the rows are mapped once by the reference's root factor (O(n d^2)), then a replicate with
+u distinct rows (~0.63 n) costs a weighted Gram matrix, O(u d min(u, d)), and one eigvalsh of size
+min(u, d) — no gather, covariance or d x d x d products per replicate (scripts/bench_inception.py
+times both paths). With n > d the d x d eigvalsh dominates: for d = 2048 about 1 s on 2 CPU cores,
+so n_boot = 200 takes minutes on a CPU; random_conv (d = 224) is far cheaper. Including the
+reference keeps the direct path (the factor changes every replicate) and adds, per replicate, the
 resampled reference's covariance, O(n_ref d^2), and (with n > d) one d x d eigh.
 A KID replicate costs num_subsets * m^2 * d; per-sample metrics (solver error, LPIPS) cost O(n).
 """
