@@ -105,8 +105,9 @@ def speed(args: argparse.Namespace, variants: list[str]) -> list[dict[str, Any]]
         row: dict[str, Any] = {"variant": name}
         try:
             with time_cap(args.compile_cap if "compiled" in name else 0), torch.inference_mode():
-                extractor = build(name, args)
-                size, seconds, warmup = per_image(lambda n: extractor.forward(pixels[:n]), args.sizes, args.device, args.repeats)
+                forward = build(name, args).forward
+                size, seconds, warmup = per_image(lambda n, f=forward: f(pixels[:n]), args.sizes, args.device,
+                                                  args.repeats)
             row.update(best_batch=size, us_per_image=seconds * 1e6, warmup_s=warmup)
         except (TimeoutError, RuntimeError) as err:
             row["error"] = str(err).splitlines()[0]

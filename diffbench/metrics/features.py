@@ -306,7 +306,11 @@ class InceptionModuleExtractor(InceptionExtractor):
     name = "inception_module"
 
     def network(self, layers: torch.jit.ScriptModule) -> Callable[[Tensor], Tensor]:
-        return inception_from_graph(layers).to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)
+        try:
+            net = inception_from_graph(layers)
+        except ValueError as err:  # a TorchScript file with another network in ``layers``
+            raise AssetMissing(INCEPTION_WEIGHTS.broken_message(self.path, err)) from None
+        return net.to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)
 
 
 class InceptionCompiledExtractor(InceptionModuleExtractor):
