@@ -7,7 +7,7 @@ Public API (the CLI and sweeps use only these)::
     from diffbench.metrics import (make_extractor, load_or_build_reference, evaluate, MetricOptions,
                                    parse_metrics, ErrorStats, LPIPS, paired_fd_difference)
 
-    extractor = make_extractor("auto", resize_mode="clean", device="cuda")  # or "inception", "random_conv"
+    extractor = make_extractor("auto", resize_mode="clean", device="cuda")  # or "inception_module", "random_conv", ...
     ref = load_or_build_reference(make_dataset(cfg.dataset, model=model, model_config=cfg.model),
                                   extractor, n=2048, cache_dir=cfg.cache_dir, progress=cb)
     # ref.built: computed now (False: cache hit); ref.id names the entry for the results row.

@@ -9,6 +9,12 @@ Registered extractors (``make_extractor(name, **options)``):
   classifier (logits, for the Inception Score). Both expose ``layers``: a 299x299 float input in
   [-1, 255/128 - 1] = (x - 128) / 128 for pixels x in [0, 255] (clean-fid's normalisation, the
   range fid-helper names INPUT_RANGE_TF) -> [B, 2048, 1, 1].
+- ``inception_module``: the same network and weights re-stated as an ``nn.Module``
+  (diffbench.metrics.inception: batch norm folded into the convolutions), so float16/bfloat16 and
+  channels-last run as fast kernels; float32 features match the TorchScript graph to ~1e-5
+  (tests/test_inception.py). ``inception_compiled``: that module under ``torch.compile``, batches
+  padded to power-of-two sizes (>= 8) so a sweep compiles each size once. Both are labelled by
+  name in rows and reference statistics; their Frechet distance is reported as ``fid``.
 - ``random_conv``: a fixed, deterministically seeded random conv net (no weights to resolve), so
   CPU sweeps can still report a Frechet distance. Its numbers are labelled ``random_conv`` and are
   not comparable with FID.
@@ -30,6 +36,7 @@ import functools
 import inspect
 import math
 import os
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -46,6 +53,7 @@ from torch import Tensor
 
 from diffbench.assetstore import Asset, file_digest, resolve, verification, weights_dir
 from diffbench.errors import AssetMissing, UsageError, check, warn
+from diffbench.metrics.inception import inception_from_graph
 from diffbench.noise import NoiseSource
 
 INCEPTION_WEIGHTS = Asset(
@@ -59,6 +67,8 @@ INCEPTION_WEIGHTS = Asset(
 )  # NVIDIA's file has no hash recorded here: it loads, labelled ``unverified`` (assets.verification)
 
 RESIZE_MODES = ("clean", "legacy_tensorflow")
+# Extractors of FID's network (they take the Inception options: weights, dtype, channels_last).
+INCEPTION_EXTRACTORS = ("inception", "inception_module", "inception_compiled", "auto")
 EXTRACTOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -184,6 +194,7 @@ class FeatureExtractor(ABC):
     input_size: int
     has_logits: bool = False
     logits_unavailable: str = "this extractor has no classifier head"
+    fid_network: bool = False  # Inception features: the Frechet distance is FID (`fid`, not `fd_<name>`)
     fallback: str | None = None  # set by ``auto`` when it had to fall back to random_conv
     weights_check: str | None = None  # assets.verification of the weights file (None: no weights)
 
@@ -240,10 +251,11 @@ class InceptionExtractor(FeatureExtractor):
     ``dtype`` float16/bfloat16 runs the network in that precision (features returned as float32)
     and ``channels_last`` in NHWC layout: both are part of the identity, so rows and cached
     reference statistics say how the features were made. Measured on an H200 (results/bench/):
-    float16 moves FID by 0.004 and saves ~15% of metric time; this TorchScript graph gains little.
+    float16 moves FID by 0.004 and saves ~15% of metric time; this TorchScript graph gains little
+    (``inception_module`` runs the same network as an nn.Module, where those options pay).
     """
 
-    name, dim, input_size = "inception", 2048, 299
+    name, dim, input_size, fid_network = "inception", 2048, 299, True
 
     def __init__(self, weights: str | Path | None = None, resize_mode: str = "clean",
                  device: torch.device | str = "cpu", dtype: str = "float32", channels_last: bool = False):
@@ -258,13 +270,17 @@ class InceptionExtractor(FeatureExtractor):
         module = _load_torchscript(self.path, self.device)
         # fid-helper wraps the graph as module.net.layers; NVIDIA's file has module.layers + module.output
         layers = module.layers if hasattr(module, "layers") else module.net.layers
-        self.layers = layers.to(EXTRACTOR_DTYPES[dtype], memory_format=self.memory_format)
+        self.layers = self.network(layers)
         head = getattr(module, "output", None)
         self.head_weight = head.weight if head is not None else None
         self.has_logits = self.head_weight is not None
         self.logits_unavailable = (f"{self.path.name} has pool features only, no 1008-way classifier; provide "
                                    f"NVIDIA's inception-2015-12-05.pt (with logits) via {INCEPTION_WEIGHTS.config_key}"
                                    f"=/path/to/inception-2015-12-05.pt or in {weights_dir()}")
+
+    def network(self, layers: torch.jit.ScriptModule) -> Callable[[Tensor], Tensor]:
+        """The network that maps normalised 299 px images to pool3 [B, 2048, 1, 1]: the graph itself."""
+        return layers.to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)
 
     def forward(self, pixels: Tensor) -> Features:
         # Normalise as clean-fid's InceptionV3W: (x - 128) / 128.
@@ -283,6 +299,53 @@ class InceptionExtractor(FeatureExtractor):
         if self.channels_last:
             ident["channels_last"] = True
         return ident
+
+
+class InceptionModuleExtractor(InceptionExtractor):
+    """InceptionExtractor with the graph re-stated as an nn.Module (diffbench.metrics.inception), same weights."""
+
+    name = "inception_module"
+
+    def network(self, layers: torch.jit.ScriptModule) -> Callable[[Tensor], Tensor]:
+        try:
+            net = inception_from_graph(layers)
+        except ValueError as err:  # a TorchScript file with another network in ``layers``
+            raise AssetMissing(INCEPTION_WEIGHTS.broken_message(self.path, err)) from None
+        return net.to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)
+
+
+class InceptionCompiledExtractor(InceptionModuleExtractor):
+    """The nn.Module under torch.compile; batches are zero-padded to a power of two >= 8 (rows are
+    independent in eval mode), so at most six shapes compile per extractor, once per sweep.
+    ``warmup_seconds``: time of the first call of each new shape (compilation included)."""
+
+    name = "inception_compiled"
+    min_bucket = 8
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.warmup_seconds, self.shapes = 0.0, set()
+        super().__init__(*args, **kwargs)
+
+    def network(self, layers: torch.jit.ScriptModule) -> Callable[[Tensor], Tensor]:
+        return torch.compile(super().network(layers), dynamic=False)
+
+    def forward(self, pixels: Tensor) -> Features:
+        n = len(pixels)
+        bucket = max(self.min_bucket, 1 << (n - 1).bit_length())
+        padded = F.pad(pixels, (0, 0, 0, 0, 0, 0, 0, bucket - n)) if bucket > n else pixels
+        start = time.perf_counter()
+        out = _head_rows(super().forward(padded), n)
+        if bucket not in self.shapes:  # this call compiled the shape
+            if out.features.is_cuda:
+                torch.cuda.synchronize(out.features.device)
+            self.warmup_seconds += time.perf_counter() - start
+            self.shapes.add(bucket)
+        return out
+
+
+def _head_rows(out: Features, n: int) -> Features:
+    """The first n rows of a Features batch."""
+    return Features(out.features[:n], None if out.logits is None else out.logits[:n])
 
 
 class RandomConvExtractor(FeatureExtractor):
@@ -343,6 +406,20 @@ def inception(weights: str | None = None, resize_mode: str = "clean", device: to
               dtype: str = "float32", channels_last: bool = False) -> FeatureExtractor:
     """TF Inception-v3 pool3 (FID's network); AssetMissing when its weights do not resolve."""
     return InceptionExtractor(weights, resize_mode, device, dtype, channels_last)
+
+
+@register_extractor("inception_module")
+def inception_module(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
+                     dtype: str = "float32", channels_last: bool = False) -> FeatureExtractor:
+    """FID's Inception as an nn.Module (fast in float16 / channels-last), weights from the TorchScript file."""
+    return InceptionModuleExtractor(weights, resize_mode, device, dtype, channels_last)
+
+
+@register_extractor("inception_compiled")
+def inception_compiled(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
+                       dtype: str = "float32", channels_last: bool = False) -> FeatureExtractor:
+    """inception_module under torch.compile (compiled once per batch-size bucket)."""
+    return InceptionCompiledExtractor(weights, resize_mode, device, dtype, channels_last)
 
 
 @register_extractor("random_conv")

@@ -27,7 +27,7 @@ from diffbench.data import make_dataset, to_uint8
 from diffbench.errors import check
 from diffbench.metrics.error import ErrorStats
 from diffbench.metrics.evaluate import MetricOptions, compute_metrics, parse_metrics
-from diffbench.metrics.features import FeatureExtractor, make_extractor
+from diffbench.metrics.features import INCEPTION_EXTRACTORS, FeatureExtractor, make_extractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.lpips import LPIPS
 from diffbench.metrics.refs import RefStats, load_or_build_reference
@@ -105,14 +105,15 @@ class MetricContext:
         self._targets: dict[str, FrechetTarget] = {}
 
     def extractor(self, cfg: DictConfig, device: torch.device) -> FeatureExtractor:
-        """metrics.extractor: inception | random_conv | auto (inception if its weights resolve; on a
-        CPU only with metrics.inception_on_cpu, as Inception is too slow there for a quick sweep)."""
+        """metrics.extractor: inception (or its nn.Module: inception_module, inception_compiled) |
+        random_conv | auto (inception if its weights resolve; on a CPU only with
+        metrics.inception_on_cpu, as Inception is too slow there for a quick sweep)."""
         m = cfg.metrics
         name = str(m.extractor)
         if name == "auto" and device.type == "cpu" and not m.get("inception_on_cpu", False):
             name = "random_conv"
         options = {"resize_mode": str(m.resize_mode), "device": device}
-        if name in ("inception", "auto"):
+        if name in INCEPTION_EXTRACTORS:
             options.update(weights=m.get("extractor_weights"), dtype=str(m.get("extractor_dtype", "float32")),
                            channels_last=bool(m.get("extractor_channels_last", False)))
         key = json.dumps([name, str(options)])
@@ -233,7 +234,7 @@ def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[di
     A metric keeps its own name only on Inception features (`fid`, `kid`, ...); on other features
     it carries the extractor's name (`fd_random_conv`), so it is never mistaken for FID.
     """
-    suffix = "" if extractor.name == "inception" else f"_{extractor.name}"
+    suffix = "" if extractor.fid_network else f"_{extractor.name}"
     values: dict[str, MetricValue] = {}
     extra: dict[str, Any] = {}
     for name in ("fd", "kid", "is", "precision", "recall", "density", "coverage"):

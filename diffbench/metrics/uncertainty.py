@@ -25,17 +25,19 @@ same noise (diffbench.noise), so one resampled index set is applied to both and 
 metric(A*) - metric(B*); the shared per-sample variation cancels and the interval is much tighter
 than two independent ones. It excludes 0 when the difference is resolved at this n.
 
-Cost: with n <= d rows (e.g. 512 samples, 2048-d Inception) one FD replicate is O(n d^2 + n^3)
-(fid.py's row path: ~0.1-0.3 s on 2 CPU cores); with n > d it is the covariance of the resampled
-rows, O(n d^2), plus one d x d eigvalsh, O(d^3) (the reference's square root is computed once):
-for d = 2048 about 1-3 s on 2 CPU cores and ~20 ms on a GPU, so n_boot = 200 takes minutes on a
-CPU; random_conv (d = 224) is far cheaper. Including the reference adds, per replicate, the
+Cost: against a fixed reference the replicates run through FrechetTarget.resampled_distances
+(fid.py): the rows are mapped once by the reference's root factor (O(n d^2)), then a replicate with
+u distinct rows (~0.63 n) costs a weighted Gram matrix, O(u d min(u, d)), and one eigvalsh of size
+min(u, d) — no gather, covariance or d x d x d products per replicate (scripts/bench_inception.py
+times both paths). With n > d the d x d eigvalsh dominates: for d = 2048 about 1 s on 2 CPU cores,
+so n_boot = 200 takes minutes on a CPU; random_conv (d = 224) is far cheaper. Including the
+reference keeps the direct path (the factor changes every replicate) and adds, per replicate, the
 resampled reference's covariance, O(n_ref d^2), and (with n > d) one d x d eigh.
 A KID replicate costs num_subsets * m^2 * d; per-sample metrics (solver error, LPIPS) cost O(n).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -71,12 +73,22 @@ def bootstrap(statistic: Callable[..., float], n: int, n_boot: int = 200, level:
     With ``n_ref`` > 0 the statistic is statistic(indices, reference_indices) and the n_ref
     reference rows are resampled too, independently of the generated ones.
     """
+    estimate = statistic(*(np.arange(m) for m in ([n, n_ref] if n_ref else [n])))
+    return bootstrap_replicates(estimate, lambda draws: [statistic(*d) for d in draws], n, n_boot, level, seed,
+                                nonnegative, n_ref)
+
+
+def bootstrap_replicates(estimate: float, replicates: Callable[[list[tuple[np.ndarray, ...]]], Sequence[float]],
+                         n: int, n_boot: int = 200, level: float = 0.95, seed: int = 0, nonnegative: bool = False,
+                         n_ref: int = 0) -> Interval:
+    """``bootstrap`` with all replicates computed in one call: replicates(draws) -> one value per draw,
+    each draw (indices,) or (indices, reference_indices); the same draws as ``bootstrap`` for a seed."""
     check(n_boot >= 2, f"metrics.n_boot must be >= 2 for an interval (got {n_boot})")
     check(0 < level < 1, f"metrics.ci_level must be in (0, 1) (got {level})")
     rng = np.random.default_rng(seed)
     sides = [n, n_ref] if n_ref else [n]
-    estimate = statistic(*(np.arange(m) for m in sides))
-    std = float(np.std([statistic(*(rng.integers(0, m, m) for m in sides)) for _ in range(n_boot)], ddof=1))
+    draws = [tuple(rng.integers(0, m, m) for m in sides) for _ in range(n_boot)]
+    std = float(np.std(np.asarray(replicates(draws), dtype=np.float64), ddof=1))
     half = float(NormalDist().inv_cdf((1 + level) / 2)) * std
     low, high = estimate - half, estimate + half
     clipped = nonnegative and low < 0
@@ -97,8 +109,9 @@ def fd_interval(features: np.ndarray, target: FrechetTarget, n_boot: int = 200, 
     """
     rows = _rows(features, target.device)
     if ref_features is None:
-        return bootstrap(lambda idx: target.distance_to_rows(rows[torch.as_tensor(idx, device=rows.device)]),
-                         len(rows), n_boot, level, seed, nonnegative=True)
+        return bootstrap_replicates(target.distance_to_rows(rows),
+                                    lambda draws: target.resampled_distances(rows, [d[0] for d in draws]),
+                                    len(rows), n_boot, level, seed, nonnegative=True)
     ref_rows = _rows(ref_features, target.device)
 
     def distance(idx: np.ndarray, ref_idx: np.ndarray) -> float:
@@ -117,11 +130,12 @@ def paired_fd_difference(features_a: np.ndarray, features_b: np.ndarray, target:
           f"(got {len(features_a)} and {len(features_b)})")
     a, b = _rows(features_a, target.device), _rows(features_b, target.device)
 
-    def difference(idx: np.ndarray) -> float:
-        i = torch.as_tensor(idx, device=a.device)
-        return target.distance_to_rows(a[i]) - target.distance_to_rows(b[i])
+    def differences(draws: list[tuple[np.ndarray, ...]]) -> np.ndarray:
+        indices = [d[0] for d in draws]
+        return target.resampled_distances(a, indices) - target.resampled_distances(b, indices)
 
-    return bootstrap(difference, len(a), n_boot, level, seed)
+    return bootstrap_replicates(target.distance_to_rows(a) - target.distance_to_rows(b), differences, len(a),
+                                n_boot, level, seed)
 
 
 def kid_interval(ref_features: np.ndarray, features: np.ndarray, n_boot: int = 50, level: float = 0.95,
