@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("diffbench.sampling",),
     ("diffbench.metrics", "diffbench.metrics."),
     ("diffbench.engine", "diffbench.engine."),
-    ("diffbench.launch", "diffbench.plots", "diffbench.regression"),
+    ("diffbench.launch", "diffbench.plots", "diffbench.regression", "diffbench.reproduce"),
     ("diffbench.report",),
     ("diffbench.cli",),
 ]
