@@ -3,8 +3,8 @@
 A preset (``diffbench/configs/reproduce/<name>.yaml``, a ``--config-dir`` folder's ``reproduce/``, or
 any .yaml path) pins everything the paper pinned, as Hydra overrides (``protocol``: model and
 checkpoint, reference statistics, N, seed, step grid, final-step and NFE conventions, solver options)
-and the files they need (``files``: which checkpoint and statistics file, where they come from, their
-SHA-256 when published). Each point adds its own overrides (solver, NFE) and holds the published
+and the files they need (``files``: the checkpoint, statistics, image and Inception files, where
+they come from, their SHA-256 when published). Each point adds its own overrides (solver, NFE) and holds the published
 number as a fact with its source. Points run through the normal sweep engine into one results
 table (a rerun resumes), then each measured value is compared with its published one.
 
@@ -38,12 +38,22 @@ GROUP = "reproduce"
 DEFAULT_TOLERANCE = 0.02
 QUICK_SAMPLES = 5000
 QUICK_TOLERANCE = 0.10
+
+
+def _image_file(value: str) -> Path:
+    """dataset.path of an image array file (as given or under diffbench/assets/); AssetMissing if absent."""
+    path = resolve_data_path(value)
+    if not path.is_file():
+        raise AssetMissing(f"dataset.path={value}: no such file")
+    return path
+
+
 # How each kind of pinned file is found from its config field's value (each raises AssetMissing), and the
 # file name a message gives when the field is empty (Inception: resolved by name from the cache).
 RESOLVERS: dict[str, Callable[[str], Path]] = {
     "checkpoint": lambda value: resolve_file(value, "the checkpoint file"),
     "statistics": stats_file,
-    "images": lambda value: _image_file(value),
+    "images": _image_file,
     "inception": lambda value: assetstore.resolve(INCEPTION_WEIGHTS, value or None),
 }
 DEFAULT_NAMES = {"inception": INCEPTION_WEIGHTS.filenames[0]}
@@ -113,10 +123,10 @@ class Comparison:
 
     def row(self) -> dict[str, Any]:
         """The comparison as one flat record (the printed table and --json)."""
-        diff = self.difference
+        diff, published = self.difference, self.fact.published
         return {"point": self.fact.label, "metric": self.fact.metric, "published": self.fact.published,
                 "measured": self.measured, "low": self.low, "high": self.high, "difference": diff,
-                "difference_pct": None if diff is None or not self.fact.published else 100 * diff / abs(self.fact.published),
+                "difference_pct": None if diff is None or not published else 100 * diff / abs(published),
                 "tolerance": self.tolerance, "verdict": "within" if self.within else "MISS",
                 "reason": self.reason, "config_hash": self.config_hash, "source": self.fact.source}
 
@@ -137,14 +147,6 @@ class Outcome:
         return all(c.within for c in self.comparisons)
 
 
-def _image_file(value: str) -> Path:
-    """dataset.path of an image array file (as given or under diffbench/assets/); AssetMissing if absent."""
-    path = resolve_data_path(value)
-    if not path.is_file():
-        raise AssetMissing(f"dataset.path={value}: no such file")
-    return path
-
-
 # presets ---------------------------------------------------------------------------------------------
 
 def preset_names() -> list[str]:
@@ -157,8 +159,9 @@ def preset_file(name: str) -> Path:
     found = next((p for d in config_dirs() if (p := d / GROUP / f"{name}.yaml").is_file()), None)
     if found is None and name.endswith((".yaml", ".yml")) and Path(name).expanduser().is_file():
         found = Path(name).expanduser()
-    check(found is not None, f"reproduce {name}: no such preset; choose one of: {', '.join(preset_names())} "
-                             "(or give a preset .yaml path)")
+    if found is None:
+        raise UsageError(f"reproduce {name}: no such preset; choose one of: {', '.join(preset_names())} "
+                         "(or give a preset .yaml path)")
     return found
 
 
@@ -166,20 +169,22 @@ def load_preset(name: str) -> Preset:
     """Read and check a preset file (UsageError naming the bad field)."""
     path = preset_file(name)
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        data: Any = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except (OSError, OmegaConfBaseException) as e:
         raise UsageError(f"{path}: not a readable preset ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     check(isinstance(data, dict), f"{path}: a preset is a mapping (title, source, protocol, files, points)")
     _keys(data, PRESET_KEYS, str(path))
     quick = data.get("quick") or {}
     _keys(quick, {"n_samples", "tolerance"}, f"{path}: quick")
+    quick_n = quick.get("n_samples", QUICK_SAMPLES)
+    check(isinstance(quick_n, int) and quick_n >= 2, f"{path}: quick.n_samples={quick_n}: expected an integer >= 2")
     points = tuple(_fact(p, i, path) for i, p in enumerate(data.get("points") or []))
     check(bool(points), f"{path}: points is empty; give at least one published number")
     return Preset(path.stem, str(data.get("title", path.stem)), str(data.get("source", "")),
                   _overrides(data.get("protocol"), f"{path}: protocol"), points,
                   tuple(_pinned(f, path) for f in data.get("files") or []),
                   _fraction(data.get("tolerance", DEFAULT_TOLERANCE), f"{path}: tolerance"),
-                  int(quick.get("n_samples", QUICK_SAMPLES)),
+                  quick_n,
                   _fraction(quick.get("tolerance", QUICK_TOLERANCE), f"{path}: quick.tolerance"))
 
 
@@ -214,7 +219,8 @@ def _fact(data: Any, index: int, path: Path) -> Fact:
 
 def _pinned(data: Any, path: Path) -> PinnedFile:
     _keys(data, FILE_KEYS, f"{path}: files")
-    check(data.get("what") in RESOLVERS, f"{path}: files: what={data.get('what')}; choose one of: {', '.join(RESOLVERS)}")
+    check(data.get("what") in RESOLVERS,
+          f"{path}: files: what={data.get('what')}; choose one of: {', '.join(RESOLVERS)}")
     check(bool(data.get("field")), f"{path}: files: field (the config field holding the path) is required")
     return PinnedFile(str(data["what"]), str(data["field"]), data.get("url"), data.get("sha256"), data.get("how"))
 

@@ -32,7 +32,8 @@ def _run(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def _preset(path: Path, points: list[dict], protocol: list[str] = TINY, **fields: object) -> str:
-    path.write_text(yaml.safe_dump({"title": "test", "source": "a test", "protocol": protocol, "points": points, **fields}))
+    data = {"title": "test", "source": "a test", "protocol": protocol, "points": points, **fields}
+    path.write_text(yaml.safe_dump(data))
     return str(path)
 
 
@@ -51,7 +52,7 @@ def test_baseline_preset_holds_the_committed_results_at_their_n_and_seed():
 def test_list_names_every_preset_with_its_source(capsys):
     code, out, _ = _run(capsys, "reproduce", "--list", "--json")
     rows = {r["preset"]: r for r in json.loads(out)}
-    assert code == 0 and set(rows) >= {"diffbench-baseline", *PAPER_PRESETS}
+    assert code == 0 and set(rows) >= {"diffbench-baseline", "diffbench-mnist-fid", *PAPER_PRESETS}
     assert rows["edm-heun-35"]["files"] == ["checkpoint", "statistics", "inception"]
     assert "Table 2" in rows["edm-heun-35"]["source"] and "Table 1" in rows["dpm-solver-v3-edm-cifar10"]["source"]
 
@@ -70,8 +71,8 @@ def test_missing_checkpoint_and_statistics_one_line_exit_2_nothing_written(tmp_p
 def test_a_file_that_differs_from_the_pinned_sha256_is_refused(tmp_path, capsys):
     stats = tmp_path / "stats.npz"
     np.savez(stats, mu=np.zeros(3), sigma=np.eye(3))
-    preset = _preset(tmp_path / "p.yaml", [{"run": ["solver=euler", "nfe=3"], "metric": "fd", "published": 1.0, "source": "x"}],
-                     protocol=[*TINY, "dataset=stats", f"dataset.path={stats}"],
+    point = {"run": ["solver=euler", "nfe=3"], "metric": "fd", "published": 1.0, "source": "x"}
+    preset = _preset(tmp_path / "p.yaml", [point], protocol=[*TINY, "dataset=stats", f"dataset.path={stats}"],
                      files=[{"what": "statistics", "field": "dataset.path", "sha256": "0" * 64}])
     code, _, err = _run(capsys, "reproduce", preset, f"out={tmp_path / 'out'}")
     assert code == 2 and f"statistics {stats} has sha256" in err and f"pins {'0' * 64}" in err
@@ -143,7 +144,8 @@ def test_published_statistics_give_the_fd_of_the_statistics_they_hold(tmp_path, 
     np.savez(tmp_path / "musigma.npz", mu=mean, sigma=cov)
     np.savez(tmp_path / "rows.npz", pool_3=features)
     common = ["dataset=stats", "dataset.extractor=random_conv", "dataset.resize_mode=clean"]
-    given = _stats_run(capsys, tmp_path, sweep_cache, *common, f"dataset.path={tmp_path / 'musigma.npz'}", "dataset.n=64")
+    given = _stats_run(capsys, tmp_path, sweep_cache, *common, f"dataset.path={tmp_path / 'musigma.npz'}",
+                       "dataset.n=64")
     rows = _stats_run(capsys, tmp_path, sweep_cache, *common, f"dataset.path={tmp_path / 'rows.npz'}")
     assert given["fd_random_conv"] == pytest.approx(computed["fd_random_conv"], rel=1e-9)
     assert rows["fd_random_conv"] == pytest.approx(computed["fd_random_conv"], rel=1e-5)
@@ -167,3 +169,9 @@ def test_baseline_preset_reproduces_the_committed_numbers(tmp_path, capsys, swee
     result = json.loads(stdout)
     assert code == 0 and result["passed"] and len(result["points"]) == 6
     assert max(abs(p["difference_pct"]) for p in result["points"]) < 0.01  # same seed on a CPU: ~1e-5 relative
+
+
+def test_missing_image_file_names_the_field_and_how_to_make_it(tmp_path, capsys):
+    code, _, err = _run(capsys, "reproduce", "diffbench-mnist-fid", f"out={tmp_path / 'out'}")
+    assert code == 2 and "(1) images mnist_b.npz not found: set dataset.path=/path/to/mnist_b.npz" in err
+    assert "mnist_test.npz" in err and not (tmp_path / "out").exists()

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from diffbench.atomicio import atomic_write
-from diffbench.errors import AssetMissing, UsageError, check, warn
 from diffbench.assetstore import PACKAGE_ASSETS, file_digest, weights_dir
 from diffbench.assetstore import cache_dir as default_cache_dir
+from diffbench.atomicio import atomic_write
+from diffbench.errors import AssetMissing, UsageError, check, warn
 from diffbench.metrics.stats import FeatureStats, Progress, extract
 
 FORMAT = 1
@@ -192,6 +192,7 @@ def load_published(cfg: dict[str, Any], extractor: Any) -> RefStats:
     if stats.dim != extractor.dim:
         raise UsageError(f"dataset.path={file}: {stats.dim}-d statistics, but {extractor.name} gives {extractor.dim}-d "
                          "features; use the statistics of this extractor")
-    fields = {"kind": "stats", "file": file.name, "sha256": digest, "arrays": list(arrays), "extractor": extractor.identity()}
+    fields = {"kind": "stats", "file": file.name, "sha256": digest, "arrays": list(arrays),
+              "extractor": extractor.identity()}
     meta = {"key": digest, "key_fields": fields, "dataset": {**cfg, "path": str(file)}, "files": {file.name: digest}}
     return RefStats(stats, digest, meta, file.parent / _slug(f"stats_{file.stem}_sha256-{digest[:16]}"))

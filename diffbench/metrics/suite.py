@@ -128,7 +128,7 @@ class MetricContext:
 
     def dataset_statistics(self, cfg: DictConfig, model: Denoiser | None, extractor: FeatureExtractor,
                            batch_size: int) -> RefStats:
-        """The dataset's feature statistics: published ones as given, else from the cache or built now (with a progress bar)."""
+        """The dataset's feature statistics: published ones as given, else cached or built now (with a progress bar)."""
         ref_n = cfg.metrics.get("ref_n")
         key = json.dumps([to_dict(cfg.dataset), to_dict(cfg.model), extractor.identity(), ref_n], sort_keys=True)
         if key not in self._refs and cfg.dataset.get("kind") == "stats":
