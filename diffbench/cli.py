@@ -1,4 +1,4 @@
-"""The `diffbench` command line (Typer): sweep, sample, eval, ref, fit, plot, report, check, list, doctor.
+"""The `diffbench` command line (Typer): sweep, sample, eval, ref, fit, plot, report, check, reproduce, list, doctor.
 
 Bad input of any kind ends in one line on stderr naming the field and the fix, exit code 2, no
 traceback and nothing written (DESIGN.md "Errors"). A file that cannot be written (disk full) is one
@@ -532,6 +532,80 @@ def check_cmd(results_path: Results,
 def _print_frame(df: Any) -> None:
     """A frame as plain aligned text, never cut to the terminal's width (CI logs keep every column)."""
     out.print(df.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""), highlight=False, markup=False)
+
+
+# reproduce ------------------------------------------------------------------------------------------
+
+@app.command()
+def reproduce(name: Annotated[str | None, typer.Argument(help="A preset (`--list` shows them) or a preset .yaml path.",
+                                                         show_default=False)] = None,
+              overrides: Overrides = None, quiet: Quiet = False,
+              list_presets: Annotated[bool, typer.Option("--list", help="List the presets and exit.")] = False,
+              quick: Annotated[bool, typer.Option(help="N = 5,000 and a wider tolerance: a first look, not a reproduction.")] = False,
+              as_json: Annotated[bool, typer.Option("--json", help="Print the list or the comparison as JSON.")] = False) -> None:
+    """Run a published table's protocol and compare every point with its published number: exit 0 all within, 1 a miss.
+
+    A preset pins the checkpoint, reference statistics, N, seeds, step grid, final-step and NFE
+    conventions and solver options; a point lies within when |measured - published| <= max(2%,
+    half the measured interval). Missing files: one line naming each and where to put it, exit 2.
+
+    ```
+    diffbench reproduce --list
+    diffbench reproduce edm-heun-35 device=cuda batch_size=auto      # model.path= / dataset.path= point at local files
+    diffbench reproduce diffbench-baseline                           # this repository's own results/baseline.parquet
+    diffbench reproduce dpm-solver-v3-edm-cifar10 --quick            # N = 5,000, tolerance 10%
+    ```
+    """
+    from diffbench import reproduce as rp
+
+    if list_presets:
+        rows = rp.listing()
+        if as_json:
+            print(_json_text(rows))
+        else:
+            _print_frame(_frame(rows))
+        return
+    check(name is not None, "reproduce: give a preset NAME, or --list to see them")
+    preset = rp.load_preset(name)
+    outcome = rp.reproduce(preset, overrides or [], quick=quick, progress=not (quiet or as_json), command=_ARGV)
+    rows = [c.row() for c in outcome.comparisons]
+    if as_json:
+        print(_json_text({"preset": preset.name, "title": preset.title, "source": preset.source, "quick": outcome.quick,
+                          "n_samples": outcome.n_samples, "out": outcome.out, "files": outcome.files,
+                          "passed": outcome.passed, "points": rows}))
+    else:
+        _print_outcome(outcome, rows)
+    if not outcome.passed:
+        raise typer.Exit(1)
+
+
+def _print_outcome(outcome: Any, rows: list[dict[str, Any]]) -> None:
+    """The comparison table with its settings: which files (SHA-256), N, quick mode, where the rows are."""
+    preset = outcome.preset
+    out.print(f"{preset.title} ({preset.source})", highlight=False, markup=False)
+    if outcome.quick:
+        out.print(f"QUICK: N = {outcome.n_samples} instead of the protocol's, tolerance {preset.quick_tolerance:.0%}: "
+                  "a first look, not a reproduction", highlight=False, markup=False)
+    for f in outcome.files:
+        out.print(f"{f['what']}: {f['path']} sha256 {f['sha256']} ({f['check']})", highlight=False, markup=False)
+    _print_frame(_frame(rows).drop(columns=["reason", "config_hash", "source"]))
+    for row in rows:
+        if row["reason"]:
+            out.print(f"{row['point']}: {row['reason']}", highlight=False, markup=False)
+    missed = sum(r["verdict"] != "within" for r in rows)
+    out.print(f"{len(rows) - missed} of {len(rows)} points within tolerance; rows in {outcome.out}", highlight=False)
+
+
+def _frame(rows: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def _json_text(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=1, default=str)
 
 
 # list / doctor --------------------------------------------------------------------------------------

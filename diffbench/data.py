@@ -332,7 +332,9 @@ def make_dataset(cfg: Mapping[str, Any], model: Any = None,
     if kind == "model_samples":
         check(model is not None, "dataset kind model_samples needs the model (pass model=...)")
         return ModelSamplesDataset(model, int(cfg.get("n", 2048)), int(cfg.get("seed", 0)), model_config, split)
-    raise UsageError(f"dataset.kind '{kind}' is unknown; choose one of: folder, npz, model_samples")
+    check(kind != "stats", "dataset kind stats holds published statistics, not images; this command needs images "
+                           "(dataset=npz or dataset=folder)")
+    raise UsageError(f"dataset.kind '{kind}' is unknown; choose one of: folder, npz, model_samples, stats")
 
 
 def _required(cfg: Mapping[str, Any], key: str, kind: str) -> Any:

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("diffbench.discrete", "diffbench.discrete."),  # masked diffusion: uses noise, columns, metrics' bootstrap
     ("diffbench.engine", "diffbench.engine."),
     ("diffbench.fit", "diffbench.fit."),  # `diffbench fit`: fits on calibration noise against cached references
-    ("diffbench.launch", "diffbench.plots", "diffbench.regression"),
+    ("diffbench.launch", "diffbench.plots", "diffbench.regression", "diffbench.reproduce"),
     ("diffbench.report",),
     ("diffbench.cli",),
 ]

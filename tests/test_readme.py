@@ -23,6 +23,7 @@ SKIPPED = {
     "torchrun": "needs several GPUs",
     "diffbench sweep model=diffbench-mnist": "GPU example (device=cuda, 50k samples)",
     "diffbench sweep hydra/launcher=slurm": "needs a SLURM cluster (sbatch)",
+    "diffbench reproduce diffbench-baseline": "full size (3 points x 1024 samples); test_reproduce.py runs it (slow)",
 }
 
 

@@ -121,9 +121,13 @@ def compute_metrics(gen: FeatureStats, ref: RefStats | FeatureStats, metrics: Se
                            "resize_mode": gen.identity.get("resize_mode"),
                            "ref_id": ref.id if isinstance(ref, RefStats) else None,
                            "n_gen": gen.n, "n_ref": rstats.n, "ci": opts.interval_method(), "notes": []}
-    needs_rows = {"kid", "prdc"} & set(names) or ("fd" in names and opts.n_boot)
-    if needs_rows and (gen.features is None or rstats.features is None):
-        raise UsageError("kid / prdc / bootstrap need feature rows; extract with keep_features=True")
+    rows_always = bool({"kid", "prdc"} & set(names))
+    gen_rows = rows_always or ("fd" in names and bool(opts.n_boot))
+    ref_rows = rows_always or ("fd" in names and bool(opts.n_boot) and opts.ci_includes_reference)
+    if (gen_rows and gen.features is None) or (ref_rows and rstats.features is None):
+        raise UsageError("kid / prdc / bootstraps over the reference need feature rows; extract with "
+                         "keep_features=True (published statistics, dataset=stats, hold only a mean and covariance: "
+                         "use metrics.names=[fd])")
     for name in names:
         reason = too_few(name, gen.n, rstats.n, opts)
         if reason:

@@ -7,6 +7,10 @@ provenance: the key's fields (dataset fingerprint, extractor identity incl. weig
 SHA-256 of both data files, versions and creation time. The JSON is written last (atomically), so an
 entry without it is incomplete; an entry whose files do not match their recorded hashes is corrupt
 and rebuilt, with one warning line. A file lock keeps concurrent ranks/jobs from building the same entry twice.
+
+Published statistics (``dataset=stats``: EDM's ``cifar10-32x32.npz``, score_sde's ``cifar10_stats.npz``,
+pytorch-fid's ``fid_stats_*.npz``) are used as given instead: ``load_published`` reads their mean and
+covariance (or the feature rows they ship) and names them by file and SHA-256 in every row's ``ref_id``.
 """
 from __future__ import annotations
 
@@ -24,10 +28,10 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from diffbench.assetstore import PACKAGE_ASSETS, file_digest, weights_dir
 from diffbench.assetstore import cache_dir as default_cache_dir
-from diffbench.assetstore import file_digest
 from diffbench.atomicio import atomic_write
-from diffbench.errors import warn
+from diffbench.errors import AssetMissing, UsageError, check, warn
 from diffbench.metrics.stats import FeatureStats, Progress, extract
 
 FORMAT = 1
@@ -146,3 +150,49 @@ def load_or_build_reference(dataset: Any, extractor: Any, n: int | None = None,
         stats = extract(dataset.batches(batch_size, n), extractor, keep_features=True, total=n, progress=progress)
         meta = _save(stem, key, fields, stats, dataset, time.perf_counter() - start)
     return RefStats(stats, key, meta, stem, built=True, rebuilt_reason=reason)
+
+
+PUBLISHED_ARRAYS = (("mu", "sigma"), ("pool_3",))  # (mean, covariance) as EDM / pytorch-fid; feature rows as score_sde
+
+
+def stats_file(path: str) -> Path:
+    """dataset.path of published statistics: as given, else under diffbench/assets/, else in the cache's weights/."""
+    check(bool(path), "dataset.path is empty; set it to the statistics file (.npz)")
+    given = Path(path).expanduser()
+    places = [given] + ([PACKAGE_ASSETS / path, weights_dir() / path] if not given.is_absolute() else [])
+    found = next((p for p in places if p.is_file()), None)
+    if found is None:
+        raise AssetMissing(f"dataset.path={path}: no such statistics file ({' or '.join(map(str, places))}); "
+                           f"set dataset.path=/path/to/{given.name} or put it in {weights_dir()}")
+    return found
+
+
+def load_published(cfg: dict[str, Any], extractor: Any) -> RefStats:
+    """Published reference statistics from a .npz, used as given (not computed): their identity is the file.
+
+    ``cfg`` is the dataset config (kind stats): ``path``, ``extractor`` and ``resize_mode`` (the network
+    and resize the file was computed with; they must be the run's, or its FID is not the paper's FID).
+    The mean and covariance come from arrays ``mu``/``sigma``, else from the feature rows ``pool_3``.
+    """
+    for field in ("extractor", "resize_mode"):
+        check(cfg.get(field) == extractor.identity()[field],
+              f"dataset.{field}={cfg.get(field)}: these statistics were computed with {field} {cfg.get(field)} but the "
+              f"run uses {extractor.identity()[field]}; set metrics.{field}={cfg.get(field)}")
+    file = stats_file(str(cfg.get("path") or ""))
+    digest = file_digest(file)
+    with np.load(file) as z:
+        arrays = next((names for names in PUBLISHED_ARRAYS if all(n in z for n in names)), None)
+        check(arrays is not None, f"dataset.path={file}: holds {', '.join(z.files)}; published statistics need "
+              "mu and sigma (mean, covariance) or pool_3 (feature rows)")
+        data = {name: np.asarray(z[name], dtype=np.float64) for name in arrays}
+    if arrays == ("pool_3",):
+        stats = FeatureStats.from_features(data["pool_3"], identity=extractor.identity(), keep=False)
+    else:
+        stats = FeatureStats(int(cfg.get("n") or 0), data["mu"], data["sigma"], None, None, extractor.identity())
+    if stats.dim != extractor.dim:
+        raise UsageError(f"dataset.path={file}: {stats.dim}-d statistics, but {extractor.name} gives {extractor.dim}-d "
+                         "features; use the statistics of this extractor")
+    fields = {"kind": "stats", "file": file.name, "sha256": digest, "arrays": list(arrays),
+              "extractor": extractor.identity()}
+    meta = {"key": digest, "key_fields": fields, "dataset": {**cfg, "path": str(file)}, "files": {file.name: digest}}
+    return RefStats(stats, digest, meta, file.parent / _slug(f"stats_{file.stem}_sha256-{digest[:16]}"))

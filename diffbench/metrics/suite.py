@@ -30,7 +30,7 @@ from diffbench.metrics.evaluate import MetricOptions, compute_metrics, parse_met
 from diffbench.metrics.features import INCEPTION_EXTRACTORS, FeatureExtractor, make_extractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.lpips import LPIPS
-from diffbench.metrics.refs import RefStats, load_or_build_reference
+from diffbench.metrics.refs import RefStats, load_or_build_reference, load_published
 from diffbench.metrics.stats import StreamingStats
 from diffbench.metrics.uncertainty import bootstrap
 from diffbench.models import Denoiser
@@ -129,9 +129,11 @@ class MetricContext:
 
     def dataset_statistics(self, cfg: DictConfig, model: Denoiser | None, extractor: FeatureExtractor,
                            batch_size: int) -> RefStats:
-        """The dataset's feature statistics, from the cache or built now (with a progress bar)."""
+        """The dataset's feature statistics: published ones as given, else cached or built now (with a progress bar)."""
         ref_n = cfg.metrics.get("ref_n")
         key = json.dumps([to_dict(cfg.dataset), to_dict(cfg.model), extractor.identity(), ref_n], sort_keys=True)
+        if key not in self._refs and cfg.dataset.get("kind") == "stats":
+            self._refs[key] = load_published(to_dict(cfg.dataset), extractor)  # published: used as given
         if key not in self._refs:
             dataset = make_dataset(to_dict(cfg.dataset), model=model, model_config=to_dict(cfg.model))
             n = len(dataset) if ref_n is None else int(ref_n)
