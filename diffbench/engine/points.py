@@ -15,7 +15,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from diffbench import assetstore, discrete
-from diffbench.config import RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings, to_dict
+from diffbench.config import (RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings, to_dict,
+                              typed_options)
 from diffbench.errors import UsageError, check
 from diffbench.fit.artefacts import fill_fitted
 from diffbench.metrics.suite import check_metrics
@@ -112,6 +113,7 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     if model_identity(cfg.model)[0] in discrete.MODELS:
         return resolve_discrete_point(cfg, run, model, overrides, policy)
     check_metrics(cfg, model, run)
+    check_reference_options(cfg)
     spec = get_solver(str(cfg.solver.name))
     options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}
     policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
@@ -173,3 +175,11 @@ def prepare(overrides: Sequence[str]) -> list[Point]:
         point = resolve_point(cfg, models, point_overrides)
         points.setdefault(point.key, point)  # budgets that resolve to one NFE run once
     return list(points.values())
+
+def check_reference_options(cfg: DictConfig) -> None:
+    """The reference solver and its option types (metrics.reference), checked before any point samples."""
+    if "solver_error" in list(cfg.metrics.names):
+        options = to_dict(cfg.metrics.reference)
+        name = str(options.pop("solver"))
+        get_solver(name).bind(options)
+        typed_options("solver", name, options, "metrics.reference")

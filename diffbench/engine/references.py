@@ -73,3 +73,4 @@ class ReferenceSolutions:
                                                   sample_points(model, ref_plan, chunked, indices, advance)],
                                          POINT_ERRORS)
         return distributed.rows_by_index(p for ps in distributed.unwrap(distributed.all_gather(pieces)) for p in ps)
+

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from diffbench.batching import FEATURE_BATCH
 from diffbench.columns import MetricValue
-from diffbench.config import RunSettings, to_dict, typed_options
+from diffbench.config import RunSettings, to_dict
 from diffbench.data import make_dataset, to_uint8
 from diffbench.errors import check
 from diffbench.metrics.error import ErrorStats
@@ -34,7 +34,6 @@ from diffbench.metrics.refs import RefStats, load_or_build_reference, load_publi
 from diffbench.metrics.stats import StreamingStats
 from diffbench.metrics.uncertainty import bootstrap
 from diffbench.models import Denoiser
-from diffbench.solvers import get_solver
 
 
 class Tasks(Protocol):
@@ -154,11 +153,6 @@ def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
               f"is {tuple(shape)}; use metrics=error_only for this model")
     if feature:
         check(run.n_samples >= 2, f"metrics {', '.join(feature)} need n_samples >= 2 (got {run.n_samples})")
-    if "solver_error" in paired:  # the reference solver and its options, before any point samples
-        options = to_dict(cfg.metrics.reference)
-        name = str(options.pop("solver"))
-        get_solver(name).bind(options)
-        typed_options("solver", name, options, "metrics.reference")
 
 
 class MetricSuite:
