@@ -7,7 +7,8 @@ score) once, here; solvers never see a parameterisation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -45,6 +46,11 @@ class Denoiser(ABC):
     def network_rows(self, x: Tensor, sigma: Tensor) -> int:
         """Network forward passes, summed over x's rows, of one call at sigma (guidance evaluates some rows twice)."""
         return x.shape[0]
+
+    @contextmanager
+    def on_rows(self, rows: Tensor) -> Iterator[None]:
+        """Calls inside evaluate only the bound batch's `rows` (adaptive solvers step a sub-batch); binds follow."""
+        yield
 
 
 class ConditionalDenoiser(Denoiser):
@@ -99,6 +105,11 @@ class CountingDenoiser(Denoiser):
 
     def describe(self) -> dict[str, object]:
         return self.inner.describe()
+
+    @contextmanager
+    def on_rows(self, rows: Tensor) -> Iterator[None]:
+        with self.inner.on_rows(rows):
+            yield
 
 
 class PredictionDenoiser(Denoiser):

@@ -8,7 +8,8 @@ network passes are counted per row (`network_rows`): two where guidance is on, o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -130,14 +131,19 @@ def autoguidance(scale: float = 2.0, guide: str = "") -> Guidance:
     return Guidance(scale=scale, autoguide=True)
 
 
+def conditional(model: Denoiser) -> ConditionalDenoiser:
+    """The model as a conditional one (UsageError if it takes no labels)."""
+    check(isinstance(model, ConditionalDenoiser),
+          "conditions/guidance need a class-conditional model; this model takes no labels (use conditions=none)")
+    return model  # type: ignore[return-value]
+
+
 class GuidedModel(Denoiser):
     """A conditional model with its condition set, guidance rule and (autoguidance) guide model."""
 
     def __init__(self, model: Denoiser, conditions: ConditionSet, guidance: Guidance,
                  guide: Denoiser | None = None):
-        check(isinstance(model, ConditionalDenoiser),
-              "conditions/guidance need a class-conditional model; this model takes no labels (conditions=none)")
-        conditions.check_classes(model.classes)  # type: ignore[attr-defined]
+        conditions.check_classes(conditional(model).classes)
         check(guidance.autoguide == (guide is not None), "autoguidance needs its guide model, no other rule takes one")
         check(guide is None or (isinstance(guide, ConditionalDenoiser) and guide.classes == model.classes),
               "guidance.guide must be a conditional model with the same classes as the model")
@@ -158,8 +164,16 @@ class GuidedDenoiser(Denoiser):
     """A GuidedModel bound to one batch's labels: the two-argument denoiser a solver sees."""
 
     def __init__(self, parent: GuidedModel, labels: Tensor):
-        self.parent, self.labels = parent, labels
+        self.parent, self.batch_labels, self.labels = parent, labels, labels
         self.schedule, self.dtype = parent.schedule, parent.dtype
+
+    @contextmanager
+    def on_rows(self, rows: Tensor) -> Iterator[None]:
+        self.labels = self.batch_labels[rows.cpu()]
+        try:
+            yield
+        finally:
+            self.labels = self.batch_labels
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         model, guidance, guide = self.parent.model, self.parent.guidance, self.parent.guide
