@@ -49,7 +49,8 @@ class Denoiser(ABC):
 
     @contextmanager
     def on_rows(self, rows: Tensor) -> Iterator[None]:
-        """Calls inside evaluate only the bound batch's `rows` (adaptive solvers step a sub-batch); binds follow."""
+        """Calls inside evaluate only `rows` of the current batch (a solver stepping a sub-batch wraps its calls in this
+        so per-sample conditions follow the rows); nests."""
         yield
 
 

@@ -80,7 +80,7 @@ def register_guidance(name: str) -> Callable[[GuidanceFactory], GuidanceFactory]
 
 def make_guidance(options: dict[str, object]) -> Guidance:
     """The Guidance of a `guidance` config node (its `guide` model, for autoguidance, is built by the engine)."""
-    options = {k: v for k, v in options.items() if k != "guide"}
+    options = dict(options)
     name = str(options.pop("name"))
     check(name in GUIDANCE, f"guidance={name} is unknown; choose one of: {', '.join(sorted(GUIDANCE))}")
     guidance = GUIDANCE[name](**options)
@@ -164,16 +164,18 @@ class GuidedDenoiser(Denoiser):
     """A GuidedModel bound to one batch's labels: the two-argument denoiser a solver sees."""
 
     def __init__(self, parent: GuidedModel, labels: Tensor):
-        self.parent, self.batch_labels, self.labels = parent, labels, labels
+        self.parent, self.labels = parent, labels
         self.schedule, self.dtype = parent.schedule, parent.dtype
 
     @contextmanager
     def on_rows(self, rows: Tensor) -> Iterator[None]:
-        self.labels = self.batch_labels[rows.cpu()]
+        """Restrict to `rows` of the current rows (nests: a sub-batch of a sub-batch)."""
+        outer = self.labels
+        self.labels = outer[rows.cpu()]
         try:
             yield
         finally:
-            self.labels = self.batch_labels
+            self.labels = outer
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         model, guidance, guide = self.parent.model, self.parent.guidance, self.parent.guide

@@ -206,7 +206,8 @@ def fresh_eps(denoiser: Denoiser, state: State, lam: Tensor) -> Tensor:
     eps = state["eps"].clone()
     if stale.numel():
         x = state["x"][stale]
-        eps[stale] = sample_eps(denoiser, x, torch.exp(-expand_as(lam[stale], x)))
+        with denoiser.on_rows(stale):
+            eps[stale] = sample_eps(denoiser, x, torch.exp(-expand_as(lam[stale], x)))
     return eps
 
 
