@@ -111,7 +111,7 @@ def interval(scale: float = 2.0, sigma_lo: float = 0.28, sigma_hi: float = 5.42)
 
 @register_guidance("rescale")
 def rescale(scale: float = 2.0, phi: float = 0.7) -> Guidance:
-    """CFG rescale (Lin et al. 2024, Eq. 15-16) on x0: match D_c's per-sample std, mixed in with weight phi."""
+    """CFG rescale (Lin et al. 2024, "Common diffusion noise schedules..."): on x0, match D_c's per-sample std, mix phi."""
     return Guidance(scale=scale, rescale=phi)
 
 
