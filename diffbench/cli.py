@@ -210,7 +210,7 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     path = output or Path(cfg.out) / "samples" / f"{cfg.solver.name}_{cfg.schedule.name}_nfe{cfg.nfe}_seed{cfg.seed}.npz"
     check(path.suffix == ".npz", f"--output {path}: give a .npz path")
     check_writable(path.parent, "--output")
-    model = models.for_point(cfg, point.run.n_samples)  # conditions and guidance bound, if any
+    model = models.for_point(cfg, max(indices) + 1)  # labels bound by index (as far as --seeds reaches), if any
     assert point.plan is not None  # policy "exact" always gives a plan or raises
     xs, seconds, nfe = [], 0.0, None
     with assetstore.cache_root(cfg.cache_dir), Reporter(not quiet) as reporter, \
