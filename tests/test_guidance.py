@@ -14,6 +14,7 @@ from diffbench.models.conditions import ConditionSet, make_conditions
 from diffbench.models.guidance import GuidedModel, make_guidance
 from diffbench.models.mixtures import ClassMixtureDenoiser, class_gmm
 from diffbench.sampling import make_plan, sample_batch
+from diffbench.solvers import SOLVERS
 
 N = 12
 
@@ -109,10 +110,10 @@ def test_autoguidance_with_itself_is_conditional(model):
         model.denoise_cond(x, sigma, labels) - weak.denoise_cond(x, sigma, labels)))
 
 
-SOLVERS = ["euler", "heun", "dpmpp_2m", "unipc_bh2", "ipndm", "dpm_solver_adaptive"]
+FAMILIES = ["euler", "heun", "dpmpp_2m", "unipc_bh2", "ipndm", "dpm_solver_adaptive"]
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", FAMILIES)
 @pytest.mark.parametrize("rule", [{"name": "cfg", "scale": 2.0},
                                   {"name": "interval", "scale": 2.0, "sigma_lo": 0.3, "sigma_hi": 3.0},
                                   {"name": "autoguidance", "scale": 2.0, "guide": "weak"}])
@@ -161,3 +162,28 @@ def test_bad_guidance_values_are_usage_errors():
 def test_guidance_needs_a_conditional_model(gauss):
     with pytest.raises(UsageError, match="class-conditional"):
         GuidedModel(gauss, ConditionSet("x", torch.zeros(4, dtype=torch.long)), make_guidance({"name": "cfg"}))
+
+
+SPAN = dict(step_schedule="uniform_logsnr", sigma_min=0.1, sigma_max=10.0, final_zero=False)
+
+
+@pytest.fixture(scope="module")
+def guided_ode():
+    """The CFG (w = 3) denoiser of the exact mixture, starting points, and a tight RK45 solution over SPAN."""
+    mixture = class_gmm(classes=3, per_class=2)
+    m = guided(mixture, {"name": "cfg", "scale": 3.0}).bind(range(N))
+    x_T = torch.randn(N, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 10.0
+    tight = make_plan("rk45", 1, mixture.schedule, solver_options={"rtol": 1e-9, "atol": 1e-9}, **SPAN)
+    return m, x_T, tight.solver.fn(m, x_T, tight.sigmas, noise=None, **tight.options)
+
+
+@pytest.mark.parametrize("solver", ["euler", "ddim", "heun", "dpmpp_2m", "unipc_bh2_o2"])
+def test_order_on_the_guided_mixture(guided_ode, solver):
+    """On the exact CFG field each solver converges at its registered order against the tight RK45 solution."""
+    m, x_T, exact = guided_ode
+    errors = []
+    for steps in (32, 64):
+        plan = make_plan(solver, SOLVERS[solver].nfe_for(steps, False), m.schedule, **SPAN)
+        out = plan.solver.fn(m, x_T, plan.sigmas, noise=None, **plan.options)
+        errors.append(float((out - exact).pow(2).mean().sqrt()))
+    assert math.log2(errors[0] / errors[1]) == pytest.approx(SOLVERS[solver].order, abs=0.35)
