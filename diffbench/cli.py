@@ -221,7 +221,7 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
                                                   f"_nfe{cfg.nfe}_seed{cfg.seed}.npz")
     check(path.suffix == ".npz", f"--output {path}: give a .npz path")
     check_writable(path.parent, "--output")
-    model = models.get(cfg.model)
+    model = models.for_point(cfg, max(indices) + 1)  # labels bound by index (as far as --seeds reaches), if any
     assert point.plan is not None  # policy "exact" always gives a plan or raises
     xs, seconds, nfe = [], 0.0, None
     with assetstore.cache_root(cfg.cache_dir), Reporter(not quiet) as reporter, \
@@ -611,8 +611,8 @@ def _json_text(data: Any) -> str:
 # list / doctor --------------------------------------------------------------------------------------
 
 @app.command("list")
-def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | "
-                                                      "models | datasets | metrics | all")] = "all",
+def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | models | datasets | metrics | conditions | "
+                                                     "guidance | all")] = "all",
              as_json: Annotated[bool, typer.Option("--json", help="Print the tables "
                                                                   "as JSON (one object per row).")] = False) -> None:
     """List what configs can name: solvers (order, stochastic, min NFE, default options), schedules, models, ...
@@ -624,7 +624,8 @@ def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | "
     ```
     """
     tables = {"solvers": _solver_rows, "schedules": _schedule_rows, "models": _model_rows,
-              "datasets": _dataset_rows, "metrics": _metric_rows}
+              "datasets": _dataset_rows, "metrics": _metric_rows,
+              "conditions": lambda: _input_rows("conditions"), "guidance": lambda: _input_rows("guidance")}
     check(what in (*tables, "all"), f"list {what}: choose one of: {', '.join(tables)}, all")
     chosen = {name: rows_fn() for name, rows_fn in tables.items() if what in (name, "all")}
     if as_json:
@@ -654,6 +655,16 @@ def _summary(fn: Any) -> str:
     import inspect
 
     return (inspect.getdoc(fn) or "").splitlines()[0] if fn.__doc__ else ""
+
+
+def _input_rows(group: str) -> tuple[list[str], list[list[Any]]]:
+    """Condition sets or guidance rules: name, default options, summary."""
+    from diffbench.config import node_defaults
+    from diffbench.models.conditions import CONDITIONS
+    from diffbench.models.guidance import GUIDANCE
+
+    registry = CONDITIONS if group == "conditions" else GUIDANCE
+    return ["name", "options", "summary"], [[n, node_defaults(group, n), _summary(fn)] for n, fn in sorted(registry.items())]
 
 
 def _solver_rows() -> tuple[list[str], list[list[Any]]]:

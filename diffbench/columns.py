@@ -9,7 +9,8 @@ NFE vocabulary: `nfe_budget` is what the config asked for, `nfe_declared` what t
 rule gives for the step grid it runs (the budget, or the largest valid NFE below it under
 `sweep.nfe_policy=nearest_below`; none for adaptive solvers), `nfe_measured` the denoiser calls
 counted while sampling, per sample (a mean over the samples for adaptive solvers, whose samples
-each take their own steps). The config field `nfe` is recorded as run: the declared NFE (the budget for
+each take their own steps), and `nfe_network` the network forward passes per sample (guidance
+evaluates a guided call twice; `nfe_counts` says which of the two the budget bounds). The config field `nfe` is recorded as run: the declared NFE (the budget for
 adaptive solvers).
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ REASON = "reason"
 NFE_BUDGET = "nfe_budget"
 NFE_DECLARED = "nfe_declared"
 NFE_MEASURED = "nfe_measured"
+NFE_NETWORK = "nfe_network"
 STEPS = "steps"
 TIME_SAMPLING = "time_sampling_s"
 TIME_METRICS = "time_metrics_s"
@@ -79,6 +81,11 @@ class ResultRow:
     nfe_budget: int = _col("NFE the config asked for")
     nfe_declared: int | None = _col("NFE the solver's rule gives for the step grid it runs; None when adaptive")
     nfe_measured: int | None = _col("denoiser calls counted per sample while sampling")
+    nfe_network: float | None = _col("network forward passes per sample: 2 per guided call, 1 unguided (autoguidance: "
+                                     "the guide's pass counts)")
+    nfe_counts: str = _col("what nfe_budget bounds: calls (denoiser calls) or network (forward passes per sample)")
+    condition_set: str | None = _col("the per-sample labels' set (conditions group), None when unconditional")
+    condition_hash: str | None = _col("SHA-256 (16 hex) of the labels of samples 0 .. n_samples-1")
     steps: int | None = _col("steps of the grid the solver ran")
     sigma_max_used: float | None = _col("highest noise level of the grid")
     sigma_min_used: float | None = _col("lowest nonzero noise level of the grid")

@@ -43,6 +43,8 @@ CONFIG_PATH_ENV = "DIFFBENCH_CONFIG_PATH"  # user config folders that add or ove
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 # Fields that never change a point's samples or metric values: left out of the resume key.
 NOT_HASHED = ("out", "batch_size", "device", "cache_dir", "sweep")
+# Groups left out of the resume key while off, so points that predate them keep their hash.
+HASHED_UNLESS = {"conditions": {"name": "none"}, "guidance": {"name": "none"}}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -109,16 +111,21 @@ def typed_nodes() -> dict[str, dict[str, type]]:
     source of defaults: no YAML restates them. OmegaConf rejects values of the wrong type. Built once
     per registry state: a solver registered later (a plugin, a test) gets its node too.
     """
+    from diffbench.models.conditions import CONDITIONS
+    from diffbench.models.guidance import GUIDANCE
     from diffbench.solvers import SOLVERS
     from diffbench.steps import STEP_SCHEDULES
 
-    key = tuple((n, id(s)) for n, s in SOLVERS.items()), tuple((n, id(f)) for n, f in STEP_SCHEDULES.items())
+    key = tuple(tuple((n, id(f)) for n, f in registry.items())
+                for registry in (SOLVERS, STEP_SCHEDULES, CONDITIONS, GUIDANCE))
     return _typed_nodes(key)
 
 
 @cache
 def _typed_nodes(registries: tuple[tuple[tuple[str, int], ...], ...]) -> dict[str, dict[str, type]]:
     """typed_nodes for one state of the registries (`registries` is only the cache key)."""
+    from diffbench.models.conditions import CONDITIONS
+    from diffbench.models.guidance import GUIDANCE
     from diffbench.solvers import SOLVERS
     from diffbench.steps import STEP_SCHEDULES
 
@@ -127,7 +134,9 @@ def _typed_nodes(registries: tuple[tuple[tuple[str, int], ...], ...]) -> dict[st
     solvers = {n: _node_class("solver", n, _options(s.fn, s.options())) for n, s in SOLVERS.items()}
     grids = {n: _node_class("schedule", n, [*_options(fn, _signature_defaults(fn, 3)), *span])
              for n, fn in STEP_SCHEDULES.items()}
-    return {"solver": solvers, "schedule": grids}
+    inputs = {group: {n: _node_class(group, n, _options(fn, _signature_defaults(fn, 0))) for n, fn in registry.items()}
+              for group, registry in (("conditions", CONDITIONS), ("guidance", GUIDANCE))}
+    return {"solver": solvers, "schedule": grids, **inputs}
 
 
 def _node_class(group: str, name: str, fields: list[tuple[str, Any, Any]]) -> type:
@@ -368,7 +377,7 @@ def to_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     """The resume key: a hash of every field that changes a point's samples or metrics."""
-    data = {k: v for k, v in to_dict(cfg).items() if k not in (*NOT_HASHED, "choices")}
+    data = {k: v for k, v in to_dict(cfg).items() if k not in (*NOT_HASHED, "choices") and HASHED_UNLESS.get(k) != v}
     text = json.dumps(data, sort_keys=True, default=str, allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

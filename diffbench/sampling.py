@@ -73,6 +73,7 @@ class Batch:
     indices: list[int]
     x: Tensor
     nfe_measured: float  # evaluations per sample (mean over the batch; adaptive solvers differ per sample)
+    nfe_network: float  # network forward passes per sample (guidance makes two per guided call)
 
 
 def initial_noise(noise: NoiseSource, shape: Sequence[int], scale: float, dtype: torch.dtype) -> Tensor:
@@ -86,13 +87,13 @@ def sample_batch(denoiser: Denoiser, plan: Plan, indices: Sequence[int], seed: i
     noise = NoiseSource(seed, indices, device)
     sigma_max = float(plan.sigmas[0])
     x = initial_noise(noise, shape, denoiser.schedule.prior_std(sigma_max), dtype)
-    counter = CountingDenoiser(denoiser, budget=plan.nfe_declared)
+    counter = CountingDenoiser(denoiser.bind(indices), budget=plan.nfe_declared)  # conditions bound by index
     out = plan.solver.fn(counter, x, plan.sigmas, noise=noise, **plan.options)
     if plan.nfe_declared is not None and counter.calls != plan.nfe_declared:
         raise RuntimeError(f"solver '{plan.solver.name}' made {counter.calls} evaluations, "
                            f"its registry entry declares {plan.nfe_declared}")
     per_sample = counter.calls if plan.nfe_declared is not None else counter.sample_evals / len(indices)
-    return Batch(list(indices), out, per_sample)
+    return Batch(list(indices), out, per_sample, counter.network_evals / len(indices))
 
 
 def batches(indices: Sequence[int], batch_size: int) -> Iterator[list[int]]:

@@ -15,16 +15,19 @@ from typing import Any
 from omegaconf import DictConfig
 
 from diffbench import assetstore, discrete
-from diffbench.config import (RunSettings, compose_points, config_hash, expand_grid, parse_overrides, settings, to_dict,
-                              typed_options)
+from diffbench.config import (RunSettings, compose_points, config_hash, expand_grid, group_config, parse_overrides,
+                              settings, to_dict, typed_options)
 from diffbench.errors import UsageError, check
 from diffbench.fit.artefacts import fill_fitted
 from diffbench.metrics.suite import check_metrics
 from diffbench.models import Denoiser, make_model
+from diffbench.models.conditions import make_conditions
+from diffbench.models.guidance import NONE, GuidedModel, conditional, make_guidance, max_passes
 from diffbench.sampling import Plan, make_plan
 from diffbench.solvers import SolverSpec, get_solver
 
 NFE_POLICIES = ("exact", "nearest_below")
+NFE_COUNTS = ("calls", "network")  # what an nfe budget bounds: denoiser calls, or network forward passes per sample
 POINT_ERRORS = (UsageError, RuntimeError, ValueError, FloatingPointError)  # a point that raises one is a failed row
 
 
@@ -46,6 +49,9 @@ class Point:
     reason: str | None = None
     overrides: tuple[str, ...] = ()  # the override list that composes this point alone
     fit: dict[str, Any] = field(default_factory=dict)  # a fitted grid's cost columns (diffbench.fit.artefacts)
+    nfe_counts: str = "calls"  # what nfe_budget bounds: calls or network (sweep.nfe_counts)
+    condition_set: str | None = None  # the condition set's name and content hash (conditional points)
+    condition_hash: str | None = None
 
     @property
     def label(self) -> str:
@@ -61,17 +67,40 @@ def model_identity(model_cfg: DictConfig) -> tuple[str, dict[str, Any], str]:
 
 
 class ModelCache:
-    """Builds each distinct model config once per process."""
+    """Builds each distinct model config (and each conditioned, guided model) once per process."""
 
     def __init__(self) -> None:
         self._models: dict[str, Denoiser] = {}
 
-    def get(self, model_cfg: DictConfig) -> Denoiser:
+    def get(self, model_cfg: DictConfig | dict[str, Any]) -> Denoiser:
         kind, options, key = model_identity(model_cfg)
         if key not in self._models:
             build = discrete.make_model if kind in discrete.MODELS else make_model
             self._models[key] = build(kind, options)
         return self._models[key]
+
+    def for_point(self, cfg: DictConfig, n_samples: int) -> Denoiser:
+        """The model a point samples: with its conditions and guidance bound when either is on (UsageError if unfit)."""
+        conditions, guidance = inputs_of(cfg)
+        if conditions["name"] == NONE and guidance["name"] == NONE:
+            return self.get(cfg.model)
+        key = json.dumps([model_identity(cfg.model)[2], conditions, guidance, n_samples], sort_keys=True)
+        if key not in self._models:
+            model, rule = self.get(cfg.model), make_guidance(guidance)
+            guide = self.get(guide_config(guidance)) if rule.autoguide else None
+            labels = make_conditions(conditions, n_samples, conditional(model).classes)
+            self._models[key] = GuidedModel(model, labels, rule, guide)
+        return self._models[key]
+
+
+def inputs_of(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A point's conditions and guidance nodes (none when absent)."""
+    return (to_dict(cfg.get("conditions") or {"name": NONE}), to_dict(cfg.get("guidance") or {"name": NONE}))
+
+
+def guide_config(guidance: dict[str, Any]) -> dict[str, Any]:
+    """The model config autoguidance's `guide` names (configs/model/<guide>.yaml)."""
+    return group_config("model", str(guidance["guide"]))
 
 
 def feasible_nfe(spec: SolverSpec, budget: int, final_zero: bool, policy: str) -> int | None:
@@ -112,24 +141,32 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
         model = models.get(cfg.model)
     if model_identity(cfg.model)[0] in discrete.MODELS:
         return resolve_discrete_point(cfg, run, model, overrides, policy)
+    with assetstore.cache_root(cfg.cache_dir):
+        sampled = models.for_point(cfg, run.n_samples)
     check_metrics(cfg, model, run)
     check_reference_options(cfg)
     spec = get_solver(str(cfg.solver.name))
     options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}
     policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
+    counts = str(cfg.sweep.get("nfe_counts", "calls"))
+    check(counts in NFE_COUNTS, f"sweep.nfe_counts={counts} is unknown; use one of: {', '.join(NFE_COUNTS)}")
     final_zero = bool(cfg.schedule.final_zero)
-    nfe = feasible_nfe(spec, run.nfe, final_zero, policy)
+    calls = run.nfe // per_call(sampled) if counts == "network" else run.nfe
+    nfe = feasible_nfe(spec, calls, final_zero, policy) if calls > 0 else None
+    labels = getattr(sampled, "conditions", None)
     model_key = model_identity(cfg.model)[2]
     fit: dict[str, Any] = {}
     if cfg.schedule.name == "fitted":  # its grid and artefact key come from `diffbench fit`'s cache
         cfg, fit = fill_fitted(cfg, model_key, nfe or spec.min_nfe(final_zero), model.schedule)
-    fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
-                 model_key=model_key, overrides=tuple(overrides), fit=fit)
+    fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy,
+                                 nfe_budget=run.nfe, model_key=model_key, overrides=tuple(overrides), fit=fit,
+                                 nfe_counts=counts, condition_set=labels and labels.name,
+                                 condition_hash=labels and labels.content_hash)
     if nfe is None:
         minimum = spec.min_nfe(final_zero)
         make_point_plan(cfg, spec, options, model, minimum)  # validates the rest of the point
-        return Point(**fixed, nfe=run.nfe, plan=None, **_as_run(cfg, run.nfe),
-                     reason=f"nfe budget {run.nfe} is below solver '{spec.name}''s minimum of {minimum}")
+        return Point(**fixed, nfe=calls, plan=None, **_as_run(cfg, calls),
+                     reason=f"nfe budget {run.nfe} ({counts}) is below solver '{spec.name}''s minimum of {minimum} calls")
     return Point(**fixed, nfe=nfe, plan=make_point_plan(cfg, spec, options, model, nfe), **_as_run(cfg, nfe))
 
 
@@ -153,9 +190,17 @@ def resolve_discrete_point(cfg: DictConfig, run: RunSettings, model: Any, overri
     return Point(**fixed, nfe=nfe, plan=discrete.make_plan(spec, nfe, model.length, options), **_as_run(cfg, nfe))
 
 
+def per_call(model: Denoiser) -> int:
+    """Network passes per sample of one denoiser call at most: 2 when guided, else 1."""
+    return max_passes(model.guidance) if isinstance(model, GuidedModel) else 1
+
+
 def _as_run(cfg: DictConfig, nfe: int) -> dict[str, Any]:
-    """The config as a point runs it (its nfe field the NFE it runs) and its hash."""
+    """The config as a point runs it (its nfe field the calls it runs; autoguidance's guide resolved) and its hash."""
     config = {**to_dict(cfg), "nfe": nfe}
+    guidance = config.get("guidance") or {}
+    if guidance.get("guide"):
+        config["guidance"] = {**guidance, "guide_model": guide_config(guidance)}
     return {"config": config, "key": config_hash(config)}
 
 

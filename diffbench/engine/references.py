@@ -14,7 +14,7 @@ from torch import Tensor
 
 from diffbench import distributed, tensorcache
 from diffbench.config import RunSettings, config_hash, to_dict
-from diffbench.engine.points import POINT_ERRORS
+from diffbench.engine.points import POINT_ERRORS, inputs_of
 from diffbench.metrics.suite import Tasks
 from diffbench.models import Denoiser
 from diffbench.sampling import Plan, make_plan, sample_points
@@ -32,7 +32,8 @@ def reference_key(cfg: DictConfig, plan: Plan, n: int) -> str:
     levels = plan.sigmas[plan.sigmas > 0]
     data = {"model": to_dict(cfg.model), "seed": int(cfg.seed), "n": n, "dtype": str(cfg.dtype),
             "sigma_max": float(levels[0]), "sigma_min": float(levels[-1]), "final_zero": bool(plan.sigmas[-1] == 0),
-            "reference": to_dict(cfg.metrics.get("reference", {})), "algorithm": REFERENCE_ALGORITHM}
+            "reference": to_dict(cfg.metrics.get("reference", {})), "algorithm": REFERENCE_ALGORITHM,
+            **dict(zip(("conditions", "guidance"), inputs_of(cfg)))}  # left out of the hash while off
     return config_hash(data)
 
 

@@ -23,7 +23,8 @@ from diffbench.engine.points import Point
 def start_row(point: Point, command: Sequence[str] | None) -> ResultRow:
     """The columns every row of this point has, successful or not."""
     row = ResultRow(config_hash=point.key, point_hash=point_hash(point.config), nfe_policy=point.nfe_policy,
-                    nfe_budget=point.nfe_budget, solver_order=point.spec.order,
+                    nfe_budget=point.nfe_budget, nfe_counts=point.nfe_counts, condition_set=point.condition_set,
+                    condition_hash=point.condition_hash, solver_order=point.spec.order,
                     solver_stochastic=point.spec.is_stochastic(point.solver_options),
                     timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
                     world_size=distributed.world_size())

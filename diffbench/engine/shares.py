@@ -32,6 +32,7 @@ class Share:
 
     indices: list[int] = field(default_factory=list)
     nfe_total: float = 0.0  # evaluations summed over the samples (adaptive solvers differ per sample)
+    network_total: float = 0.0  # network forward passes summed over the samples
     time_sampling_s: float = 0.0
     time_metrics_s: float = 0.0
     reason: str | None = None
@@ -41,11 +42,13 @@ class Share:
     mse: np.ndarray | None = None
     lpips: np.ndarray | None = None
 
-    def add(self, indices: Sequence[int], x: Tensor, seconds: float, nfe_measured: float, keep: int) -> None:
-        """Record one sampled batch; its first samples are kept while fewer than `keep` are."""
+    def add(self, indices: Sequence[int], x: Tensor, seconds: float, nfe_measured: float, keep: int,
+            nfe_network: float | None = None) -> None:
+        """Record one sampled batch (nfe_network None: one pass per call); its first samples are kept while fewer than `keep` are."""
         self.indices += indices
         self.time_sampling_s += seconds
         self.nfe_total += nfe_measured * len(indices)
+        self.network_total += (nfe_measured if nfe_network is None else nfe_network) * len(indices)
         room = keep - sum(len(idx) for idx, _ in self.kept)
         if room > 0:
             self.kept.append((list(indices[:room]), x[:room].cpu()))
@@ -54,6 +57,11 @@ class Share:
     def nfe_measured(self) -> float | None:
         """Evaluations per sample, averaged over the samples (an integer for fixed-step solvers)."""
         return per_sample_nfe(self.nfe_total, len(self.indices))
+
+    @property
+    def nfe_network(self) -> float | None:
+        """Network forward passes per sample, averaged over the samples."""
+        return per_sample_nfe(self.network_total, len(self.indices))
 
     def fail(self, indices: Sequence[int], reason: str) -> None:
         self.reason, self.failed_at = reason, indices[0]
@@ -86,12 +94,13 @@ def merge_shares(shares: Sequence[Share], suite: MetricSuite, keep: int, batch_s
     failed = [s for s in shares if s.reason is not None]
     if failed:
         first = min(failed, key=lambda s: cast(int, s.failed_at))
-        return Share(list(first.indices), first.nfe_total, reason=first.reason, failed_at=first.failed_at, **slowest)
+        return Share(list(first.indices), first.nfe_total, first.network_total, reason=first.reason,
+                     failed_at=first.failed_at, **slowest)
     indices = [i for s in shares for i in s.indices]
     pieces = [piece for s in shares for piece in s.kept]
     grid = ([i for idx, _ in pieces for i in idx], rows_by_index(pieces))
     _load_state(shares, suite, indices, batch_size)
-    return Share(sorted(indices), sum(s.nfe_total for s in shares),
+    return Share(sorted(indices), sum(s.nfe_total for s in shares), sum(s.network_total for s in shares),
                  kept=[(sorted(grid[0])[:keep], grid[1][:keep])], **slowest)
 
 

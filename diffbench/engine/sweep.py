@@ -140,10 +140,10 @@ class Runner:
         """Sampling + metrics of one point: sets the row's measured columns, returns (extra columns, metrics)."""
         cfg, run, plan = point.cfg, point.run, point.plan
         assert plan is not None
-        model = self.models.get(cfg.model)
         if is_discrete(point):
-            return measure_discrete(point, model, row)
-        suite = MetricSuite(cfg, model, run, self.metrics)
+            return measure_discrete(point, self.models.get(cfg.model), row)
+        model = self.models.for_point(cfg, run.n_samples)  # with its conditions and guidance bound, if any
+        suite = MetricSuite(cfg, self.models.get(cfg.model), run, self.metrics)
         n_err = min(run.n_samples, int(cfg.metrics.get("error_samples") or run.n_samples))
         solutions = self.solutions.get(cfg, model, plan, run, n_err) if suite.needs_solutions else None
         sizer = BatchSizer(run.batch_size, run.device)  # its columns: rank 0's batches under torchrun
@@ -153,7 +153,7 @@ class Runner:
             return {}, None  # rank 0 writes the row
         share = merge_shares(distributed.unwrap(gathered), suite, GRID_SAMPLES, sizer.size)
         t_sample, nfe_measured = share.time_sampling_s, share.nfe_measured
-        row.update(nfe_measured=nfe_measured, time_sampling_s=t_sample, **sizer.columns())
+        row.update(nfe_measured=nfe_measured, nfe_network=share.nfe_network, time_sampling_s=t_sample, **sizer.columns())
         if share.reason:
             row.update(status=col.FAILED, reason=share.reason)
             return {}, None
@@ -174,7 +174,7 @@ class Runner:
         with self.reporter.task(point.label, len(indices)) as advance, \
                 MetricFeed(suite, solutions, background=run.device.type == "cuda") as feed:
             for batch, seconds in sample_points(model, point.plan, run, indices, advance, sizer):
-                share.add(batch.indices, batch.x, seconds, batch.nfe_measured, GRID_SAMPLES)
+                share.add(batch.indices, batch.x, seconds, batch.nfe_measured, GRID_SAMPLES, batch.nfe_network)
                 reason = first_nonfinite(batch.x)
                 if reason:
                     share.fail(batch.indices, reason)

@@ -72,13 +72,17 @@ class MixtureDenoiser(Denoiser):
         self.schedule = schedule or EDM()
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.denoise_prior(x, sigma, self.log_w.to(x)[None])
+
+    def denoise_prior(self, x: Tensor, sigma: Tensor, log_prior: Tensor) -> Tensor:
+        """The mixture's denoiser under per-row log component weights log_prior ([B, K] or [1, K]; -inf drops one)."""
         check(tuple(x.shape[1:]) == self.shape,
               f"sample shape {tuple(x.shape[1:])} does not match the model's {self.shape}")
         flat = x.reshape(x.shape[0], -1)
         var = self.stds.to(flat)[None, :] ** 2 + sigma[:, None] ** 2  # [B, K]
         sq = self._sq_dist(flat)  # [B, K]
         d = flat.shape[1]
-        logits = self.log_w.to(flat)[None] - 0.5 * sq / var - 0.5 * d * var.log()
+        logits = log_prior - 0.5 * sq / var - 0.5 * d * var.log()
         resp = torch.softmax(logits, dim=1)
         shrink = self.stds.to(flat)[None, :] ** 2 / var  # [B, K]
         mean_part = self._weighted_means(resp * (1 - shrink))

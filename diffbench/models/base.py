@@ -7,7 +7,8 @@ score) once, here; solvers never see a parameterisation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -18,6 +19,7 @@ from diffbench.schedules import NoiseSchedule
 
 Prediction = Literal["eps", "x0", "v", "flow", "score"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "flow", "score")
+NO_LABEL = -1  # the class label of an unconditional evaluation (classifier-free guidance's null condition)
 
 
 class Denoiser(ABC):
@@ -36,6 +38,36 @@ class Denoiser(ABC):
     def describe(self) -> dict[str, object]:
         """Fields that identify the model in a results row."""
         return {"model_dtype": str(self.dtype).removeprefix("torch.")}
+
+    def bind(self, indices: Sequence[int]) -> Denoiser:
+        """The two-argument denoiser a solver runs for samples `indices`; conditional wrappers bind their conditions."""
+        return self
+
+    def network_rows(self, x: Tensor, sigma: Tensor) -> int:
+        """Network forward passes, summed over x's rows, of one call at sigma (guidance evaluates some rows twice)."""
+        return x.shape[0]
+
+    @contextmanager
+    def on_rows(self, rows: Tensor) -> Iterator[None]:
+        """Calls inside evaluate only `rows` of the current batch (a solver stepping a sub-batch wraps its calls in this
+        so per-sample conditions follow the rows); nests."""
+        yield
+
+
+class ConditionalDenoiser(Denoiser):
+    """D(x, sigma, labels) for class labels 0 .. classes-1 ([B] int64; NO_LABEL: unconditional).
+
+    Called with two arguments it is the unconditional model, so conditions=none samples its marginal.
+    """
+
+    classes: int
+
+    @abstractmethod
+    def denoise_cond(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
+        """x: [B, ...], sigma: [B], labels: [B] -> x0_hat given each row's label."""
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.denoise_cond(x, sigma, torch.full((x.shape[0],), NO_LABEL, dtype=torch.long, device=x.device))
 
 
 def per_sample(sigma: Tensor | float, x: Tensor) -> Tensor:
@@ -59,11 +91,13 @@ class CountingDenoiser(Denoiser):
     def __init__(self, inner: Denoiser, budget: int | None = None):
         self.inner, self.budget, self.calls = inner, budget, 0
         self.sample_evals = 0  # rows evaluated over all calls: adaptive solvers call on sub-batches
+        self.network_evals = 0  # network forward passes over all calls and rows (guided calls make two)
         self.schedule, self.dtype = inner.schedule, inner.dtype
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         self.calls += 1
         self.sample_evals += x.shape[0]
+        self.network_evals += self.inner.network_rows(x, sigma)
         if self.budget is not None and self.calls > self.budget:
             raise RuntimeError(f"solver exceeded its NFE budget of {self.budget}")
         check(bool((sigma > 0).all()), "the denoiser was called at sigma <= 0; solvers must stop at sigma_min")
@@ -72,6 +106,11 @@ class CountingDenoiser(Denoiser):
 
     def describe(self) -> dict[str, object]:
         return self.inner.describe()
+
+    @contextmanager
+    def on_rows(self, rows: Tensor) -> Iterator[None]:
+        with self.inner.on_rows(rows):
+            yield
 
 
 class PredictionDenoiser(Denoiser):

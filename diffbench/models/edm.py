@@ -21,8 +21,9 @@ from torch import Tensor
 
 from diffbench.errors import check
 from diffbench.models._network import TorchNet, checkpoint_shape, load_network, option, parse_dtype, precond_of
-from diffbench.models.base import Denoiser, expand_as
+from diffbench.models.base import ConditionalDenoiser, Denoiser, expand_as
 from diffbench.models.registry import register_model
+from diffbench.models.unet import UNet
 from diffbench.schedules import EDM
 
 EXPECTED = ("a TorchScript archive of EDM's raw network F(c_in x, c_noise) or a diffbench-unet checkpoint "
@@ -76,3 +77,39 @@ def edm(path: str = "", shape: Sequence[int] | None = None, sigma_data: float | 
     return EDMDenoiser(TorchNet(module, net_dtype, channels_last, compile),
                        option(sigma_data, precond, "sigma_data", 0.5), schedule,
                        checkpoint_shape(fields, shape, path), net_dtype, path)
+
+
+class ClassEDMDenoiser(ConditionalDenoiser):
+    """D(x, sigma, labels) = c_skip x + c_out F(c_in x, c_noise, labels): a class-conditional EDM network."""
+
+    def __init__(self, net: UNet, sigma_data: float, schedule: EDM, shape: Sequence[int]):
+        self.net, self.sigma_data, self.schedule, self.shape = net, float(sigma_data), schedule, tuple(shape)
+        self.classes, self.dtype = net.classes, torch.float32
+
+    def denoise_cond(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        with torch.no_grad():
+            f_x = self.net(expand_as(c_in, x) * x, c_noise, labels.to(x.device))
+        return expand_as(c_skip, x) * x + expand_as(c_out, x) * f_x
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "model_kind": "random_class_unet", "classes": self.classes}
+
+
+@register_model("random_class_unet")
+def random_class_unet(classes: int = 10, shape: Sequence[int] = (1, 16, 16), channels: int = 16,
+                      channel_mult: Sequence[int] = (1, 2), seed: int = 0, device: str = "cpu") -> ClassEDMDenoiser:
+    """The project's UNet with a label embedding and random weights (seeded): runs class-conditional sweeps end to end.
+
+    Its zero-initialised layers are drawn too, so labels and guidance change the samples; the samples are
+    noise-like, not data.
+    """
+    check(len(shape) == 3 and classes >= 1, f"model: need shape [C, H, W] and classes >= 1 (got {shape}, {classes})")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = UNet(in_channels=shape[0], resolution=shape[1], channels=channels, channel_mult=channel_mult,
+                   num_blocks=1, attn_resolutions=(), classes=classes)
+        for module in net.modules():  # training starts these layers at zero: draw them too
+            if isinstance(module, torch.nn.Conv2d) and not bool(module.weight.any()):
+                torch.nn.init.normal_(module.weight, std=0.05)
+    return ClassEDMDenoiser(net.eval().requires_grad_(False).to(device), 0.5, EDM(), shape)

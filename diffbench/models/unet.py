@@ -141,17 +141,22 @@ class UNet(nn.Module):
         num_blocks: residual blocks per level in the encoder (the decoder has one more).
         attn_resolutions: resolutions (image sides) with self-attention after each block.
         dropout: dropout rate inside residual blocks.
+        classes: class labels 0 .. classes-1 added to the noise embedding (0: unconditional); label -1
+            (or `classes`) is the null label that classifier-free guidance evaluates unconditionally.
     """
 
     def __init__(self, in_channels: int = 1, resolution: int = 28, channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 2), num_blocks: int = 2,
-                 attn_resolutions: Sequence[int] = (7,), dropout: float = 0.0):
+                 attn_resolutions: Sequence[int] = (7,), dropout: float = 0.0, classes: int = 0):
         super().__init__()
+        self.classes = classes
         levels = len(channel_mult)
         check(resolution % 2 ** (levels - 1) == 0,
               f"UNet: resolution {resolution} is not divisible by 2^{levels - 1} ({levels} levels)")
         emb = 4 * channels
         self.embed = NoiseEmbedding(channels, emb)
+        if classes:
+            self.label_embed = nn.Embedding(classes + 1, emb)  # row `classes`: the null label
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         # Encoder: every module's output is kept as a skip connection.
         self.down, skips, c, res = nn.ModuleList(), [channels], channels, resolution
@@ -177,8 +182,11 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(_groups(c), c)
         self.conv_out = _zero(nn.Conv2d(c, in_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
         emb = self.embed(c_noise.reshape(-1).expand(x.shape[0]))
+        if labels is not None:
+            check(self.classes > 0, "UNet: labels given to an unconditional network (classes=0)")
+            emb = emb + self.label_embed(torch.where(labels < 0, self.classes, labels))
         h = self.conv_in(x)
         skips = [h]
         for module in self.down:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from diffbench.errors import UsageError
-from diffbench.models.base import expand_as
+from diffbench.models.base import Denoiser, expand_as
 
 State = dict[str, Tensor]  # per-sample tensors, batch-first; "x" is the sample
 # (rows' state, lambda, lambda_next) -> (state if accepted, state if rejected (caches filled), error ratio)
@@ -25,8 +25,11 @@ StepSizeFn = Callable[[Tensor, Tensor], Tensor]  # (h, error ratio) -> next h
 
 
 def integrate(state: State, lam_start: float, lam_end: float, h: Tensor, trial: TrialFn,
-              next_h: StepSizeFn, name: str) -> State:
-    """Advance every sample from lam_start to lam_end with its own accepted steps; returns the final state."""
+              next_h: StepSizeFn, name: str, denoiser: Denoiser) -> State:
+    """Advance every sample from lam_start to lam_end with its own accepted steps; returns the final state.
+
+    A trial runs inside denoiser.on_rows(rows), so a conditional model sees the sub-batch's own labels.
+    """
     state = {k: v.clone() for k, v in state.items()}  # updated in place below: never alias the caller's tensors
     lam, h = torch.full_like(h, lam_start), h.clone()
     while True:
@@ -37,7 +40,8 @@ def integrate(state: State, lam_start: float, lam_end: float, h: Tensor, trial: 
         lam_r, h_r = lam[rows], h[rows]
         # The last step of each sample lands exactly on lam_end.
         lam_next = torch.where(h_r >= lam_end - lam_r, torch.full_like(lam_r, lam_end), lam_r + h_r)
-        accepted, rejected, err = trial(sub, lam_r, lam_next)
+        with denoiser.on_rows(rows):
+            accepted, rejected, err = trial(sub, lam_r, lam_next)
         if not bool(torch.isfinite(err).all()):
             raise UsageError(f"{name}: the error estimate is not finite (the model returned NaN/inf)")
         ok = err <= 1

@@ -195,7 +195,7 @@ def dpm_solver_adaptive(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise:
     state = {"x": x, "x_prev": x, "eps": torch.zeros_like(x), "has_eps": torch.zeros(len(x), dtype=torch.bool, device=x.device)}
     h = torch.full((len(x),), h_init, dtype=x.dtype, device=x.device)
     x = integrate(state, -math.log(levels[0]), -math.log(levels[-1]), h, trial,
-                  lambda h, err: theta * h * err.clamp(min=1e-12) ** (-1 / order), "dpm_solver_adaptive")["x"]
+                  lambda h, err: theta * h * err.clamp(min=1e-12) ** (-1 / order), "dpm_solver_adaptive", denoiser)["x"]
     # Optional final denoise to sigma = 0.
     return denoiser(x, levels[-1]) if float(sigmas[-1]) == 0 else x
 
@@ -206,7 +206,8 @@ def fresh_eps(denoiser: Denoiser, state: State, lam: Tensor) -> Tensor:
     eps = state["eps"].clone()
     if stale.numel():
         x = state["x"][stale]
-        eps[stale] = sample_eps(denoiser, x, torch.exp(-expand_as(lam[stale], x)))
+        with denoiser.on_rows(stale):
+            eps[stale] = sample_eps(denoiser, x, torch.exp(-expand_as(lam[stale], x)))
     return eps
 
 

@@ -63,7 +63,7 @@ def rk45(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | 
     lam0 = torch.full((len(x),), lam_start, dtype=x.dtype, device=x.device)
     f0 = f(x, lam0)
     h = initial_step(f, x, f0, lam0, rtol, atol)
-    x = integrate({"x": x, "f": f0}, lam_start, lam_end, h, trial, next_h, "rk45")["x"]
+    x = integrate({"x": x, "f": f0}, lam_start, lam_end, h, trial, next_h, "rk45", denoiser)["x"]
     return denoiser(x, float(levels[-1])) if float(sigmas[-1]) == 0 else x
 
 
