@@ -18,7 +18,7 @@ from diffbench.errors import UsageError
 from diffbench.models.analytic import gaussian
 from diffbench.sampling import make_plan, sample_batch
 from diffbench.solvers import SOLVERS
-from tests.helpers.convergence import error_at
+from tests.helpers.convergence import SPAN, error_at
 
 FIXED = sorted(n for n, s in SOLVERS.items() if not s.adaptive)
 DETERMINISTIC = sorted(n for n in FIXED if not SOLVERS[n].is_stochastic())
