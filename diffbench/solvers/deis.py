@@ -98,7 +98,7 @@ def deis_rhoab(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSou
     The Lagrange polynomial through the last k noise estimates, in sigma itself, is integrated over
     each step: this is k-diffusion's `sample_lms` (linear multistep, registered as `lms` with its
     default of 4 points). One evaluation per step, the order rising with the history (Euler first),
-    whose O(h^2) first step bounds the asymptotic order at 2; fitted slopes on the Gaussian
+    whose O(h^2) first step bounds the asymptotic order at 2 (beyond these windows); fitted slopes on the Gaussian
     convergence grid over 8..32 / 16..64 / 64..256 steps: deis_rhoab_3 2.28 / 2.59 / 2.79 (registered
     2), lms 2.72 / 3.18 / 2.94 (registered 3, as deis_3).
     """

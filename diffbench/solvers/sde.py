@@ -41,7 +41,7 @@ def langevin_step(denoiser: Denoiser, x: Tensor, sigma: float, snr: float, noise
 
     The paper sets eps = 2 (snr |z| / |score|)^2 from the sample's norms; at high noise |z| / |score|
     tends to sigma, and eps = 2 (snr sigma)^2 is used: a per-sample ratio is unstable in few
-    dimensions (a near-zero |score| gives a huge step: std 4.6x the data's over 2-D Gaussian data at
+    dimensions (a near-zero |score| gives a huge step: std up to 4.6x the data's on 2-D Gaussian data at
     snr 0.16), and the reference code's batch average would tie a sample to its batch.
     """
     score = -to_d(x, sigma, denoiser(x, sigma)) / sigma
