@@ -12,7 +12,8 @@ import inspect
 import math
 import sys
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -145,5 +146,72 @@ def run_k(function: str, sigmas: Tensor, noise: list[Tensor], **options) -> Tens
     fn = getattr(k_sampling(), function)
     draws = iter(noise)
     if "noise_sampler" in inspect.signature(fn).parameters:
-        options["noise_sampler"] = lambda sigma, sigma_next: next(draws)
+        options["noise_sampler"] = lambda sigma, sigma_next: next(draws, 0.0)  # 0: a call for noise of std 0
     return fn(ConvDenoiser(), initial_noise(float(sigmas[0])), sigmas, disable=True, **options)
+
+
+# diffusers (VP schedulers) -----------------------------------------------------------------------
+
+def float64(scheduler):
+    """Every float tensor of a scheduler in float64, so its step coefficients carry float64 precision."""
+    for key, value in vars(scheduler).items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            setattr(scheduler, key, value.double())
+    return scheduler
+
+
+def vp_output(x_vp: Tensor, sigma: Tensor, prediction: str) -> Tensor:
+    """The network's output in diffusers' VP coordinates x_vp = alpha x (alpha = 1/sqrt(1+sigma^2))."""
+    alpha = 1 / torch.sqrt(1 + sigma**2)
+    x0 = ConvDenoiser()(x_vp / alpha, sigma.reshape(1))
+    eps = (x_vp - alpha * x0) / (alpha * sigma)
+    return {"epsilon": eps, "sample": x0, "v_prediction": alpha * eps - alpha * sigma * x0}[prediction]
+
+
+def run_diffusers(scheduler, levels: Callable[[int, Tensor], Tensor], sigma_end: Tensor, noise: list[Tensor],
+                  prediction: str = "epsilon", **step_options) -> Tensor:
+    """diffusers' sampling loop on the conv network; levels(i, t) is the noise level of the i-th model call.
+
+    Starts from diffbench's x_T moved to VP coordinates, returns the result moved back to EDM coordinates
+    at the grid's last level `sigma_end`; `noise` is passed as each step's variance_noise.
+    """
+    sigma_max = levels(0, scheduler.timesteps[0])
+    x = initial_noise(float(sigma_max)) / torch.sqrt(1 + sigma_max**2)
+    draws = iter(noise)
+    with float64_steps(scheduler):
+        for i, t in enumerate(scheduler.timesteps):
+            output = vp_output(x, levels(i, t), prediction)
+            # A step that injects no noise (the last) still takes a variance_noise: zeros.
+            extra = {"variance_noise": next(draws, torch.zeros_like(x))} if noise else {}
+            x = scheduler.step(output, t, x, **step_options, **extra).prev_sample
+    return x * torch.sqrt(1 + sigma_end**2)
+
+
+class _Float64Torch(types.ModuleType):
+    """torch, except that torch.float32 is float64: diffusers' steps cast the sample to float32 by name."""
+
+    float32 = torch.float64
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+
+@contextmanager
+def float64_steps(scheduler) -> Iterator[None]:
+    """Run the scheduler's module with its float32 upcasts promoted to float64 (restored afterwards)."""
+    module = sys.modules[type(scheduler).__module__]
+    module.torch = _Float64Torch("torch")
+    try:
+        yield
+    finally:
+        module.torch = torch
+
+
+def sigma_levels(scheduler) -> Callable[[int, Tensor], Tensor]:
+    """Noise levels of sigma-indexed schedulers (DPM-Solver, UniPC, DEIS): scheduler.sigmas[i]."""
+    return lambda i, t: scheduler.sigmas[i]
+
+
+def discrete_levels(scheduler) -> Callable[[int, Tensor], Tensor]:
+    """Noise levels of timestep-indexed schedulers (DDIM, PNDM): sigma of alphas_cumprod[t]."""
+    return lambda i, t: torch.sqrt((1 - scheduler.alphas_cumprod[t]) / scheduler.alphas_cumprod[t])
