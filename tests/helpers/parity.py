@@ -215,3 +215,13 @@ def sigma_levels(scheduler) -> Callable[[int, Tensor], Tensor]:
 def discrete_levels(scheduler) -> Callable[[int, Tensor], Tensor]:
     """Noise levels of timestep-indexed schedulers (DDIM, PNDM): sigma of alphas_cumprod[t]."""
     return lambda i, t: torch.sqrt((1 - scheduler.alphas_cumprod[t]) / scheduler.alphas_cumprod[t])
+
+
+def run_k_singlestep(order: int, sigmas: Tensor) -> Tensor:
+    """k-diffusion's DPMSolver.dpm_solver_{order}_step over each interval of a grid of positive levels."""
+    solver = k_sampling().DPMSolver(ConvDenoiser())
+    step = getattr(solver, f"dpm_solver_{order}_step")
+    x = initial_noise(float(sigmas[0]))
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        x = step(x, solver.t(sigma), solver.t(sigma_next))[0]
+    return x
