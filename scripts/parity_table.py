@@ -56,7 +56,8 @@ def rows() -> list[str]:
                 status = "parity" if worst <= TOLERANCE else "**FAILS**"
                 lines.append(f"| {name} | {impl} | {tested} | {worst:.1e} | {status} |")
         else:
-            impl = "no counterpart" if entry.status == "none" else f"{entry.implementation} (differs)"
+            impl = "no counterpart" if entry.implementation == "none" else entry.implementation
+            impl += " (differs)" if entry.status == "differs" else ""
             lines.append(f"| {name} | {impl} | — | — | {entry.note} |")
     return lines
 
