@@ -8,7 +8,14 @@ import torch
 from diffbench.config import compose_points, config_hash
 from diffbench.errors import UsageError
 from diffbench.solvers import SOLVERS
-from tests.helpers.parity import TOLERANCE, ConvDenoiser, relative_difference, run_diffbench, run_diffusers, sigma_levels
+from tests.helpers.parity import (
+    TOLERANCE,
+    ConvDenoiser,
+    relative_difference,
+    run_diffbench,
+    run_diffusers,
+    sigma_levels,
+)
 from tests.helpers.parity_matrix import CASES, GRIDS, scheduler_on_grid
 
 MULTISTEP = ["dpm_solver_2m", "dpm_solver_3m", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_diffusers", "dpmpp_3m_sde"]

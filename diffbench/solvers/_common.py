@@ -140,7 +140,8 @@ def multistep(x: Tensor, sigmas: Tensor, evaluate: Callable[[Tensor, float], Ten
     Step i uses the newest k outputs, k = min(order, i + 1) (warm-up), capped by order_cap (the
     lower_order_final rule and the final-step convention).
     """
-    check(final_step in FINAL_STEPS, f"solver.final_step '{final_step}' is unknown; choose one of: {', '.join(FINAL_STEPS)}")
+    check(final_step in FINAL_STEPS,
+          f"solver.final_step '{final_step}' is unknown; choose one of: {', '.join(FINAL_STEPS)}")
     check(lower_order_below >= 1, f"solver.lower_order_below must be >= 1 (got {lower_order_below})")
     n, history = len(sigmas) - 1, []
     for i in range(n):

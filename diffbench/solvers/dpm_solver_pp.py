@@ -103,8 +103,8 @@ def dpmpp_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
 @register("dpmpp_3m", order=3, stochastic="eta")
 def dpmpp_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None, eta: float = 0.0,
              s_noise: float = 1.0, lower_order_final: bool = True, final_step: str = "counted",
-             lower_order_below: int = 10, coefficients: str = "taylor", thresholding: bool = False, thresholding_ratio: float = 0.995,
-             thresholding_max_val: float = 1.0) -> Tensor:
+             lower_order_below: int = 10, coefficients: str = "taylor", thresholding: bool = False,
+             thresholding_ratio: float = 0.995, thresholding_max_val: float = 1.0) -> Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022b, reference code); eta > 0 is its SDE variant (eta=1 default).
 
     D'' comes from the quadratic through the last three outputs. coefficients="taylor" gives it the

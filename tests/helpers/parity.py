@@ -45,7 +45,7 @@ class TinyConvNet(nn.Module):
 
 
 class ConvDenoiser(Denoiser):
-    """TinyConvNet under EDM's preconditioning (Karras et al. 2022, Table 1): D = c_skip x + c_out F(c_in x, c_noise)."""
+    """TinyConvNet under EDM's preconditioning (Karras et al. 2022, Table 1): D = c_skip x + c_out F(c_in x, ...)."""
 
     dtype = torch.float64
     schedule = EDM()

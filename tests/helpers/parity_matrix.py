@@ -10,9 +10,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tests.helpers.parity import (GRIDS, SIGMA_MAX, SIGMA_MIN, ConvDenoiser, discrete_levels, float64, initial_noise,
-                                  k_sampling, relative_difference, run_diffbench, run_diffusers, run_k,
-                                  run_k_singlestep, sigma_levels)
+from tests.helpers.parity import (
+    GRIDS,
+    SIGMA_MAX,
+    SIGMA_MIN,
+    ConvDenoiser,
+    discrete_levels,
+    float64,
+    initial_noise,
+    k_sampling,
+    relative_difference,
+    run_diffbench,
+    run_diffusers,
+    run_k,
+    run_k_singlestep,
+    sigma_levels,
+)
 
 STEPS = (6, 10)
 
@@ -109,39 +122,6 @@ DIFFERENT = {
     "deis_3": "diffusers' DEIS is rhoAB in log rho; deis_k is the authors' tAB in VP time",
 }
 MATCHING = sorted(set(CASES) - set(DIFFERENT))
-GRID_NAMES = ("karras", "logsnr", "own")  # "own": the scheduler's default timestep spacing
-STEPS = (6, 10)
-
-
-def scheduler_on_grid(case: Case, grid: str, steps: int, prediction: str):
-    """The configured scheduler with `steps` steps on the grid; returns it and the grid as sigmas (float64)."""
-    scheduler = getattr(diffusers, case.scheduler)(prediction_type=prediction, **case.config)
-    scheduler.set_timesteps(steps)
-    float64(scheduler)
-    if case.discrete:
-        return scheduler, _discrete_grid(scheduler, grid, steps)
-    if grid != "own":
-        scheduler.sigmas = GRIDS[grid](steps) if case.final_zero else GRIDS[grid](steps + 1)[:-1]
-    return scheduler, scheduler.sigmas.clone()
-
-
-def _discrete_grid(scheduler, grid: str, steps: int) -> torch.Tensor:
-    """Timestep-indexed schedulers: write the grid into alphas_cumprod at the distinct timesteps (or read it)."""
-    timesteps = list(dict.fromkeys(int(t) for t in scheduler.timesteps))
-    if grid != "own":
-        for t, sigma in zip(timesteps, GRIDS[grid](steps)[:-1]):
-            scheduler.alphas_cumprod[t] = 1 / (1 + sigma**2)
-    ac = scheduler.alphas_cumprod[timesteps]
-    return torch.cat([torch.sqrt((1 - ac) / ac), torch.zeros(1, dtype=torch.float64)])
-
-
-def diffusers_parity(solver: str, grid: str, steps: int, prediction: str = "epsilon") -> float:
-    """Max relative difference between diffbench's solver and its diffusers counterpart."""
-    case = CASES[solver]
-    scheduler, sigmas = scheduler_on_grid(case, grid, steps, prediction)
-    ours, noise = run_diffbench(solver, sigmas, case.ours)
-    levels = discrete_levels(scheduler) if case.discrete else sigma_levels(scheduler)
-    return relative_difference(ours, run_diffusers(scheduler, levels, sigmas[-1], noise, prediction, **case.step))
 GRID_NAMES = ("karras", "logsnr", "own")  # "own": the scheduler's default timestep spacing
 
 
