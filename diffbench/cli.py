@@ -614,12 +614,14 @@ def _json_text(data: Any) -> str:
 def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | models | datasets | metrics | conditions | "
                                                      "guidance | all")] = "all",
              as_json: Annotated[bool, typer.Option("--json", help="Print the tables "
-                                                                  "as JSON (one object per row).")] = False) -> None:
+                                                                  "as JSON (one object per row).")] = False,
+             details: Annotated[bool, typer.Option("--details", help="solvers: paper, reference implementation and parity status, one block each.")] = False) -> None:
     """List what configs can name: solvers (order, stochastic, min NFE, default options), schedules, models, ...
 
     ```
     diffbench list solvers
-    diffbench list solvers --json   # options: the typed config defaults; fixed: those the name fixes
+    diffbench list solvers --json      # options: the typed config defaults; fixed: those the name fixes
+    diffbench list solvers --details   # paper, reference implementation, parity (docs/PARITY.md)
     diffbench list            # everything
     ```
     """
@@ -627,6 +629,11 @@ def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | mod
               "datasets": _dataset_rows, "metrics": _metric_rows,
               "conditions": lambda: _input_rows("conditions"), "guidance": lambda: _input_rows("guidance")}
     check(what in (*tables, "all"), f"list {what}: choose one of: {', '.join(tables)}, all")
+    check(not details or (what == "solvers" and not as_json),
+          "--details lists solvers only, as text: diffbench list solvers --details (or --json for every field)")
+    if details:
+        print("\n".join(_solver_details()))
+        return
     chosen = {name: rows_fn() for name, rows_fn in tables.items() if what in (name, "all")}
     if as_json:
         import json
@@ -644,7 +651,7 @@ def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | mod
         out.print(view)
 
 
-JSON_ONLY = ("fixed",)  # columns of `list --json` only (the table stays readable in 80 columns)
+JSON_ONLY = ("fixed", "paper", "reference", "parity")  # `list --json` only (the table stays readable in 80 columns)
 
 
 def _options_text(options: dict[str, Any]) -> str:
@@ -670,16 +677,40 @@ def _input_rows(group: str) -> tuple[list[str], list[list[Any]]]:
 def _solver_rows() -> tuple[list[str], list[list[Any]]]:
     from diffbench.config import node_defaults
     from diffbench.solvers import SOLVERS
+    from diffbench.solvers.references import reference_of
 
     rows = []
     for name, spec in sorted(SOLVERS.items()):
-        stochastic = (("yes" if spec.stochastic else "no") if isinstance(spec.stochastic, bool)
-                      else f"{spec.stochastic}>0")
-        nfe = "adaptive" if spec.adaptive else ",".join(str(spec.nfe_for(n, True))
-                                                        for n in range(spec.min_steps, spec.min_steps + 4)) + ",…"
-        rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe,
-                     node_defaults("solver", name), sorted(spec.fixed())])
-    return ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options", "fixed"], rows
+        stochastic = ("yes" if spec.stochastic else "no") if isinstance(spec.stochastic, bool) else f"{spec.stochastic}>0"
+        nfe = "adaptive" if spec.adaptive else ",".join(str(spec.nfe_for(n, True)) for n in range(spec.min_steps, spec.min_steps + 4)) + ",…"
+        ref = reference_of(name)
+        rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe, node_defaults("solver", name), sorted(spec.fixed()),
+                     spec.summary, ref.implementation, _parity_text(ref)])
+    columns = ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options", "fixed", "paper", "reference", "parity"]
+    return columns, rows
+
+
+def _parity_text(ref: Any) -> str:
+    """A reference entry's status in words (the note says what differs, or how correctness is shown)."""
+    head = {"parity": "equal to the reference to <= 1e-10 (docs/PARITY.md)", "differs": "differs from the reference",
+            "none": "no counterpart"}[ref.status]
+    return f"{head}: {ref.note}" if ref.note else head
+
+
+def _solver_details() -> list[str]:
+    """One block per solver, wrapped to 80 columns: the paper line, reference implementation, parity status."""
+    import textwrap
+
+    columns, rows = _solver_rows()
+    lines = []
+    for row in rows:
+        item = dict(zip(columns, row))
+        lines.append(f"{item['solver']}  (order {item['order']}, stochastic {item['stochastic']})")
+        for label in ("paper", "reference", "parity"):
+            lines += textwrap.wrap(str(item[label]) or "-", 80, initial_indent=f"  {label + ':':<11}",
+                                   subsequent_indent=" " * 13)
+        lines.append("")
+    return lines[:-1]
 
 
 def _schedule_rows() -> tuple[list[str], list[list[Any]]]:

@@ -377,7 +377,12 @@ def to_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     """The resume key: a hash of every field that changes a point's samples or metrics."""
+    from diffbench.solvers.registry import UNHASHED_DEFAULTS
+
     data = {k: v for k, v in to_dict(cfg).items() if k not in (*NOT_HASHED, "choices") and HASHED_UNLESS.get(k) != v}
+    if isinstance(data.get("solver"), Mapping):  # options at their pre-existing behaviour keep old keys
+        data["solver"] = {k: v for k, v in data["solver"].items()
+                          if k not in UNHASHED_DEFAULTS or v != UNHASHED_DEFAULTS[k]}
     text = json.dumps(data, sort_keys=True, default=str, allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -9,6 +9,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m pip install -q -e '.[test]' || exit $?
+# The parity matrix loads k-diffusion's sampling.py alone (tests/helpers/parity.py): its package's own
+# dependencies (training, CLIP, wandb) are not needed, so it is installed without them.
+python3 -m pip install -q --no-deps 'k-diffusion==0.1.1.post1' || exit $?
 
 # Lint and types (configured in pyproject.toml); skipped with a line when the tool is not installed.
 lint() {

@@ -113,21 +113,43 @@ def taylor_terms(lams: Sequence[float], values: Sequence[Tensor]) -> list[Tensor
 
 IntegratorStep = Callable[[Tensor, float, float, list[Tensor]], Tensor]  # (x, sigma, sigma_next, taylor terms) -> x
 
+# How a grid's jump to sigma = 0 counts in the lower_order_final rule. "counted": it is the last of the n
+# steps (diffusers with final_sigmas_type="zero"), so the steps lowered are the step to 0 (first order
+# anyway) and the one before. "separate": it is the authors' DPM-Solver denoise_to_zero, outside the n - 1
+# ODE steps, so the last two steps into the grid's smallest positive sigma are lowered (orders 1, 2).
+FINAL_STEPS = ("counted", "separate")
+
+
+def order_cap(i: int, sigmas: Tensor, lower_order_final: bool, final_step: str, below: int) -> int:
+    """The largest order step i may use under the lower_order_final rule (Lu et al. 2022b's reference code).
+
+    With lower_order_final and fewer than `below` steps (the authors' code: 10; diffusers: 15), step i of
+    n may use at most n - i points; which steps make up n is `final_step` (FINAL_STEPS).
+    """
+    n = len(sigmas) - 1
+    steps = n - 1 if final_step == "separate" and float(sigmas[-1]) == 0 else n
+    if not lower_order_final or steps >= below or i >= steps:
+        return n
+    return steps - i
+
 
 def multistep(x: Tensor, sigmas: Tensor, evaluate: Callable[[Tensor, float], Tensor], step: IntegratorStep,
-              order: int, lower_order_final: bool) -> Tensor:
+              order: int, lower_order_final: bool, final_step: str = "counted", lower_order_below: int = 10) -> Tensor:
     """Multistep exponential integrator driver (Lu et al. 2022b, Alg. 2 to any order): one evaluation a step.
 
-    Step i uses the newest k outputs, k = min(order, i + 1) (warm-up); with lower_order_final and
-    fewer than 10 steps also k <= n - i, the DPM-Solver reference code's stabiliser for few steps.
+    Step i uses the newest k outputs, k = min(order, i + 1) (warm-up), capped by order_cap (the
+    lower_order_final rule and the final-step convention).
     """
+    check(final_step in FINAL_STEPS,
+          f"solver.final_step '{final_step}' is unknown; choose one of: {', '.join(FINAL_STEPS)}")
+    check(lower_order_below >= 1, f"solver.lower_order_below must be >= 1 (got {lower_order_below})")
     history: list[tuple[float, Tensor]]
     n, history = len(sigmas) - 1, []
     for i in range(n):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         # Evaluate once at the current point; keep the newest `order` outputs.
         history = [(-math.log(sigma), evaluate(x, sigma))] + history[:order - 1]
-        k = min(order, i + 1, n - i if lower_order_final and n < 10 else order)
+        k = min(order, i + 1, order_cap(i, sigmas, lower_order_final, final_step, lower_order_below))
         lams, values = zip(*history[:k])
         # Exponential-integrator step with the Taylor terms of the interpolating polynomial.
         x = step(x, sigma, sigma_next, taylor_terms(lams, values))

@@ -144,23 +144,27 @@ def dpm_solver_fast(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Noi
 
 @register("dpm_solver_2m", order=2, nfe=per_step(1))
 def dpm_solver_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
-                  lower_order_final: bool = True) -> Tensor:
-    """Multistep DPM-Solver-2 with noise prediction (Lu et al. 2022b, Alg. 2 with eps in place of x0)."""
+                  lower_order_final: bool = True, final_step: str = "counted", lower_order_below: int = 10) -> Tensor:
+    """Multistep DPM-Solver-2 with noise prediction (Lu et al. 2022b, Alg. 2 with eps in place of x0).
+
+    final_step / lower_order_below: the lower_order_final convention (solvers/_common.py FINAL_STEPS).
+    """
     step = partial(noise_prediction_step, midpoint=True)
-    return multistep(x, sigmas, eps_model(denoiser), step, 2, lower_order_final)
+    return multistep(x, sigmas, eps_model(denoiser), step, 2, lower_order_final, final_step, lower_order_below)
 
 
 @register("dpm_solver_3m", order=3, nfe=per_step(1))
 def dpm_solver_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
-                  lower_order_final: bool = True) -> Tensor:
+                  lower_order_final: bool = True, final_step: str = "counted", lower_order_below: int = 10) -> Tensor:
     """Multistep DPM-Solver-3 with noise prediction (Lu et al. 2022b, App.; third-order Taylor weights).
 
     eps'' comes from the quadratic through the last three outputs; the reference code's D2 term is
     half the Taylor weight (second order in the limit), this one is the exact third-order weight.
     The first-order warm-up step makes the asymptotic order 2; over 8-32 steps the fitted order is ~3.
+    final_step / lower_order_below: the lower_order_final convention, as dpm_solver_2m.
     """
     step = partial(noise_prediction_step, midpoint=True)
-    return multistep(x, sigmas, eps_model(denoiser), step, 3, lower_order_final)
+    return multistep(x, sigmas, eps_model(denoiser), step, 3, lower_order_final, final_step, lower_order_below)
 
 
 @register("dpm_solver_adaptive", order=3, nfe=None)

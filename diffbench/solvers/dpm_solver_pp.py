@@ -56,10 +56,12 @@ def data_model(denoiser: Denoiser, thresholding: bool, ratio: float, max_val: fl
 
 
 def sde_multistep(x: Tensor, sigmas: Tensor, noise: NoiseSource | None, order: int,
-                  eta: float, s_noise: float, lower_order_final: bool, model: DataFn, d2_scale: float = 1.0) -> Tensor:
+                  eta: float, s_noise: float, lower_order_final: bool, model: DataFn, d2_scale: float = 1.0,
+                  midpoint: bool = True, final_step: str = "counted", lower_order_below: int = 10) -> Tensor:
     """DPM-Solver++(kM), with fresh noise of std sigma' sqrt(1 - e^(-2 eta h)) per step when eta > 0.
 
-    d2_scale multiplies the D'' Taylor term of third-order steps (see COEFFICIENTS).
+    d2_scale multiplies the D'' Taylor term of third-order steps (see COEFFICIENTS); midpoint picks the
+    second-order steps' form (data_prediction_step), else their exact Taylor weight h^2 phi_2(-h).
     """
     check(eta >= 0, f"solver.eta must be >= 0 (got {eta})")
     if eta > 0 and noise is None:
@@ -69,7 +71,7 @@ def sde_multistep(x: Tensor, sigmas: Tensor, noise: NoiseSource | None, order: i
         # Exponential-integrator step of the (eta-scaled) linear part with the Taylor terms of D.
         if len(terms) == 3:
             terms = [terms[0], terms[1], d2_scale * terms[2]]
-        x = data_prediction_step(x, sigma, sigma_next, terms, eta, midpoint=True)
+        x = data_prediction_step(x, sigma, sigma_next, terms, eta, midpoint=midpoint)
         # Exact noise of the linear SDE over the step.
         if eta > 0 and sigma_next > 0:
             assert noise is not None  # checked above
@@ -77,29 +79,33 @@ def sde_multistep(x: Tensor, sigmas: Tensor, noise: NoiseSource | None, order: i
             x = x + noise.randn_like(x) * s_noise * std
         return x
 
-    return multistep(x, sigmas, model, step, order, lower_order_final)
+    return multistep(x, sigmas, model, step, order, lower_order_final, final_step, lower_order_below)
 
 
 @register("dpmpp_2m_sde", order=2, stochastic="eta", eta=1.0)
 @register("dpmpp_2m", order=2, stochastic="eta")
 def dpmpp_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None, eta: float = 0.0,
-             s_noise: float = 1.0, lower_order_final: bool = True, thresholding: bool = False,
-             thresholding_ratio: float = 0.995, thresholding_max_val: float = 1.0) -> Tensor:
+             s_noise: float = 1.0, lower_order_final: bool = True, final_step: str = "counted",
+             lower_order_below: int = 10, thresholding: bool = False, thresholding_ratio: float = 0.995,
+             thresholding_max_val: float = 1.0) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2); eta > 0 is SDE-DPM-Solver++(2M) (ibid., App.; eta=1 default).
 
     The SDE variant's order 2 is its weak order measured on Gaussian data (output mean and variance).
+    final_step and lower_order_below: the lower_order_final convention (solvers/_common.py FINAL_STEPS);
+    final_step="separate" is the authors' DPM-Solver code, lower_order_below=15 diffusers' threshold.
     """
     model = data_model(denoiser, thresholding, thresholding_ratio, thresholding_max_val)
-    return sde_multistep(x, sigmas, noise, 2, eta, s_noise, lower_order_final, model)
+    return sde_multistep(x, sigmas, noise, 2, eta, s_noise, lower_order_final, model, final_step=final_step,
+                         lower_order_below=lower_order_below)
 
 
 @register("dpmpp_3m_diffusers", order=2, stochastic="eta", coefficients="reference")
-@register("dpmpp_3m_sde", order=2, stochastic="eta", eta=1.0)
+@register("dpmpp_3m_sde_taylor", order=2, stochastic="eta", eta=1.0)
 @register("dpmpp_3m", order=3, stochastic="eta")
 def dpmpp_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None, eta: float = 0.0,
-             s_noise: float = 1.0, lower_order_final: bool = True, coefficients: str = "taylor",
-             thresholding: bool = False, thresholding_ratio: float = 0.995,
-             thresholding_max_val: float = 1.0) -> Tensor:
+             s_noise: float = 1.0, lower_order_final: bool = True, final_step: str = "counted",
+             lower_order_below: int = 10, coefficients: str = "taylor", thresholding: bool = False,
+             thresholding_ratio: float = 0.995, thresholding_max_val: float = 1.0) -> Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022b, reference code); eta > 0 is its SDE variant (eta=1 default).
 
     D'' comes from the quadratic through the last three outputs. coefficients="taylor" gives it the
@@ -108,12 +114,37 @@ def dpmpp_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
     do, which leaves an O(h^3) local error: fitted order 2.4 over 8-32 steps on a Gaussian (taylor:
     3.1) and ~4x taylor's error at 128 steps, but steadier on long final log-SNR steps
     (results/SOLVER_ERROR.md). Both tend to order 2 in the limit through the first-order warm-up
-    step. The SDE variant is registered with its weak order measured on Gaussian data, 2.
+    step. final_step / lower_order_below: the lower_order_final convention, as dpmpp_2m.
+    The SDE variant is registered with its weak order measured on Gaussian data, 2; with eta=1
+    it is `dpmpp_3m_sde_taylor` (`dpmpp_3m_sde` is k-diffusion's form, which differs in three ways).
     """
     check(coefficients in COEFFICIENTS,
           f"solver.coefficients '{coefficients}' is unknown; choose one of: {', '.join(COEFFICIENTS)}")
     model = data_model(denoiser, thresholding, thresholding_ratio, thresholding_max_val)
-    return sde_multistep(x, sigmas, noise, 3, eta, s_noise, lower_order_final, model, COEFFICIENTS[coefficients])
+    return sde_multistep(x, sigmas, noise, 3, eta, s_noise, lower_order_final, model, COEFFICIENTS[coefficients],
+                         final_step=final_step, lower_order_below=lower_order_below)
+
+
+@register("dpmpp_3m_sde", order=2, stochastic="eta")
+def dpmpp_3m_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None, eta: float = 1.0,
+                 s_noise: float = 1.0, lower_order_final: bool = False, final_step: str = "counted",
+                 lower_order_below: int = 10, thresholding: bool = False, thresholding_ratio: float = 0.995,
+                 thresholding_max_val: float = 1.0) -> Tensor:
+    """SDE-DPM-Solver++(3M) (Lu et al. 2022b, App.; k-diffusion's sample_dpmpp_3m_sde, where the name comes from).
+
+    As k-diffusion 0.1.1: the second-order warm-up step takes the exact Taylor weight
+    h^2 phi_2(-h) on D' (k-diffusion's phi_2; dpmpp_3m_sde_taylor takes the midpoint form h w_0 / 2
+    of Alg. 2), the third-order step half the exact D'' weight (coefficients="reference", as in
+    the DPM-Solver authors' 3M), and no step is lowered before the final denoise (lower_order_final
+    False). dpmpp_3m_sde_taylor (the exact third-order weight, midpoint warm-up, lowering below 10
+    steps) has the smaller local error on smooth grids; this form is the one published SDE-3M
+    numbers use. diffusers' DPMSolverMultistepScheduler("sde-dpmsolver++", solver_order=3) differs
+    from both: its D2 weight ((1 - e^(-2h) - 2h) / (2h)^2 - 0.5) does not vanish as h -> 0 (it
+    tends to -1), so it is not a consistent third-order term; no parity is claimed with it.
+    """
+    model = data_model(denoiser, thresholding, thresholding_ratio, thresholding_max_val)
+    return sde_multistep(x, sigmas, noise, 3, eta, s_noise, lower_order_final, model, COEFFICIENTS["reference"],
+                         midpoint=False, final_step=final_step, lower_order_below=lower_order_below)
 
 
 @register("dpmpp_2s", order=2, nfe=last_step_single(2))

@@ -167,6 +167,10 @@ class _Probe:
 
 SOLVERS: dict[str, SolverSpec] = {}
 
+# Options added after results were keyed: at these values (the behaviour from before they existed) they are
+# left out of the config hash, so points that do not change them keep their resume keys (config.config_hash).
+UNHASHED_DEFAULTS: dict[str, Any] = {"final_step": "counted", "lower_order_below": 10}
+
 
 def register(name: str, *, order: int, nfe: NfeFn | None = per_step(1), stochastic: bool | str = False,
              min_steps: int = 1, **defaults: Any) -> Callable[[Fn], Fn]:

@@ -1,0 +1,86 @@
+"""Each registered solver's reference implementation and parity status (docs/PARITY.md; `list solvers --details`).
+
+status "parity": equal to the reference to <= 1e-10 relative in float64 (tests/test_parity_*.py);
+"differs": the reference of that name runs another variant, named in the note; "none": no installable
+counterpart, and the note says how correctness is shown instead.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+DIFFUSERS, KDIFF = "diffusers 0.42", "k-diffusion 0.1.1"
+ORDER_TEST = "convergence order on the exact Gaussian (tests/test_solver_contracts.py)"
+
+
+class Reference(NamedTuple):
+    implementation: str
+    status: str  # "parity" | "differs" | "none"
+    note: str = ""
+
+
+def _parity(implementation: str, note: str = "") -> Reference:
+    return Reference(implementation, "parity", note)
+
+
+REFERENCES: dict[str, Reference] = {
+    "ddim": _parity(f"{DIFFUSERS} DDIMScheduler; {KDIFF} sample_euler"),
+    "ddpm": _parity(f"{DIFFUSERS} DDIMScheduler(eta=1)"),
+    "euler_ancestral": _parity(f"{KDIFF} sample_euler_ancestral"),
+    "euler": _parity(f"{KDIFF} sample_euler"),
+    "heun": _parity(f"{KDIFF} sample_heun"),
+    "deis_1": _parity(f"{DIFFUSERS} DEISMultistepScheduler(solver_order=1)"),
+    "deis_2": Reference(DIFFUSERS, "differs", "diffusers' DEIS is rhoAB (log-rho basis); this is the authors' tAB "
+                        "in VP time (zju-pi/diff-sampler); " + ORDER_TEST),
+    "deis_3": Reference(DIFFUSERS, "differs", "as deis_2; " + ORDER_TEST),
+    "deis_3_afs": Reference("none", "none", "deis_3 with AMED's analytic first step; " + ORDER_TEST),
+    "dpm_solver_1": _parity(f"{KDIFF} DPMSolver.dpm_solver_1_step"),
+    "dpm_solver_2": _parity(f"{KDIFF} DPMSolver.dpm_solver_2_step"),
+    "dpm_solver_3": _parity(f"{KDIFF} DPMSolver.dpm_solver_3_step"),
+    "dpm_solver_fast": Reference(KDIFF, "differs", "the reference spaces outer steps uniformly in log-SNR and takes "
+                                 "the paper's third-order update; this cuts the grid's evaluations into outer steps "
+                                 "(Taylor update); " + ORDER_TEST),
+    "dpm_solver_2m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler('dpmsolver', 2)"),
+    "dpm_solver_3m": Reference(DIFFUSERS, "differs", "exact third-order D'' weight; the authors' code and diffusers "
+                               "halve it; " + ORDER_TEST),
+    "dpm_solver_adaptive": Reference(KDIFF, "differs", "per-sample step control (the reference controls the batch); "
+                                     "accuracy and NFE (tests/test_adaptive.py)"),
+    "dpmpp_2m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler; {KDIFF} sample_dpmpp_2m"),
+    "dpmpp_2m_sde": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler('sde-dpmsolver++'); "
+                            f"{KDIFF} sample_dpmpp_2m_sde"),
+    "dpmpp_3m": Reference(DIFFUSERS, "differs", "exact third-order D'' weight; the authors' code and diffusers halve "
+                          "it (= dpmpp_3m_diffusers); " + ORDER_TEST),
+    "dpmpp_3m_sde_taylor": Reference(KDIFF, "differs", "dpmpp_3m with eta=1: exact D'' weight, midpoint warm-up; "
+                                     "sample moments on Gaussian data (tests/test_solver_contracts.py)"),
+    "dpmpp_3m_diffusers": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler(solver_order=3)"),
+    "dpmpp_3m_sde": _parity(f"{KDIFF} sample_dpmpp_3m_sde"),
+    "dpmpp_2s": _parity(f"{KDIFF} sample_dpmpp_2s_ancestral(eta=0)"),
+    "dpm_solver_v3": Reference("none", "none", "authors' code needs their EMS files; exact on a Gaussian with "
+                               "its EMS, order with ems=none (tests/test_dpm_solver_v3.py)"),
+    "dpmpp_2m_hb": Reference("none", "none", "beta=1 equals dpmpp_2m (tests/test_momentum.py)"),
+    "plms_ghvb": Reference("none", "none", "beta=1 equals PLMS of its order (tests/test_momentum.py)"),
+    "ipndm": Reference("none", "none", ORDER_TEST),
+    "ipndm_afs": Reference("none", "none", "ipndm with AMED's analytic first step; " + ORDER_TEST),
+    "plms": _parity(f"{DIFFUSERS} PNDMScheduler(skip_prk_steps=True)"),
+    "s_pndm": Reference("none", "none", "the PNDM authors' S-PNDM (2-step); " + ORDER_TEST),
+    "pndm": Reference(f"{DIFFUSERS} PNDMScheduler (not compared)", "none", "its Runge-Kutta stages sit at the "
+                      "model's own mid-time, which the parity denoiser (EDM time) does not share with diffusers' "
+                      "discrete VP timesteps; " + ORDER_TEST),
+    "rk45": Reference("none", "none", "agrees with torchdiffeq's dopri5 (tests/test_adaptive.py)"),
+    "restart": Reference("none", "none", "no restarts equals heun; the paper's NFE rule (tests/test_restart.py)"),
+    "euler_maruyama": Reference("none", "none", "sample moments on Gaussian data (tests/test_solver_contracts.py)"),
+    "ts_ddim": Reference("none", "none", "without shift equals ddim; shift rule (tests/test_time_shift.py)"),
+    "ts_dpmpp_2m": Reference("none", "none", "without shift equals dpmpp_2m (tests/test_time_shift.py)"),
+    "unipc_bh1_o1": _parity(f"{DIFFUSERS} UniPCMultistepScheduler('bh1', 1)"),
+    "unipc_bh2_o1": _parity(f"{DIFFUSERS} UniPCMultistepScheduler('bh2', 1)"),
+    "unipc_bh1_o2": _parity(f"{DIFFUSERS} UniPCMultistepScheduler('bh1', 2)"),
+    "unipc_bh2_o2": _parity(f"{DIFFUSERS} UniPCMultistepScheduler('bh2', 2)"),
+    "unipc_bh1": _parity(f"{DIFFUSERS} UniPCMultistepScheduler('bh1', 3)"),
+    "unipc_bh2": _parity(f"{DIFFUSERS} UniPCMultistepScheduler('bh2', 3)"),
+    "unipc_bh1_afs": Reference("none", "none", "unipc_bh1 with AMED's analytic first step; " + ORDER_TEST),
+    "unipc_bh2_afs": Reference("none", "none", "unipc_bh2 with AMED's analytic first step; " + ORDER_TEST),
+}
+
+
+def reference_of(name: str) -> Reference:
+    """The solver's entry; a solver registered without one reads as not yet compared."""
+    return REFERENCES.get(name, Reference("none", "none", "not yet compared"))
