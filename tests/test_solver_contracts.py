@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from diffbench.discrete import SAMPLERS
 from diffbench.errors import UsageError
 from diffbench.models.analytic import gaussian
 from diffbench.sampling import make_plan, sample_batch

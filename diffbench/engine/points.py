@@ -15,8 +15,17 @@ from typing import Any
 from omegaconf import DictConfig
 
 from diffbench import assetstore, discrete
-from diffbench.config import (RunSettings, compose_points, config_hash, expand_grid, group_config, parse_overrides,
-                              settings, to_dict, typed_options)
+from diffbench.config import (
+    RunSettings,
+    compose_points,
+    config_hash,
+    expand_grid,
+    group_config,
+    parse_overrides,
+    settings,
+    to_dict,
+    typed_options,
+)
 from diffbench.errors import UsageError, check
 from diffbench.fit.artefacts import fill_fitted
 from diffbench.metrics.suite import check_metrics

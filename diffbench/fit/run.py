@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
     artefact = {"key": key, "request": request, "sigmas": sigmas.tolist(), artefacts.FIT_SECONDS: seconds,
                 artefacts.FIT_NFE: counter.sample_evals, "method_options": method_options,
                 "calibration_rmse": {"fitted": rmse(model, sigmas), "karras": rmse(model, None)},
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "created": datetime.now(UTC).isoformat(timespec="seconds")}
     return Fitted(key, artefacts.save(cfg.cache_dir, key, artefact), artefact, False)
 
 

@@ -49,8 +49,14 @@ Config fields named in this package's messages (the ``metrics`` group should car
 Environment: DIFFBENCH_CACHE (cache root), DIFFBENCH_ALLOW_DOWNLOAD=1 (opt-in downloads).
 """
 from diffbench.metrics.error import ErrorStats, solver_error
-from diffbench.metrics.evaluate import (FEATURE_METRICS, PAIRED_METRICS, MetricOptions, compute_metrics, evaluate,
-                                        parse_metrics)
+from diffbench.metrics.evaluate import (
+                                        FEATURE_METRICS,
+                                        PAIRED_METRICS,
+                                        MetricOptions,
+                                        compute_metrics,
+                                        evaluate,
+                                        parse_metrics,
+)
 from diffbench.metrics.features import EXTRACTORS, FeatureExtractor, Features, make_extractor, register_extractor
 from diffbench.metrics.fid import FrechetTarget, frechet_distance
 from diffbench.metrics.inception_score import inception_score
@@ -59,8 +65,14 @@ from diffbench.metrics.lpips import LPIPS
 from diffbench.metrics.prdc import prdc
 from diffbench.metrics.refs import RefStats, load_or_build_reference
 from diffbench.metrics.stats import FeatureStats, Progress, StreamingStats, extract
-from diffbench.metrics.uncertainty import (Interval, bootstrap, fd_interval, kid_interval, paired_fd_difference,
-                                           paired_mean_difference)
+from diffbench.metrics.uncertainty import (
+                                        Interval,
+                                        bootstrap,
+                                        fd_interval,
+                                        kid_interval,
+                                        paired_fd_difference,
+                                        paired_mean_difference,
+)
 
 __all__ = [
     "EXTRACTORS", "FEATURE_METRICS", "PAIRED_METRICS", "LPIPS", "ErrorStats", "FeatureExtractor", "FeatureStats",

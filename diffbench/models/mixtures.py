@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from diffbench.errors import check
-from diffbench.models.base import NO_LABEL, ConditionalDenoiser
 from diffbench.models.analytic import MixtureDenoiser, _schedule
+from diffbench.models.base import NO_LABEL, ConditionalDenoiser
 from diffbench.models.registry import register_model
 from diffbench.schedules import NoiseSchedule
 
