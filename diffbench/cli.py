@@ -541,8 +541,10 @@ def reproduce(name: Annotated[str | None, typer.Argument(help="A preset (`--list
                                                          show_default=False)] = None,
               overrides: Overrides = None, quiet: Quiet = False,
               list_presets: Annotated[bool, typer.Option("--list", help="List the presets and exit.")] = False,
-              quick: Annotated[bool, typer.Option(help="N = 5,000 and a wider tolerance: a first look, not a reproduction.")] = False,
-              as_json: Annotated[bool, typer.Option("--json", help="Print the list or the comparison as JSON.")] = False) -> None:
+              quick: Annotated[bool, typer.Option(help="N = 5,000 and a wider tolerance: a first look, "
+                                                       "not a reproduction.")] = False,
+              as_json: Annotated[bool, typer.Option("--json",
+                                                    help="Print the list or the comparison as JSON.")] = False) -> None:
     """Run a published table's protocol and compare every point with its published number: exit 0 all within, 1 a miss.
 
     A preset pins the checkpoint, reference statistics, N, seeds, step grid, final-step and NFE
@@ -611,11 +613,13 @@ def _json_text(data: Any) -> str:
 # list / doctor --------------------------------------------------------------------------------------
 
 @app.command("list")
-def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | models | datasets | metrics | conditions | "
-                                                     "guidance | all")] = "all",
+def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | models | datasets | metrics | "
+                                                     "conditions | guidance | all")] = "all",
              as_json: Annotated[bool, typer.Option("--json", help="Print the tables "
                                                                   "as JSON (one object per row).")] = False,
-             details: Annotated[bool, typer.Option("--details", help="solvers: paper, reference implementation and parity status, one block each.")] = False) -> None:
+             details: Annotated[bool, typer.Option("--details", help="solvers: paper, reference implementation "
+                                                                     "and parity status, one block each.")] = False,
+             ) -> None:
     """List what configs can name: solvers (order, stochastic, min NFE, default options), schedules, models, ...
 
     ```
@@ -671,7 +675,8 @@ def _input_rows(group: str) -> tuple[list[str], list[list[Any]]]:
     from diffbench.models.guidance import GUIDANCE
 
     registry = CONDITIONS if group == "conditions" else GUIDANCE
-    return ["name", "options", "summary"], [[n, node_defaults(group, n), _summary(fn)] for n, fn in sorted(registry.items())]
+    return ["name", "options", "summary"], [[n, node_defaults(group, n), _summary(fn)]
+                                            for n, fn in sorted(registry.items())]
 
 
 def _solver_rows() -> tuple[list[str], list[list[Any]]]:
@@ -681,12 +686,15 @@ def _solver_rows() -> tuple[list[str], list[list[Any]]]:
 
     rows = []
     for name, spec in sorted(SOLVERS.items()):
-        stochastic = ("yes" if spec.stochastic else "no") if isinstance(spec.stochastic, bool) else f"{spec.stochastic}>0"
-        nfe = "adaptive" if spec.adaptive else ",".join(str(spec.nfe_for(n, True)) for n in range(spec.min_steps, spec.min_steps + 4)) + ",…"
+        stochastic = (("yes" if spec.stochastic else "no") if isinstance(spec.stochastic, bool)
+                      else f"{spec.stochastic}>0")
+        nfe = "adaptive" if spec.adaptive else ",".join(
+            str(spec.nfe_for(n, True)) for n in range(spec.min_steps, spec.min_steps + 4)) + ",…"
         ref = reference_of(name)
-        rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe, node_defaults("solver", name), sorted(spec.fixed()),
-                     spec.summary, ref.implementation, _parity_text(ref)])
-    columns = ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options", "fixed", "paper", "reference", "parity"]
+        rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe, node_defaults("solver", name),
+                     sorted(spec.fixed()), spec.summary, ref.implementation, _parity_text(ref)])
+    columns = ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options", "fixed", "paper",
+               "reference", "parity"]
     return columns, rows
 
 

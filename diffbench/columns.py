@@ -10,7 +10,8 @@ rule gives for the step grid it runs (the budget, or the largest valid NFE below
 `sweep.nfe_policy=nearest_below`; none for adaptive solvers), `nfe_measured` the denoiser calls
 counted while sampling, per sample (a mean over the samples for adaptive solvers, whose samples
 each take their own steps), and `nfe_network` the network forward passes per sample (guidance
-evaluates a guided call twice; `nfe_counts` says which of the two the budget bounds). The config field `nfe` is recorded as run: the declared NFE (the budget for
+evaluates a guided call twice; `nfe_counts` says which of the two the budget bounds). \
+The config field `nfe` is recorded as run: the declared NFE (the budget for
 adaptive solvers).
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, make_dataclass
@@ -36,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from diffbench.batching import resolve_batch_size
-from diffbench.errors import UsageError, check
+from diffbench.errors import UsageError, check, warn
 
 CONFIG_ENV = "DIFFBENCH_CONFIG_DIR"  # a whole configs folder used instead of the packaged one
 CONFIG_PATH_ENV = "DIFFBENCH_CONFIG_PATH"  # user config folders that add or override options (--config-dir)
@@ -260,9 +261,29 @@ def _one_line(e: Exception) -> str:
 def parse_overrides(overrides: Sequence[str]) -> list[Override]:
     """Parse Hydra override strings; a syntax error is a UsageError."""
     try:
-        return OverridesParser.create().parse_overrides(list(overrides))
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as e:
+        bad = next((o for o in overrides if "=" in o and _needs_quotes(o.split("=", 1)[1])), None)
+        if bad is not None:
+            key, value = bad.split("=", 1)
+            raise UsageError(f"cannot parse override {bad}: quote a value with spaces or special characters, "
+                             f"e.g. \"{key}='{value}'\"") from None
         raise UsageError(f"cannot parse override: {_one_line(e)}") from None
+    for o in parsed:
+        if o.is_add():
+            _warn_added(o.input_line)
+    return parsed
+
+
+@cache
+def _warn_added(line: str) -> None:
+    """Warn once per process about a `+key=value` addition (overrides are parsed several times a command)."""
+    warn(f"{line}: adds a field diffbench does not read (a typo of an existing field?)")
+
+
+def _needs_quotes(value: str) -> bool:
+    """Whether Hydra needs `value` quoted: spaces or characters outside its plain-value set."""
+    return not (value.startswith(("'", '"')) or re.fullmatch(r"[\w./:@*~+-]*", value, flags=re.ASCII))
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:

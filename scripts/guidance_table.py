@@ -50,7 +50,8 @@ def main() -> None:
             f"{markdown(network, 4)}\n\nCommand: python scripts/guidance_table.py --n {args.n}\n")
     (args.out / "stability.md").write_text(text)
     (args.out / "stability.json").write_text(json.dumps(
-        {"rmse_ref": json.loads(rmse.to_json(orient="split")), "nfe_network": json.loads(network.to_json(orient="split"))},
+        {"rmse_ref": json.loads(rmse.to_json(orient="split")),
+         "nfe_network": json.loads(network.to_json(orient="split"))},
         indent=1))
     print(text)
 

@@ -164,10 +164,12 @@ def test_ems_from_a_file_and_its_errors(gauss, tmp_path):
 
 @pytest.mark.parametrize("options", [{"c_pseudo": True}, {"p_pseudo": True}, {"order": 2}, {"use_corrector": False}])
 def test_variants_converge(gauss, options):
-    """The paper's switches all give a consistent solver (error falls with NFE; degenerate EMS, as the Gaussian's are exact)."""
+    """The paper's switches all give a consistent solver (error falls with NFE; degenerate EMS, \
+as the Gaussian's are exact)."""
     x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20
     errs = []
     for nfe in (10, 40):
         sigmas = _grid(gauss, nfe)
-        errs.append(_rms(V3(gauss, x, sigmas, ems="none", **options), gauss.exact_ode(x, float(sigmas[0]), float(sigmas[-1]))))
+        errs.append(_rms(V3(gauss, x, sigmas, ems="none", **options),
+                         gauss.exact_ode(x, float(sigmas[0]), float(sigmas[-1]))))
     assert errs[1] < errs[0] / 4

@@ -286,3 +286,26 @@ def test_the_fuzzed_good_table_is_accepted(work):
     good = str(_good_table(work))
     assert main(["check", good, "--baseline", good]) == 0
     assert np.isfinite(results.read_table(good)["fd"]).all()
+
+
+def test_unquoted_paths_with_spaces_say_how_to_quote(work):
+    out = work / "with space ü"
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        assert main(["sweep", "debug=default", f"out={out}", "--dry-run"]) == 2
+    assert f"\"out='{out}'\"" in stderr.getvalue() and not out.exists()
+
+
+def test_quoted_paths_with_spaces_and_non_ascii_work(work):
+    out = work / "with space ü"
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert main(["sweep", "debug=default", "metrics=error_only", "solver=euler", "nfe=3", f"out='{out}'",
+                     "--quiet", "--no-report"]) == 0
+    assert (out / "results.parquet").is_file()
+
+
+def test_additions_of_unknown_fields_warn_once(work):
+    stderr = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(stderr):
+        assert main(["sweep", "debug=default", "+not_a_field=1", f"out={_fresh(work)}", "--dry-run"]) == 0
+    assert stderr.getvalue().count("warning: +not_a_field=1: adds a field") == 1

@@ -139,7 +139,8 @@ def test_conditions_follow_the_sample_index(model):
     m = guided(model, {"name": "cfg", "scale": 3.0})
     plan = make_plan("dpm_solver_adaptive", 1, model.schedule, sigma_min=0.05, sigma_max=20.0)
     whole = sample_batch(m, plan, range(N), seed=0, shape=(2,)).x
-    parts = torch.cat([sample_batch(m, plan, idx, seed=0, shape=(2,)).x for idx in ([0, 1, 2, 3, 4], list(range(5, N)))])
+    parts = torch.cat([sample_batch(m, plan, idx, seed=0, shape=(2,)).x
+                       for idx in ([0, 1, 2, 3, 4], list(range(5, N)))])
     torch.testing.assert_close(whole, parts, rtol=0, atol=1e-12)
 
 

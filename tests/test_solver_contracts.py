@@ -120,7 +120,8 @@ def test_batch_size_invariance(mixture, name):
     """Sample i is bitwise identical whatever the batch it is computed in."""
     spec = SOLVERS[name]
     options = {spec.stochastic: _SWITCH[spec.stochastic]} if isinstance(spec.stochastic, str) else {}
-    plan = make_plan(name, _nfe_near(name, 8), mixture.schedule, solver_options={**options, **BATCH_OPTIONS.get(name, {})})
+    plan = make_plan(name, _nfe_near(name, 8), mixture.schedule,
+                     solver_options={**options, **BATCH_OPTIONS.get(name, {})})
     idx = list(range(64))
     full = sample_batch(mixture, plan, idx, seed=3, shape=(1, 4, 4)).x
     for bs in (1, 7):

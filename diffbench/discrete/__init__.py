@@ -11,5 +11,5 @@ from diffbench.discrete.sampling import DiscretePlan, make_plan
 
 MASK_SCHEDULE = "linear_mask"  # the one masking schedule, alpha(t) = 1 - t, on a uniform grid in t
 
-__all__ = ["MASK_SCHEDULE", "MODELS", "SAMPLERS", "DiscretePlan", "DiscreteSpec", "check_metric_names", "confidence", "first_hitting",
-           "get_sampler", "make_model", "make_plan", "markov", "mdlm", "remdm", "tau_leaping"]
+__all__ = ["MASK_SCHEDULE", "MODELS", "SAMPLERS", "DiscretePlan", "DiscreteSpec", "check_metric_names", "confidence",
+           "first_hitting", "get_sampler", "make_model", "make_plan", "markov", "mdlm", "remdm", "tau_leaping"]

@@ -175,7 +175,8 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
         minimum = spec.min_nfe(final_zero)
         make_point_plan(cfg, spec, options, model, minimum)  # validates the rest of the point
         return Point(**fixed, nfe=calls, plan=None, **_as_run(cfg, calls),
-                     reason=f"nfe budget {run.nfe} ({counts}) is below solver '{spec.name}''s minimum of {minimum} calls")
+                     reason=f"nfe budget {run.nfe} ({counts}) is below solver '{spec.name}''s minimum of "
+                            f"{minimum} calls")
     return Point(**fixed, nfe=nfe, plan=make_point_plan(cfg, spec, options, model, nfe), **_as_run(cfg, nfe))
 
 
@@ -191,8 +192,8 @@ def resolve_discrete_point(cfg: DictConfig, run: RunSettings, model: Any, overri
     policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
     check(policy in NFE_POLICIES, f"sweep.nfe_policy={policy} is unknown; use one of: {', '.join(NFE_POLICIES)}")
     nfe = run.nfe if policy == "exact" else spec.nearest_below(run.nfe, model.length)
-    fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy, nfe_budget=run.nfe,
-                 model_key=model_identity(cfg.model)[2], overrides=tuple(overrides))
+    fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy,
+                                 nfe_budget=run.nfe, model_key=model_identity(cfg.model)[2], overrides=tuple(overrides))
     if nfe is None:
         return Point(**fixed, nfe=run.nfe, plan=None, **_as_run(cfg, run.nfe),
                      reason=f"no valid nfe <= {run.nfe} for sampler '{spec.name}' at length {model.length}")

@@ -153,7 +153,8 @@ class Runner:
             return {}, None  # rank 0 writes the row
         share = merge_shares(distributed.unwrap(gathered), suite, GRID_SAMPLES, sizer.size)
         t_sample, nfe_measured = share.time_sampling_s, share.nfe_measured
-        row.update(nfe_measured=nfe_measured, nfe_network=share.nfe_network, time_sampling_s=t_sample, **sizer.columns())
+        row.update(nfe_measured=nfe_measured, nfe_network=share.nfe_network, time_sampling_s=t_sample,
+                   **sizer.columns())
         if share.reason:
             row.update(status=col.FAILED, reason=share.reason)
             return {}, None

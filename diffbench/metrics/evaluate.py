@@ -74,7 +74,8 @@ class MetricOptions:
         """How the intervals were made, for rows and output (None: no intervals)."""
         if not (self.n_boot or self.kid_n_boot):
             return None
-        side = "generated and reference samples" if self.ci_includes_reference else "generated samples (reference fixed)"
+        side = ("generated and reference samples" if self.ci_includes_reference
+                else "generated samples (reference fixed)")
         return f"normal bootstrap at {self.ci_level:g} over {side}"
 
 

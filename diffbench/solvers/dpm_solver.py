@@ -196,7 +196,8 @@ def dpm_solver_adaptive(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise:
         accepted = {"x": higher, "x_prev": lower, "eps": eps, "has_eps": torch.zeros_like(state["has_eps"])}
         return accepted, current, rms((higher - lower) / delta)
 
-    state = {"x": x, "x_prev": x, "eps": torch.zeros_like(x), "has_eps": torch.zeros(len(x), dtype=torch.bool, device=x.device)}
+    state = {"x": x, "x_prev": x, "eps": torch.zeros_like(x),
+             "has_eps": torch.zeros(len(x), dtype=torch.bool, device=x.device)}
     h = torch.full((len(x),), h_init, dtype=x.dtype, device=x.device)
     x = integrate(state, -math.log(levels[0]), -math.log(levels[-1]), h, trial,
                   lambda h, err: theta * h * err.clamp(min=1e-12) ** (-1 / order), "dpm_solver_adaptive", denoiser)["x"]

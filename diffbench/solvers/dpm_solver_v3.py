@@ -86,7 +86,7 @@ def _step_integrals(ems: EMS, lam_s: float, lam_t: float, terms: int) -> _Step:
     breaks = torch.tensor([*breaks, lam_t], dtype=torch.float64)
     widths = breaks[1:] - breaks[:-1]
     nodes = breaks[:-1, None] + widths[:, None] * _GL_X[None]  # [P, m]
-    l, s, b = (v.reshape(*nodes.shape, *v.shape[1:]) for v in ems.at(nodes.flatten()))
+    l, s, b = (v.reshape(*nodes.shape, *v.shape[1:]) for v in ems.at(nodes.flatten()))  # noqa: E741
     big_l, l_t = _cumulative(l, widths)
     big_s, s_t = _cumulative(s, widths)
     beta, beta_t = _cumulative(torch.exp(-big_s) * b, widths)

@@ -112,7 +112,8 @@ class EMS:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 -- truncated or overwritten files fail in zip, pickle or EOF code alike
-            raise UsageError(f"solver.ems: '{path}' cannot be read ({type(e).__name__}); recompute it with ems=auto") from None
+            raise UsageError(f"solver.ems: '{path}' cannot be read ({type(e).__name__}); "
+                             f"recompute it with ems=auto") from None
         check(isinstance(data, dict) and data.get("format") == FORMAT,
               f"solver.ems: '{path}' is not an EMS file of format {FORMAT}; recompute it with ems=auto")
         check(data.get("sha256") in (None, digest({k: data[k] for k in ("lambdas", "l", "s", "b")})),
@@ -194,7 +195,7 @@ def compute_ems(denoiser: Denoiser, x0: Tensor, lambdas: Tensor, *, seed: int = 
             _, jv = _jvp(model.denoise, y, s_r, v[r], torch.zeros_like(s_r), jvp, fd_step)
             total += (v[r] * jv).sum(0)
         l_rows.append(1.0 - total / n)
-    l = torch.stack(l_rows)
+    l = torch.stack(l_rows)  # noqa: E741
     dl = torch.gradient(l, spacing=(lambdas.to(l.device),), dim=0, edge_order=2)[0]
 
     # s, b: per-dimension least squares of f' (total derivative along the ODE) on f.

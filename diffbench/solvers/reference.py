@@ -67,7 +67,8 @@ def rk45(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | 
     return denoiser(x, float(levels[-1])) if float(sigmas[-1]) == 0 else x
 
 
-def initial_step(f: Callable[[Tensor, Tensor], Tensor], y: Tensor, f0: Tensor, lam: Tensor, rtol: float, atol: float) -> Tensor:
+def initial_step(f: Callable[[Tensor, Tensor], Tensor], y: Tensor, f0: Tensor, lam: Tensor, rtol: float,
+                 atol: float) -> Tensor:
     """Hairer's starting step per sample (Solving ODEs I, II.4): one evaluation at lam + h0."""
     scale = atol + rtol * y.abs()
     d0, d1 = rms(y / scale), rms(f0 / scale)
