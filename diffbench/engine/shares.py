@@ -44,8 +44,7 @@ class Share:
 
     def add(self, indices: Sequence[int], x: Tensor, seconds: float, nfe_measured: float, keep: int,
             nfe_network: float | None = None) -> None:
-        """Record one sampled batch (nfe_network None: one pass per call); its first samples are kept \
-while fewer than `keep` are."""
+        """Record one sampled batch (nfe_network None: one pass per call); keep its first samples up to `keep`."""
         self.indices += indices
         self.time_sampling_s += seconds
         self.nfe_total += nfe_measured * len(indices)

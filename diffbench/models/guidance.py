@@ -52,8 +52,7 @@ class Guidance:
 
 
 def apg_difference(diff: Tensor, cond: Tensor, eta: float, threshold: float) -> Tensor:
-    """APG's guidance difference (Sadat et al. 2024, Alg. 1 without momentum): clipped, \
-parallel part weighted by eta."""
+    """APG's guidance difference (Sadat et al. 2024, Alg. 1, no momentum): clipped, parallel part times eta."""
     dims = tuple(range(1, diff.ndim))
     if threshold > 0:
         norm = diff.norm(dim=dims, keepdim=True)
@@ -112,8 +111,7 @@ def interval(scale: float = 2.0, sigma_lo: float = 0.28, sigma_hi: float = 5.42)
 
 @register_guidance("rescale")
 def rescale(scale: float = 2.0, phi: float = 0.7) -> Guidance:
-    """CFG rescale (Lin et al. 2024, "Common diffusion noise schedules..."): on x0, match D_c's per-sample std, \
-mix phi."""
+    """CFG rescale (Lin et al. 2024, "Common diffusion noise schedules"): on x0, match D_c's std, mix phi."""
     return Guidance(scale=scale, rescale=phi)
 
 

@@ -104,8 +104,9 @@ class SolverSpec:
                          f"({', '.join(f'{k}={fixed[k]}' for k in changed)}); {hint}")
 
     def dry_run(self, options: Mapping[str, Any], schedule: Any, sigmas: Tensor, shape: Sequence[int]) -> None:
-        """Run the solver's own option checks at plan time: on probes that stop it at its first model call \
-or noise draw.
+        """Run the solver's own option checks at plan time, on probes that stop it at its first model call.
+
+        A noise draw stops it too.
 
         Checks a solver makes before touching the model (anything but its noise schedule) run here, so a bad
         value is a one-line error before a sweep starts rather than a failed row.
@@ -154,8 +155,7 @@ class _ProbeStop(Exception):
 
 
 class _Probe:
-    """A stand-in denoiser (or noise source) holding only the noise schedule; calling it or asking for more \
-stops a dry run."""
+    """A stand-in denoiser (or noise source) holding only the noise schedule: a call stops a dry run."""
 
     def __init__(self, schedule: Any):
         self.schedule = schedule

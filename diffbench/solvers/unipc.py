@@ -86,8 +86,8 @@ def unipc(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource |
     lowers the order near the end (min(p, steps left)). Registered orders: p + 1 for p = 1, 2; for
     p = 3 the warm-up step (UniP-1 + UniC-1, local error O(h^3)) bounds the global order at 3 without
     lower_order_final (slopes 3.3-4.4); with it, the slope is erratic below ~48 steps and tends to 2
-    (2.06 bh1, 2.12 bh2 over 64..256 steps on the contract Gaussian). afs=True (`*_afs`) starts from AMED's \
-analytic estimate instead of an evaluation;
+    (2.06 bh1, 2.12 bh2 over 64..256 steps on the contract Gaussian). afs=True (`*_afs`) starts from
+    AMED's analytic estimate instead of an evaluation;
     its O(h) error makes the global order 1 on an exact model.
     """
     check(max_order in (1, 2, 3), f"solver.max_order must be 1, 2 or 3 (got {max_order})")
