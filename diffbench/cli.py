@@ -209,7 +209,7 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     from diffbench.engine.discrete import is_discrete
     from diffbench.engine.points import ModelCache, resolve_point
     from diffbench.engine.progress import Reporter
-    from diffbench.sampling import first_nonfinite, sample_points
+    from diffbench.sampling import Plan, first_nonfinite, sample_points
 
     cfg = compose(overrides or [])
     models = ModelCache()
@@ -222,7 +222,8 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     check(path.suffix == ".npz", f"--output {path}: give a .npz path")
     check_writable(path.parent, "--output")
     model = models.for_point(cfg, max(indices) + 1)  # labels bound by index (as far as --seeds reaches), if any
-    assert point.plan is not None  # policy "exact" always gives a plan or raises
+    # policy "exact" always gives a plan or raises, and a continuous one (is_discrete was refused above)
+    assert isinstance(point.plan, Plan)
     xs, seconds, nfe = [], 0.0, None
     with assetstore.cache_root(cfg.cache_dir), Reporter(not quiet) as reporter, \
             reporter.task(point.label, len(indices)) as advance:
@@ -568,6 +569,7 @@ def reproduce(name: Annotated[str | None, typer.Argument(help="A preset (`--list
             _print_frame(_frame(rows))
         return
     check(name is not None, "reproduce: give a preset NAME, or --list to see them")
+    assert name is not None  # check() raised otherwise
     preset = rp.load_preset(name)
     outcome = rp.reproduce(preset, overrides or [], quick=quick, progress=not (quiet or as_json), command=_ARGV)
     rows = [c.row() for c in outcome.comparisons]

@@ -67,7 +67,7 @@ class Point:
         return f"{self.spec.name} / {self.cfg.schedule.name} / nfe {self.nfe}"
 
 
-def model_identity(model_cfg: DictConfig) -> tuple[str, dict[str, Any], str]:
+def model_identity(model_cfg: DictConfig | dict[str, Any]) -> tuple[str, dict[str, Any], str]:
     """(kind, options, key) of a model config; the key is the same for configs that build the same model."""
     options = to_dict(model_cfg)
     kind = options.pop("kind", None)

@@ -32,7 +32,7 @@ from diffbench.engine.shares import Share, merge_shares
 from diffbench.errors import check
 from diffbench.metrics.suite import MetricContext, MetricFeed, MetricSuite
 from diffbench.models import Denoiser
-from diffbench.sampling import first_nonfinite, sample_points, set_tf32
+from diffbench.sampling import Plan, first_nonfinite, sample_points, set_tf32
 
 GRID_SAMPLES = 16  # samples kept per point for the sample-grid figures
 
@@ -142,6 +142,7 @@ class Runner:
         assert plan is not None
         if is_discrete(point):
             return measure_discrete(point, self.models.get(cfg.model), row)
+        assert isinstance(plan, Plan)  # a continuous solver spec always gets a Plan
         model = self.models.for_point(cfg, run.n_samples)  # with its conditions and guidance bound, if any
         suite = MetricSuite(cfg, self.models.get(cfg.model), run, self.metrics)
         n_err = min(run.n_samples, int(cfg.metrics.get("error_samples") or run.n_samples))
@@ -170,7 +171,7 @@ class Runner:
                       sizer: BatchSizer) -> Share:
         """Sample this rank's batches of a point (all of them on one process) into its metric suite."""
         run, share = point.run, Share()
-        assert point.plan is not None  # only runnable points are sampled
+        assert isinstance(point.plan, Plan)  # only runnable continuous points are sampled (see _measure)
         indices = distributed.shard_indices(run.n_samples, run.batch_size)
         with self.reporter.task(point.label, len(indices)) as advance, \
                 MetricFeed(suite, solutions, background=run.device.type == "cuda") as feed:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -76,5 +76,5 @@ def fill_fitted(cfg: DictConfig, model_key: str, nfe: int,
     check(artefact is not None, f"no fitted grid for {cfg.solver.name} at nfe {nfe} (method {request['method']}, "
                                 f"artefact {key}); run `diffbench fit` with the same overrides first")
     assert artefact is not None
-    filled = OmegaConf.merge(cfg, {"schedule": {"artefact": key, "sigmas": artefact["sigmas"]}})
+    filled = cast(DictConfig, OmegaConf.merge(cfg, {"schedule": {"artefact": key, "sigmas": artefact["sigmas"]}}))
     return filled, {FIT_SECONDS: artefact[FIT_SECONDS], FIT_NFE: artefact[FIT_NFE]}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
@@ -89,7 +89,7 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
     span = resolve_span(model.schedule, cfg.schedule.sigma_min, cfg.schedule.sigma_max, bool(cfg.schedule.final_zero))
     calib = request["calibration"]
     calib_run = RunSettings(run.nfe, calib["seed"], calib["n"], calib["n"], run.device, run.dtype)
-    calib_cfg = OmegaConf.merge(cfg, {"seed": calib["seed"], "n_samples": calib["n"]})
+    calib_cfg = cast(DictConfig, OmegaConf.merge(cfg, {"seed": calib["seed"], "n_samples": calib["n"]}))
     counter = CountingDenoiser(model)
     x = initial_noise(NoiseSource(calib["seed"], range(calib["n"]), run.device), sample_shape(model),
                       model.schedule.prior_std(span.sigma_max), run.dtype)
@@ -109,6 +109,7 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
 def calibration_rmse(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], run: RunSettings,
                      solutions: ReferenceSolutions, span: Span, model: Denoiser, sigmas: Tensor | None) -> float:
     """RMSE vs the RK45 reference on the calibration samples of a grid (Karras when sigmas is None)."""
+    grid: dict[str, Any]
     grid = {"step_schedule": "explicit", "step_options": {"sigmas": sigmas.tolist()}} if sigmas is not None else {}
     plan = make_plan(spec, run.nfe, model.schedule, solver_options=options, sigma_min=span.sigma_min,
                      sigma_max=span.sigma_max, final_zero=span.final_zero, **grid)

@@ -280,7 +280,8 @@ class InceptionExtractor(FeatureExtractor):
 
     def network(self, layers: torch.jit.ScriptModule) -> Callable[[Tensor], Tensor]:
         """The network that maps normalised 299 px images to pool3 [B, 2048, 1, 1]: the graph itself."""
-        return layers.to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)
+        # Module.to takes memory_format at runtime; torch's overloads omit it
+        return layers.to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)  # type: ignore[call-overload]
 
     def forward(self, pixels: Tensor) -> Features:
         # Normalise as clean-fid's InceptionV3W: (x - 128) / 128.
@@ -311,7 +312,7 @@ class InceptionModuleExtractor(InceptionExtractor):
             net = inception_from_graph(layers)
         except ValueError as err:  # a TorchScript file with another network in ``layers``
             raise AssetMissing(INCEPTION_WEIGHTS.broken_message(self.path, err)) from None
-        return net.to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)
+        return net.to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)  # type: ignore[call-overload]
 
 
 class InceptionCompiledExtractor(InceptionModuleExtractor):
@@ -321,6 +322,7 @@ class InceptionCompiledExtractor(InceptionModuleExtractor):
 
     name = "inception_compiled"
     min_bucket = 8
+    shapes: set[int]  # the padded batch sizes compiled so far
 
     def __init__(self, *args: Any, **kwargs: Any):
         self.warmup_seconds, self.shapes = 0.0, set()

@@ -24,6 +24,7 @@ graph (``torch.jit.load(path).net.layers``: ``.code`` of every submodule, parame
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +50,7 @@ class ConvUnit(nn.Module):
         """Set the conv to conv(x, weight) normalised by (mean, var, eps) plus beta, folded in float64."""
         scale = (var.double() + BN_EPS).rsqrt()
         self.conv.weight.copy_(weight.double() * scale[:, None, None, None])
+        assert self.conv.bias is not None  # the conv is built with bias=True
         self.conv.bias.copy_(beta.double() - mean.double() * scale)
 
 
@@ -176,4 +178,4 @@ def load_graph_weights(net: nn.Module, layers: torch.jit.ScriptModule) -> nn.Mod
 
 def inception_from_graph(layers: torch.jit.ScriptModule) -> nn.Sequential:
     """FID's Inception as an nn.Module in float32 eval mode, with the weights of a loaded TorchScript ``layers``."""
-    return load_graph_weights(inception_fid(), layers).eval().requires_grad_(False)
+    return cast(nn.Sequential, load_graph_weights(inception_fid(), layers).eval().requires_grad_(False))

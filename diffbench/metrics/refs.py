@@ -184,6 +184,7 @@ def load_published(cfg: dict[str, Any], extractor: Any) -> RefStats:
         arrays = next((names for names in PUBLISHED_ARRAYS if all(n in z for n in names)), None)
         check(arrays is not None, f"dataset.path={file}: holds {', '.join(z.files)}; published statistics need "
               "mu and sigma (mean, covariance) or pool_3 (feature rows)")
+        assert arrays is not None  # check() raised otherwise
         data = {name: np.asarray(z[name], dtype=np.float64) for name in arrays}
     if arrays == ("pool_3",):
         stats = FeatureStats.from_features(data["pool_3"], identity=extractor.identity(), keep=False)

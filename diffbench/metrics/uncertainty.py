@@ -78,7 +78,8 @@ def bootstrap(statistic: Callable[..., float], n: int, n_boot: int = 200, level:
                                 nonnegative, n_ref)
 
 
-def bootstrap_replicates(estimate: float, replicates: Callable[[list[tuple[np.ndarray, ...]]], Sequence[float]],
+def bootstrap_replicates(estimate: float,
+                         replicates: Callable[[list[tuple[np.ndarray, ...]]], Sequence[float] | np.ndarray],
                          n: int, n_boot: int = 200, level: float = 0.95, seed: int = 0, nonnegative: bool = False,
                          n_ref: int = 0) -> Interval:
     """``bootstrap`` with all replicates computed in one call: replicates(draws) -> one value per draw,

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -145,7 +146,8 @@ class GuidedModel(Denoiser):
                  guide: Denoiser | None = None):
         conditions.check_classes(conditional(model).classes)
         check(guidance.autoguide == (guide is not None), "autoguidance needs its guide model, no other rule takes one")
-        check(guide is None or (isinstance(guide, ConditionalDenoiser) and guide.classes == model.classes),
+        check(guide is None or (isinstance(guide, ConditionalDenoiser)
+                                and guide.classes == cast(ConditionalDenoiser, model).classes),
               "guidance.guide must be a conditional model with the same classes as the model")
         self.model, self.conditions, self.guidance, self.guide = model, conditions, guidance, guide
         self.schedule, self.dtype, self.shape = model.schedule, model.dtype, getattr(model, "shape", None)

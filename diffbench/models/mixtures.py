@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -65,5 +66,6 @@ def class_gmm(dim: int = 2, classes: int = 4, per_class: int = 2, radius: float 
               schedule: NoiseSchedule | dict | str | None = None) -> ClassMixtureDenoiser:
     """`classes` x `per_class` equal-weight Gaussians on a ring, component k of class k mod classes (exact)."""
     check(classes >= 1 and per_class >= 1, f"model: need classes >= 1 and per_class >= 1 (got {classes}, {per_class})")
-    mixture = gmm(dim=dim, components=classes * per_class, ring=True, radius=radius, std=std, schedule=schedule)
+    mixture = cast(MixtureDenoiser, gmm(dim=dim, components=classes * per_class, ring=True, radius=radius, std=std,
+                                        schedule=schedule))
     return ClassMixtureDenoiser(mixture, torch.arange(classes * per_class) % classes)

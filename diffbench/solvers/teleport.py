@@ -14,6 +14,7 @@ A teleport_sigma at or above the grid's first level teleports nothing.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -62,7 +63,7 @@ def teleported(name: str) -> SolverFn:
             x = gaussian_flow(x, sigma_max, teleport_sigma, data_mean, data_std)
         return inner.fn(denoiser, x, sigmas, noise=noise, **inner.options())
 
-    return solver
+    return cast(SolverFn, solver)
 
 
 for _name in HANDOVER:
