@@ -78,6 +78,19 @@ REFERENCES: dict[str, Reference] = {
     "unipc_bh2": _parity(f"{DIFFUSERS} UniPCMultistepScheduler('bh2', 3)"),
     "unipc_bh1_afs": Reference("none", "none", "unipc_bh1 with AMED's analytic first step; " + ORDER_TEST),
     "unipc_bh2_afs": Reference("none", "none", "unipc_bh2 with AMED's analytic first step; " + ORDER_TEST),
+    # Compared by their own family tests rather than the shared matrix (SEPARATE_PARITY in tests/helpers).
+    "lms": _parity(f"{KDIFF} sample_lms", "tests/test_deis.py"),
+    "dpmpp_2s_ancestral": _parity(f"{KDIFF} sample_dpmpp_2s_ancestral", "tests/test_dpm_solver_pp_sde.py"),
+    "dpmpp_sde": _parity(f"{KDIFF} sample_dpmpp_sde", "tests/test_dpm_solver_pp_sde.py"),
+    "sa_solver": _parity(f"{DIFFUSERS} SASolverScheduler", "tests/test_sa_solver.py"),
+    "sa_solver_3": _parity(f"{DIFFUSERS} SASolverScheduler(3, 3)", "tests/test_sa_solver.py"),
+    "deis_rhoab_3": Reference("none", "none", "lms's rhoAB with 3 points (lms matches sample_lms); " + ORDER_TEST),
+    "deis_rhork_4": Reference("none", "none", ORDER_TEST),
+    "pc_langevin": Reference("none", "none", "weak order on exact 1-D Gaussian moments (tests/test_sde.py)"),
+    "teleport_euler": Reference("none", "none", "exact Gaussian flow then euler (tests/test_teleport.py)"),
+    "teleport_heun": Reference("none", "none", "exact Gaussian flow then heun (tests/test_teleport.py)"),
+    "teleport_dpmpp_2m": Reference("none", "none", "exact Gaussian flow then dpmpp_2m (tests/test_teleport.py)"),
+    "ts_s_pndm": Reference("none", "none", "without shift equals s_pndm (tests/test_time_shift_pndm.py)"),
 }
 
 

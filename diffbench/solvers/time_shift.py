@@ -123,15 +123,15 @@ def ts_dpmpp_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSo
     return x
 
 
-@register("ts_plms", order=2, nfe=SOLVERS["plms"].nfe)
-def ts_plms(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
+@register("ts_s_pndm", order=2, nfe=SOLVERS["s_pndm"].nfe)
+def ts_s_pndm(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
             window: float = 0.08, cutoff: float = 0.3, data_var: float = 0.0) -> Tensor:
-    """TS-PNDM (Li et al. 2024, the Time-Shift Sampler on S-PNDM / PLMS): pseudo linear multistep from shifted levels.
+    """TS-PNDM (Li et al. 2024, the Time-Shift Sampler on S-PNDM): pseudo linear multistep from shifted levels.
 
     Each step evaluates the model at the level t_s and transfers from there (DDIM's transfer in EDM
     coordinates, x_s + (sigma' - sigma_s) eps) with PLMS's combination of noise estimates: a pseudo
     improved-Euler first step, then the 2-step Adams-Bashforth on the estimates at the shifted levels.
-    Order 2 is PLMS's wherever no shift happens (see ts_ddim); defaults are ts_ddim's.
+    Order 2 is S-PNDM's wherever no shift happens (see ts_ddim); defaults are ts_ddim's.
     """
     model = TimeShiftedDenoiser(denoiser, window, cutoff, data_var)
     history: list[Tensor] = []
