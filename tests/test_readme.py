@@ -15,7 +15,7 @@ from diffbench.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
-TINY = ["debug=default"]  # appended to sweep and sample: 16 samples of an 8x8 mixture per point
+TINY = ["debug=default"]  # appended to sweep, sample and fit: 16 samples of an 8x8 mixture per point
 # Commands that are not run, and why (matched on the start of the command).
 SKIPPED = {
     "python3 -m pip install": "installs packages; the test runs in the checkout under test",
@@ -40,7 +40,7 @@ def _argv(command: str) -> list[str]:
     """The arguments of a diffbench command (comments dropped), made tiny where it samples."""
     words = shlex.split(command, comments=True)
     assert words[0] == "diffbench", f"README command not run by this test and not in SKIPPED: {command}"
-    return words[1:] + (TINY if words[1] in ("sweep", "sample") else [])
+    return words[1:] + (TINY if words[1] in ("sweep", "sample", "fit") else [])
 
 
 def test_readme_names_no_file_outside_the_repository_and_every_file_it_names_exists():
