@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent / "diffbench"
 # Lowest first; a module may import from its own layer and the layers below. A name ending in "."
 # is a package prefix; the most specific match decides a module's layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("diffbench", "diffbench.errors", "diffbench.interrupts", "diffbench.atomicio", "diffbench.noise",
+    ("diffbench", "diffbench.errors", "diffbench.registries", "diffbench.interrupts", "diffbench.atomicio",
+     "diffbench.noise",
      "diffbench.columns", "diffbench.assetstore", "diffbench.tensorcache", "diffbench.batching",
      "diffbench.distributed", "diffbench.schedules"),
     ("diffbench.results",),  # the table's storage: rows go in, plots and checks read them out

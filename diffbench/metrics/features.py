@@ -55,6 +55,7 @@ from diffbench.assetstore import Asset, file_digest, resolve, verification, weig
 from diffbench.errors import AssetMissing, UsageError, check, warn
 from diffbench.metrics.inception import inception_from_graph
 from diffbench.noise import NoiseSource
+from diffbench.registries import registrar
 
 INCEPTION_WEIGHTS = Asset(
     label="Inception-v3 FID weights (TF 2015-12-05 as TorchScript)",
@@ -391,16 +392,8 @@ ExtractorFactory = Callable[..., FeatureExtractor]
 EXTRACTORS: dict[str, ExtractorFactory] = {}
 
 
-def register_extractor(name: str) -> Callable[[ExtractorFactory], ExtractorFactory]:
-    """Register an extractor factory under a stable name used by configs (metrics.extractor)."""
-
-    def wrap(fn: ExtractorFactory) -> ExtractorFactory:
-        if name in EXTRACTORS:
-            raise RuntimeError(f"feature extractor '{name}' registered twice")
-        EXTRACTORS[name] = fn
-        return fn
-
-    return wrap
+# @register_extractor(name): an extractor factory under a stable name (metrics.extractor).
+register_extractor = registrar(EXTRACTORS, "feature extractor")
 
 
 @register_extractor("inception")

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from diffbench.errors import UsageError, check
+from diffbench.registries import registrar
 
 NONE = "none"
 ORDERS = ("cyclic", "shuffled")
@@ -48,16 +49,8 @@ ConditionFactory = Callable[..., Callable[[int, int], ConditionSet]]
 CONDITIONS: dict[str, ConditionFactory] = {}
 
 
-def register_conditions(name: str) -> Callable[[ConditionFactory], ConditionFactory]:
-    """Register a condition-set kind; its keyword defaults are its config node (configs: conditions=<name>)."""
-
-    def wrap(fn: ConditionFactory) -> ConditionFactory:
-        if name in CONDITIONS:
-            raise RuntimeError(f"condition set '{name}' registered twice")
-        CONDITIONS[name] = fn
-        return fn
-
-    return wrap
+# @register_conditions(name): a condition-set kind; its keyword defaults are its config node (conditions=<name>).
+register_conditions = registrar(CONDITIONS, "condition set")
 
 
 def make_conditions(options: dict[str, object], n: int, classes: int) -> ConditionSet:

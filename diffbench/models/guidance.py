@@ -19,6 +19,7 @@ from torch import Tensor
 from diffbench.errors import check
 from diffbench.models.base import NO_LABEL, ConditionalDenoiser, Denoiser
 from diffbench.models.conditions import ConditionSet
+from diffbench.registries import registrar
 
 NONE = "none"
 
@@ -67,16 +68,8 @@ GuidanceFactory = Callable[..., Guidance]
 GUIDANCE: dict[str, GuidanceFactory] = {}
 
 
-def register_guidance(name: str) -> Callable[[GuidanceFactory], GuidanceFactory]:
-    """Register a guidance rule; its keyword defaults are its config node (configs: guidance=<name>)."""
-
-    def wrap(fn: GuidanceFactory) -> GuidanceFactory:
-        if name in GUIDANCE:
-            raise RuntimeError(f"guidance '{name}' registered twice")
-        GUIDANCE[name] = fn
-        return fn
-
-    return wrap
+# @register_guidance(name): a guidance rule; its keyword defaults are its config node (guidance=<name>).
+register_guidance = registrar(GUIDANCE, "guidance")
 
 
 def make_guidance(options: dict[str, object]) -> Guidance:

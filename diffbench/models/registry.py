@@ -7,21 +7,14 @@ from typing import Any
 
 from diffbench.errors import UsageError
 from diffbench.models.base import Denoiser
+from diffbench.registries import registrar
 
 ModelFactory = Callable[..., Denoiser]
 MODELS: dict[str, ModelFactory] = {}
 
 
-def register_model(kind: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Register a factory under a stable kind name used by diffbench/configs/model/*.yaml."""
-
-    def wrap(fn: ModelFactory) -> ModelFactory:
-        if kind in MODELS:
-            raise RuntimeError(f"model kind '{kind}' registered twice")
-        MODELS[kind] = fn
-        return fn
-
-    return wrap
+# @register_model(kind): a factory under a stable kind name used by diffbench/configs/model/*.yaml.
+register_model = registrar(MODELS, "model kind")
 
 
 def make_model(kind: str, options: Mapping[str, Any] | None = None) -> Denoiser:
