@@ -6,6 +6,7 @@ import pytest
 
 from diffbench import results
 from diffbench.cli import main
+from tests.helpers.cli import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -14,10 +15,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFBENCH_CACHE", str(tmp_path / "cache"))
 
 
-def _run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+_run = run_cli
 
 
 def test_list_solvers_shows_order_stochasticity_min_nfe_and_options(capsys):

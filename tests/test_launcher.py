@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from diffbench import results
-from diffbench.cli import main
 from diffbench.engine.sweep import run_sweep
+from tests.helpers.cli import run_cli
 
 # A tiny CPU sweep with a feature metric (random-conv FD) and the solver error, both fast.
 TINY = ["debug=default", "n_samples=32", "schedule=karras", "nfe=3"]
@@ -17,9 +17,7 @@ COMPARED = ["nfe_measured", "fd_random_conv", "rmse_ref", "rmse_ref_lo", "rmse_r
 
 
 def _sweep(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(["sweep", "--quiet", *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(capsys, "sweep", "--quiet", *args)
 
 
 def _by_key(df: pd.DataFrame) -> pd.DataFrame:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from diffbench.cli import main
 from diffbench.solvers import SOLVERS
 from diffbench.solvers.references import REFERENCES
+from tests.helpers.cli import run_cli
 from tests.helpers.parity_matrix import DIFFERENT, K_CASES, K_DIFFERENT, K_SINGLESTEP, MATCHING
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +29,7 @@ def test_parity_status_is_exactly_the_matrix():
 
 
 def _list(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(["list", *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(capsys, "list", *args)
 
 
 def test_list_solvers_details_fit_80_columns_and_name_references(capsys):

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from diffbench import reproduce as rp
-from diffbench.cli import main
 from diffbench.reproduce import Fact, compare
+from tests.helpers.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_PRESETS = ["edm-heun-35", "dpm-solver-v3-edm-cifar10", "diff-sampler-edm-cifar10"]
@@ -25,10 +25,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFBENCH_CACHE", str(tmp_path / "cache"))
 
 
-def _run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+_run = run_cli
 
 
 def _preset(path: Path, points: list[dict], protocol: list[str] = TINY, **fields: object) -> str:
