@@ -146,11 +146,11 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     `policy` overrides the config's sweep.nfe_policy (`diffbench sample` runs the budget exactly).
     """
     run = settings(cfg)
+    kind, _, model_key = model_identity(cfg.model)
     with assetstore.cache_root(cfg.cache_dir):  # model weights resolve in the config's cache_dir
         model = models.get(cfg.model)
-    if model_identity(cfg.model)[0] in discrete.MODELS:
-        return resolve_discrete_point(cfg, run, model, overrides, policy)
-    with assetstore.cache_root(cfg.cache_dir):
+        if kind in discrete.MODELS:
+            return resolve_discrete_point(cfg, run, model, overrides, policy)
         sampled = models.for_point(cfg, run.n_samples)
     check_metrics(cfg, model, run)
     check_reference_options(cfg)
@@ -163,7 +163,6 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     calls = run.nfe // per_call(sampled) if counts == "network" else run.nfe
     nfe = feasible_nfe(spec, calls, final_zero, policy) if calls > 0 else None
     labels = getattr(sampled, "conditions", None)
-    model_key = model_identity(cfg.model)[2]
     fit: dict[str, Any] = {}
     if cfg.schedule.name == "fitted":  # its grid and artefact key come from `diffbench fit`'s cache
         cfg, fit = fill_fitted(cfg, model_key, nfe or spec.min_nfe(final_zero), model.schedule)
