@@ -39,6 +39,10 @@ class Denoiser(ABC):
         """Fields that identify the model in a results row."""
         return {"model_dtype": str(self.dtype).removeprefix("torch.")}
 
+    def decode(self, x: Tensor) -> Tensor:
+        """Samples as the images the metrics see: latent models decode with their VAE; pixel models are images."""
+        return x
+
     def bind(self, indices: Sequence[int]) -> Denoiser:
         """The two-argument denoiser a solver runs for samples `indices`; conditional wrappers bind their conditions."""
         return self

@@ -28,6 +28,7 @@ class ConditionSet:
 
     name: str
     labels: Tensor
+    texts: tuple[str, ...] = ()  # prompts: labels index into them (text conditions); empty for class labels
 
     def take(self, indices: Sequence[int]) -> Tensor:
         """The labels of samples `indices`."""
