@@ -32,7 +32,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 _ARGV: list[str] = ["diffbench"]
 
-Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. `solver=heun nfe=9 schedule.rho=5`.",
+Overrides = Annotated[list[str] | None, typer.Argument(help="Hydra overrides, e.g. `solver=heun nfe=9 steps.rho=5`.",
                                                         show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables, only the essentials.")]
 
@@ -65,7 +65,7 @@ def sweep(overrides: Overrides = None, quiet: Quiet = False,
           dry_run: Annotated[bool, typer.Option(help="List the grid points and exit.")] = False,
           report: Annotated[bool, typer.Option(help="Write plots and "
                                                     "the HTML/markdown report at the end.")] = True) -> None:
-    """Run a grid of solvers x schedules x NFE budgets (x models x seeds) into a results table.
+    """Run a grid of solvers x step grids x NFE budgets (x models x seeds) into a results table.
 
     With no arguments: the embedded default (an analytic image-shaped Gaussian mixture, CPU, no
     downloads). Comma lists sweep, a rerun skips the points already in the table (resume):
@@ -161,9 +161,9 @@ def _print_results(df: Any) -> None:
 
     if df.empty:
         return
-    df = df.sort_values([c for c in (col.MODEL_CHOICE, col.SOLVER, col.SCHEDULE, col.NFE_MEASURED, col.NFE_BUDGET,
+    df = df.sort_values([c for c in (col.MODEL_CHOICE, col.SOLVER, col.STEPS, col.NFE_MEASURED, col.NFE_BUDGET,
                                      col.SEED) if c in df.columns])
-    columns = {col.SOLVER: "solver", col.SCHEDULE: "schedule", col.NFE_MEASURED: "NFE"}
+    columns = {col.SOLVER: "solver", col.STEPS: "steps", col.NFE_MEASURED: "NFE"}
     for optional, label in ((col.SEED, "seed"), (col.MODEL_CHOICE, "model")):
         if optional in df.columns and df[optional].nunique() > 1:
             columns = {optional: label, **columns}
@@ -191,13 +191,13 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
                                                           "(default: 0..n_samples-1).")] = None,
            output: Annotated[Path | None, typer.Option("--output", "-o", help="The .npz to write (a PNG grid "
                                                                               "goes next to it).")] = None) -> None:
-    """Draw samples with one model + solver + schedule + NFE, save them (.npz) and a PNG grid.
+    """Draw samples with one model + solver + step grid + NFE, save them (.npz) and a PNG grid.
 
     Prints the measured NFE and the time. Sample i's noise depends only on (seed, i):
 
     ```
     diffbench sample solver=heun nfe=9 --seeds 0-15
-    diffbench sample model=image_mixture_32 solver=euler nfe=20 schedule=uniform_logsnr -o euler.npz
+    diffbench sample model=image_mixture_32 solver=euler nfe=20 steps=uniform_logsnr -o euler.npz
     ```
     """
     import numpy as np
@@ -217,7 +217,7 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     check(not is_discrete(point), f"diffbench sample runs continuous solvers only; run discrete sampler "
                                   f"'{point.spec.name}' with diffbench sweep (its samples/*.npz hold the tokens)")
     indices = _parse_seeds(seeds) if seeds else list(range(point.run.n_samples))
-    path = output or Path(cfg.out) / "samples" / (f"{cfg.solver.name}_{cfg.schedule.name}"
+    path = output or Path(cfg.out) / "samples" / (f"{cfg.solver.name}_{cfg.steps.name}"
                                                   f"_nfe{cfg.nfe}_seed{cfg.seed}.npz")
     check(path.suffix == ".npz", f"--output {path}: give a .npz path")
     check_writable(path.parent, "--output")
@@ -232,9 +232,9 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
             seconds, nfe = seconds + dt, batch.nfe_measured
     x = torch.cat(xs)
     reason = first_nonfinite(x)
-    check(reason is None, f"samples: {reason}; try more NFE (nfe=...) or another schedule (schedule=...)")
+    check(reason is None, f"samples: {reason}; try more NFE (nfe=...) or another step grid (steps=...)")
     results.save_npz(path, x=x.float().numpy(), indices=np.asarray(indices), seed=cfg.seed, nfe=nfe,
-                     solver=str(cfg.solver.name), schedule=str(cfg.schedule.name))
+                     solver=str(cfg.solver.name), steps=str(cfg.steps.name))
     png = path.with_suffix(".png")
     if x.ndim == 4:
         import matplotlib.pyplot as plt
@@ -388,14 +388,14 @@ def ref(overrides: Overrides = None, quiet: Quiet = False,
 @app.command()
 def fit(overrides: Overrides = None, quiet: Quiet = False,
         refit: Annotated[bool, typer.Option(help="Fit again even when the cache holds the grid.")] = False) -> None:
-    """Fit step grids per (model, solver, NFE) on calibration noise; sweeps use them with `schedule=fitted`.
+    """Fit step grids per (model, solver, NFE) on calibration noise; sweeps use them with `steps=fitted`.
 
     Takes the sweep's overrides (comma lists fit each point); the grid is stored in the cache, keyed by
     model, solver, NFE, method and calibration set, with its fitting time and NFE:
 
     ```
-    diffbench fit solver=dpmpp_2m nfe=4,6,8 schedule.method=gits
-    diffbench sweep solver=dpmpp_2m nfe=4,6,8 schedule=fitted schedule.method=gits out=runs/fitted
+    diffbench fit solver=dpmpp_2m nfe=4,6,8 steps.method=gits
+    diffbench sweep solver=dpmpp_2m nfe=4,6,8 steps=fitted steps.method=gits out=runs/fitted
     ```
     """
     from diffbench.fit.run import fit_all
@@ -523,7 +523,7 @@ def check_cmd(results_path: Results,
                     "(--require-all counts them as regressions)")
     out.print(summary, highlight=False)
     for row in bad.itertuples(index=False):
-        out.print(f"REGRESSION {row.solver} / {row.schedule} / nfe {row.nfe} ({row.config_hash}) "
+        out.print(f"REGRESSION {row.solver} / {row.steps} / nfe {row.nfe} ({row.config_hash}) "
                   f"{row.metric}: {row.why}",
                   highlight=False, markup=False)
     if len(bad):
@@ -615,14 +615,14 @@ def _json_text(data: Any) -> str:
 # list / doctor --------------------------------------------------------------------------------------
 
 @app.command("list")
-def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | models | datasets | metrics | "
+def list_cmd(what: Annotated[str, typer.Argument(help="solvers | steps | models | datasets | metrics | "
                                                      "conditions | guidance | all")] = "all",
              as_json: Annotated[bool, typer.Option("--json", help="Print the tables "
                                                                   "as JSON (one object per row).")] = False,
              details: Annotated[bool, typer.Option("--details", help="solvers: paper, reference implementation "
                                                                      "and parity status, one block each.")] = False,
              ) -> None:
-    """List what configs can name: solvers (order, stochastic, min NFE, default options), schedules, models, ...
+    """List what configs can name: solvers (order, stochastic, min NFE, default options), step grids, models, ...
 
     ```
     diffbench list solvers
@@ -631,7 +631,7 @@ def list_cmd(what: Annotated[str, typer.Argument(help="solvers | schedules | mod
     diffbench list            # everything
     ```
     """
-    tables = {"solvers": _solver_rows, "schedules": _schedule_rows, "models": _model_rows,
+    tables = {"solvers": _solver_rows, "steps": _step_rows, "models": _model_rows,
               "datasets": _dataset_rows, "metrics": _metric_rows,
               "conditions": lambda: _input_rows("conditions"), "guidance": lambda: _input_rows("guidance")}
     check(what in (*tables, "all"), f"list {what}: choose one of: {', '.join(tables)}, all")
@@ -723,13 +723,13 @@ def _solver_details() -> list[str]:
     return lines[:-1]
 
 
-def _schedule_rows() -> tuple[list[str], list[list[Any]]]:
+def _step_rows() -> tuple[list[str], list[list[Any]]]:
     from diffbench.config import group_options
-    from diffbench.steps import STEP_SCHEDULES
+    from diffbench.steps import STEP_GRIDS
 
-    rows = [[name, "yes" if name in group_options("schedule") else "-", _summary(fn)]
-            for name, fn in sorted(STEP_SCHEDULES.items())]
-    return ["schedule", "config", "spacing"], rows
+    rows = [[name, "yes" if name in group_options("steps") else "-", _summary(fn)]
+            for name, fn in sorted(STEP_GRIDS.items())]
+    return ["steps", "config", "spacing"], rows
 
 
 def _model_rows() -> tuple[list[str], list[list[Any]]]:

@@ -23,7 +23,8 @@ from typing import Any
 MODEL_KIND = "model.kind"
 MODEL_CHOICE = "choices.model"
 SOLVER = "solver.name"
-SCHEDULE = "schedule.name"
+STEPS = "steps.name"
+RENAMED_GROUP = "schedule"  # the step-grid group's old name: old overrides get a one-line error, old tables are read
 NFE = "nfe"
 SEED = "seed"
 N_SAMPLES = "n_samples"
@@ -37,7 +38,7 @@ NFE_BUDGET = "nfe_budget"
 NFE_DECLARED = "nfe_declared"
 NFE_MEASURED = "nfe_measured"
 NFE_NETWORK = "nfe_network"
-STEPS = "steps"
+N_STEPS = "n_steps"
 TIME_SAMPLING = "time_sampling_s"
 TIME_METRICS = "time_metrics_s"
 TIME_TOTAL = "time_total_s"
@@ -87,7 +88,7 @@ class ResultRow:
     nfe_counts: str = _col("what nfe_budget bounds: calls (denoiser calls) or network (forward passes per sample)")
     condition_set: str | None = _col("the per-sample labels' set (conditions group), None when unconditional")
     condition_hash: str | None = _col("SHA-256 (16 hex) of the labels of samples 0 .. n_samples-1")
-    steps: int | None = _col("steps of the grid the solver ran")
+    n_steps: int | None = _col("steps of the grid the solver ran")
     sigma_max_used: float | None = _col("highest noise level of the grid")
     sigma_min_used: float | None = _col("lowest nonzero noise level of the grid")
     solver_order: int = _col("the solver's registered convergence order")

@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from diffbench.batching import resolve_batch_size
+from diffbench.columns import RENAMED_GROUP
 from diffbench.errors import UsageError, check, warn
 
 CONFIG_ENV = "DIFFBENCH_CONFIG_DIR"  # a whole configs folder used instead of the packaged one
@@ -115,10 +116,10 @@ def typed_nodes() -> dict[str, dict[str, type]]:
     from diffbench.models.conditions import CONDITIONS
     from diffbench.models.guidance import GUIDANCE
     from diffbench.solvers import SOLVERS
-    from diffbench.steps import STEP_SCHEDULES
+    from diffbench.steps import STEP_GRIDS
 
     key = tuple(tuple((n, id(f)) for n, f in registry.items())
-                for registry in (SOLVERS, STEP_SCHEDULES, CONDITIONS, GUIDANCE))
+                for registry in (SOLVERS, STEP_GRIDS, CONDITIONS, GUIDANCE))
     return _typed_nodes(key)
 
 
@@ -128,16 +129,16 @@ def _typed_nodes(registries: tuple[tuple[tuple[str, int], ...], ...]) -> dict[st
     from diffbench.models.conditions import CONDITIONS
     from diffbench.models.guidance import GUIDANCE
     from diffbench.solvers import SOLVERS
-    from diffbench.steps import STEP_SCHEDULES
+    from diffbench.steps import STEP_GRIDS
 
     span = [("sigma_min", float | None, field(default=None)), ("sigma_max", float | None, field(default=None)),
             ("final_zero", bool, field(default=True))]
     solvers = {n: _node_class("solver", n, _options(s.fn, s.options())) for n, s in SOLVERS.items()}
-    grids = {n: _node_class("schedule", n, [*_options(fn, _signature_defaults(fn, 3)), *span])
-             for n, fn in STEP_SCHEDULES.items()}
+    grids = {n: _node_class("steps", n, [*_options(fn, _signature_defaults(fn, 3)), *span])
+             for n, fn in STEP_GRIDS.items()}
     inputs = {group: {n: _node_class(group, n, _options(fn, _signature_defaults(fn, 0))) for n, fn in registry.items()}
               for group, registry in (("conditions", CONDITIONS), ("guidance", GUIDANCE))}
-    return {"solver": solvers, "schedule": grids, **inputs}
+    return {"solver": solvers, "steps": grids, **inputs}
 
 
 def _node_class(group: str, name: str, fields: list[tuple[str, Any, Any]]) -> type:
@@ -270,6 +271,9 @@ def parse_overrides(overrides: Sequence[str]) -> list[Override]:
                              f"e.g. \"{key}='{value}'\"") from None
         raise UsageError(f"cannot parse override: {_one_line(e)}") from None
     for o in parsed:
+        check(o.key_or_group.split(".")[0] != RENAMED_GROUP,
+              f"{o.input_line}: the step-grid group is now `steps` (e.g. steps=karras steps.rho=5); "
+              f"`schedule` is the model's noise schedule (model.schedule)")
         if o.is_add():
             _warn_added(o.input_line)
     return parsed
@@ -401,6 +405,8 @@ def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     from diffbench.solvers.registry import UNHASHED_DEFAULTS
 
     data = {k: v for k, v in to_dict(cfg).items() if k not in (*NOT_HASHED, "choices") and HASHED_UNLESS.get(k) != v}
+    if "steps" in data:  # hashed under the group's old name, so runs and baselines from before the rename resume
+        data[RENAMED_GROUP] = data.pop("steps")
     if isinstance(data.get("solver"), Mapping):  # options at their pre-existing behaviour keep old keys
         data["solver"] = {k: v for k, v in data["solver"].items()
                           if k not in UNHASHED_DEFAULTS or v != UNHASHED_DEFAULTS[k]}
@@ -502,20 +508,20 @@ def settings(cfg: DictConfig) -> RunSettings:
     check(isinstance(cfg.get("tf32"), bool), f"tf32 must be true or false (got {cfg.get('tf32')!r})")
     dtype = str(cfg.get("dtype"))
     check(dtype in DTYPES, f"dtype={dtype} is not supported; use {' or '.join(DTYPES)}")
-    sched = cfg.schedule
+    sched = cfg.steps
     for end in ("sigma_min", "sigma_max"):
         value = sched.get(end)
         check(value is None or (isinstance(value, int | float) and math.isfinite(value) and value > 0),
-              f"schedule.{end} must be a positive number or null (got {value!r})")
+              f"steps.{end} must be a positive number or null (got {value!r})")
     if sched.get("sigma_min") is not None and sched.get("sigma_max") is not None:
         check(sched.sigma_min < sched.sigma_max,
-              f"schedule.sigma_min ({sched.sigma_min}) must be below schedule.sigma_max ({sched.sigma_max})")
+              f"steps.sigma_min ({sched.sigma_min}) must be below steps.sigma_max ({sched.sigma_max})")
     if sched.name == "explicit":
         check(sched.get("sigma_min") is None and sched.get("sigma_max") is None,
-              "schedule.sigmas fixes the grid: leave schedule.sigma_min and schedule.sigma_max null")
+              "steps.sigmas fixes the grid: leave steps.sigma_min and steps.sigma_max null")
         ends_at_zero = len(sched.sigmas) > 0 and float(sched.sigmas[-1]) == 0
         check(ends_at_zero == bool(sched.final_zero),
-              f"schedule.final_zero={sched.final_zero} conflicts with schedule.sigmas "
+              f"steps.final_zero={sched.final_zero} conflicts with steps.sigmas "
               f"{'ending' if ends_at_zero else 'not ending'} in 0; make them agree")
     check(bool(str(cfg.get("out") or "").strip()), "out is empty; give a results folder (out=runs/mine)")
     n_samples, device = _positive_int(cfg, "n_samples", maximum=MAX_SAMPLES), resolve_device(str(cfg.device))

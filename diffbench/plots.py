@@ -29,7 +29,7 @@ LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 DPI = 110
 LABEL_GAP_PX = 3  # the least room between two tick labels
-PLOT_COLUMNS = (col.SOLVER, col.SCHEDULE, col.NFE_MEASURED)
+PLOT_COLUMNS = (col.SOLVER, col.STEPS, col.NFE_MEASURED)
 STOCHASTIC_MARK = "\N{DAGGER}"  # marks stochastic solvers, whose rmse_ref is not a convergence error
 
 
@@ -83,7 +83,7 @@ def _style_maps(df: pd.DataFrame) -> tuple[dict[str, object], dict[str, str]]:
     """Colour per solver, line style per step schedule (stable across figures)."""
     cmap = plt.get_cmap("tab10")
     solvers = sorted(df[col.SOLVER].astype(str).unique())
-    schedules = sorted(df[col.SCHEDULE].astype(str).unique())
+    schedules = sorted(df[col.STEPS].astype(str).unique())
     return ({s: cmap(i % 10) for i, s in enumerate(solvers)},
             {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(schedules)})
 
@@ -125,7 +125,7 @@ def nfe_plot(df: pd.DataFrame, metric: str) -> plt.Figure:
     fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 4.4), squeeze=False)
     for ax, model in zip(axes[0], names):
         part = df[models == model]
-        for (solver, schedule), group in part.groupby([col.SOLVER, col.SCHEDULE]):
+        for (solver, schedule), group in part.groupby([col.SOLVER, col.STEPS]):
             agg = _aggregate(group, col.NFE_MEASURED, metric)
             mark = f" {STOCHASTIC_MARK}" if marked[group.index].any() else ""
             ax.errorbar(agg[col.NFE_MEASURED], agg[metric], yerr=_errorbars(agg, metric), color=colours[str(solver)],
@@ -238,7 +238,7 @@ def grid_plot(df: pd.DataFrame, root: Path, per_cell: int = 4) -> plt.Figure:
 
 def _grid_row_labels(df: pd.DataFrame) -> pd.Series:
     """'solver (schedule)', prefixed by the model when the table holds several, marked when stochastic."""
-    label = df[col.SOLVER].astype(str) + " (" + df[col.SCHEDULE].astype(str) + ")"
+    label = df[col.SOLVER].astype(str) + " (" + df[col.STEPS].astype(str) + ")"
     models = _model_label(df)
     if models.nunique() > 1:
         label = models + ":\n" + label

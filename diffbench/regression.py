@@ -142,7 +142,7 @@ class _Rules:
     def verdict(self, b: pd.Series, c: pd.Series | None, metric: str) -> dict[str, Any]:
         """One comparison of a baseline row b with the matching results row c (None: not in the run)."""
         row = {KEY: b[KEY], "model": b.get(col.MODEL_CHOICE), "solver": b.get(col.SOLVER),
-               "schedule": b.get(col.SCHEDULE), "nfe": b.get(col.NFE_MEASURED), "metric": metric,
+               "steps": b.get(col.STEPS), "nfe": b.get(col.NFE_MEASURED), "metric": metric,
                "baseline": b[metric]}
         if c is None or c[col.STATUS] != col.OK or pd.isna(c[metric]):
             why = NOT_IN_RUN if c is None else (f"failed: {c.get('reason')}" if c[col.STATUS] != col.OK else "no value")

@@ -20,7 +20,7 @@ from diffbench import columns as col
 from diffbench import plots, results
 from diffbench.atomicio import write_all
 
-IDENTITY = (col.CONFIG_HASH, col.MODEL_CHOICE, col.SOLVER, col.SCHEDULE, col.NFE_BUDGET, "nfe_declared",
+IDENTITY = (col.CONFIG_HASH, col.MODEL_CHOICE, col.SOLVER, col.STEPS, col.NFE_BUDGET, "nfe_declared",
             col.NFE_MEASURED, "seed", "n_samples")
 TAIL = (col.TIME_SAMPLING, col.TIME_METRICS, col.STATUS, col.REASON)
 PROVENANCE = ("command", "git_sha", col.DEVICE_NAME, "version.diffbench", "version.torch", "version.python")
@@ -72,7 +72,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     for name in TAIL:
         if name in df.columns:
             out[name] = df[name]
-    sort = [c for c in (col.MODEL_CHOICE, col.SOLVER, col.SCHEDULE, col.NFE_MEASURED) if c in out.columns]
+    sort = [c for c in (col.MODEL_CHOICE, col.SOLVER, col.STEPS, col.NFE_MEASURED) if c in out.columns]
     return out.sort_values(sort, kind="stable") if sort else out
 
 

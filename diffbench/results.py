@@ -28,7 +28,7 @@ from filelock import FileLock
 
 from diffbench import columns as col
 from diffbench.atomicio import atomic_write, staged
-from diffbench.columns import MetricValue
+from diffbench.columns import RENAMED_GROUP, MetricValue
 from diffbench.errors import UsageError, check
 from diffbench.interrupts import uninterrupted
 
@@ -38,8 +38,8 @@ if TYPE_CHECKING:  # torch is imported where a device is inspected: concurrent w
 TABLE_NAME = "results.parquet"
 KEY = col.CONFIG_HASH
 # Leading columns, in this order; config fields and provenance follow.
-FIRST = (col.CONFIG_HASH, col.STATUS, col.REASON, col.MODEL_KIND, col.SOLVER, col.SCHEDULE, col.NFE_BUDGET,
-         col.NFE_DECLARED, col.NFE_MEASURED, col.STEPS, col.SEED, col.N_SAMPLES)
+FIRST = (col.CONFIG_HASH, col.STATUS, col.REASON, col.MODEL_KIND, col.SOLVER, col.STEPS, col.NFE_BUDGET,
+         col.NFE_DECLARED, col.NFE_MEASURED, col.N_STEPS, col.SEED, col.N_SAMPLES)
 PACKAGES = ("diffbench", "torch", "numpy", "hydra-core", "clean-fid", "torchmetrics")
 LOCK_TIMEOUT_S = 600
 HIGHER_IS_BETTER = frozenset({"is", "inception_score", "precision", "recall", "density", "coverage"})
@@ -66,12 +66,19 @@ def load(path: str | os.PathLike[str]) -> pd.DataFrame:
     paths = table_paths(path)
     try:
         if paths.parquet.is_file():
-            return pd.read_parquet(paths.parquet)
+            return _renamed(pd.read_parquet(paths.parquet))
         if paths.csv.is_file():
-            return pd.read_csv(paths.csv)
+            return _renamed(pd.read_csv(paths.csv))
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read results table {path}: {e}") from None
     return pd.DataFrame()
+
+
+def _renamed(df: pd.DataFrame) -> pd.DataFrame:
+    """A table written before the step-grid group was renamed (schedule.* -> steps.*, steps -> n_steps) in today's columns."""
+    old = f"{RENAMED_GROUP}."
+    names = {c: "steps." + c.removeprefix(old) for c in df.columns if c.startswith(old)}
+    return df.rename(columns={**names, **({"steps": col.N_STEPS} if names and "steps" in df.columns else {})})
 
 
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -32,7 +32,7 @@ class Plan:
     options: dict[str, Any]
     sigmas: Tensor
     nfe_declared: int | None
-    step_schedule: str
+    step_grid: str
     step_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -42,12 +42,12 @@ class Plan:
     def describe(self) -> dict[str, Any]:
         """Fields for a results row."""
         return {"solver": self.solver.name, "solver_options": dict(self.options), "steps": self.steps,
-                "step_schedule": self.step_schedule, "step_options": dict(self.step_options),
+                "step_grid": self.step_grid, "step_options": dict(self.step_options),
                 "sigma_max": float(self.sigmas[0]), "sigma_min": float(self.sigmas[self.sigmas > 0][-1]),
                 "final_zero": bool(self.sigmas[-1] == 0), "nfe_declared": self.nfe_declared}
 
 
-def make_plan(solver: str | SolverSpec, nfe: int, schedule: NoiseSchedule, *, step_schedule: str = "karras",
+def make_plan(solver: str | SolverSpec, nfe: int, schedule: NoiseSchedule, *, step_grid: str = "karras",
               step_options: Mapping[str, Any] | None = None, solver_options: Mapping[str, Any] | None = None,
               sigma_min: float | None = None, sigma_max: float | None = None, final_zero: bool = True,
               shape: Sequence[int] | None = None) -> Plan:
@@ -58,12 +58,12 @@ def make_plan(solver: str | SolverSpec, nfe: int, schedule: NoiseSchedule, *, st
     spec = solver if isinstance(solver, SolverSpec) else get_solver(solver)
     options = spec.bind(solver_options or {})
     steps = spec.steps_for_nfe(nfe, final_zero, options)
-    sigmas = make_sigmas(step_schedule, steps, schedule, sigma_min=sigma_min, sigma_max=sigma_max,
+    sigmas = make_sigmas(step_grid, steps, schedule, sigma_min=sigma_min, sigma_max=sigma_max,
                          final_zero=final_zero, **dict(step_options or {}))
     declared = spec.nfe_for(len(sigmas) - 1, final_zero, options)
     if shape is not None:
         spec.dry_run(options, schedule, sigmas, shape)
-    return Plan(spec, options, sigmas, declared, step_schedule, dict(step_options or {}))
+    return Plan(spec, options, sigmas, declared, step_grid, dict(step_options or {}))
 
 
 @dataclass

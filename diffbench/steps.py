@@ -32,14 +32,14 @@ class Span:
 
 
 StepFn = Callable[..., Tensor]
-STEP_SCHEDULES: dict[str, StepFn] = {}
+STEP_GRIDS: dict[str, StepFn] = {}
 
 
 def register_steps(name: str) -> Callable[[StepFn], StepFn]:
     """Register a step schedule under a stable name (used by configs and result tables)."""
 
     def wrap(fn: StepFn) -> StepFn:
-        STEP_SCHEDULES[name] = fn
+        STEP_GRIDS[name] = fn
         return fn
 
     return wrap
@@ -74,7 +74,7 @@ def uniform_logsnr(n: int, schedule: NoiseSchedule, span: Span) -> Tensor:
 @register_steps("karras")
 def karras(n: int, schedule: NoiseSchedule, span: Span, rho: float = 7.0) -> Tensor:
     """EDM's rho-spacing in sigma (Karras et al. 2022, eq. 5); rho=7 is their default."""
-    check(0 < rho < math.inf, f"schedule.rho must be a finite number > 0 (got {rho})")
+    check(0 < rho < math.inf, f"steps.rho must be a finite number > 0 (got {rho})")
     lo, hi = span.sigma_min ** (1 / rho), span.sigma_max ** (1 / rho)
     return _finish((hi + _ramp(span.points(n)) * (lo - hi)) ** rho, span)
 
@@ -82,7 +82,7 @@ def karras(n: int, schedule: NoiseSchedule, span: Span, rho: float = 7.0) -> Ten
 @register_steps("polynomial")
 def polynomial(n: int, schedule: NoiseSchedule, span: Span, power: float = 2.0) -> Tensor:
     """Power spacing in time: t_i^(1/p) uniform (power=2 is DDIM/DPM-Solver's 'quadratic')."""
-    check(0 < power < math.inf, f"schedule.power must be a finite number > 0 (got {power})")
+    check(0 < power < math.inf, f"steps.power must be a finite number > 0 (got {power})")
     t_hi = float(schedule.sigma_to_t(span.sigma_max))
     t_lo = float(schedule.sigma_to_t(span.sigma_min))
     check(t_lo >= 0, "schedule: polynomial spacing needs a schedule with t >= 0")
@@ -101,9 +101,9 @@ def explicit(n: int, schedule: NoiseSchedule, span: Span,
              sigmas: Sequence[float] = (80.0, 10.0, 1.0, 0.1, 0.0)) -> Tensor:
     """A user-given list of noise levels (e.g. from a paper or an optimiser); n must match it (default: an example)."""
     levels = torch.tensor(list(sigmas), dtype=torch.float64)
-    check(len(levels) >= 2, "schedule.sigmas: give at least two noise levels")
-    check(bool((levels[:-1] > levels[1:]).all()), "schedule.sigmas must be strictly decreasing")
-    check(len(levels) - 1 == n, f"schedule.sigmas holds {len(levels) - 1} steps but {n} were asked for")
+    check(len(levels) >= 2, "steps.sigmas: give at least two noise levels")
+    check(bool((levels[:-1] > levels[1:]).all()), "steps.sigmas must be strictly decreasing")
+    check(len(levels) - 1 == n, f"steps.sigmas holds {len(levels) - 1} steps but {n} were asked for")
     return levels
 
 
@@ -124,7 +124,7 @@ def ays(n: int, schedule: NoiseSchedule, span: Span, table: str = "sd15") -> Ten
     n = 10 is the table itself; other n interpolate log sigma linearly over the table's positions, the
     authors' recipe for other step counts.
     """
-    check(table in AYS_TABLES, f"schedule.table '{table}' is unknown; choose one of: {', '.join(AYS_TABLES)}")
+    check(table in AYS_TABLES, f"steps.table '{table}' is unknown; choose one of: {', '.join(AYS_TABLES)}")
     levels = torch.tensor(AYS_TABLES[table][:-1], dtype=torch.float64)
     count = span.points(n)
     position = torch.arange(count, dtype=torch.float64) * (len(levels) - 1) / max(count - 1, 1)
@@ -138,7 +138,7 @@ def ays(n: int, schedule: NoiseSchedule, span: Span, table: str = "sd15") -> Ten
 def fitted(n: int, schedule: NoiseSchedule, span: Span, method: str = "gits", calibration_seed: int = 1000,
            calibration_n: int = 32, artefact: str = "", sigmas: Sequence[float] = ()) -> Tensor:
     """A grid fitted per model, solver and NFE by `diffbench fit` (diffbench/fit/); sweeps fill artefact and sigmas."""
-    check(bool(artefact) and len(sigmas) > 0, f"schedule=fitted (method {method}) has no fitted grid here; "
+    check(bool(artefact) and len(sigmas) > 0, f"steps=fitted (method {method}) has no fitted grid here; "
                                               "run `diffbench fit` with the same overrides first")
     return explicit(n, schedule, span, sigmas)
 
@@ -148,19 +148,19 @@ def resolve_span(schedule: NoiseSchedule, sigma_min: float | None = None, sigma_
     """Fill unset ends from the schedule and validate them (sigma_min must be below sigma_max)."""
     lo = schedule.sigma_min if sigma_min is None else float(sigma_min)
     hi = schedule.sigma_max if sigma_max is None else float(sigma_max)
-    check(lo > 0, f"schedule.sigma_min must be > 0 (got {lo}); use final_zero to end at zero")
-    check(lo < hi, f"schedule.sigma_min ({lo}) must be below schedule.sigma_max ({hi})")
+    check(lo > 0, f"steps.sigma_min must be > 0 (got {lo}); use final_zero to end at zero")
+    check(lo < hi, f"steps.sigma_min ({lo}) must be below steps.sigma_max ({hi})")
     return Span(lo, hi, bool(final_zero))
 
 
 def make_sigmas(name: str, n: int, schedule: NoiseSchedule, *, sigma_min: float | None = None,
                 sigma_max: float | None = None, final_zero: bool = True, **options: object) -> Tensor:
     """Build the n-step sigma grid of step schedule `name` for a noise schedule."""
-    check(name in STEP_SCHEDULES, f"step schedule '{name}' is unknown; choose one of: {', '.join(STEP_SCHEDULES)}")
+    check(name in STEP_GRIDS, f"step schedule '{name}' is unknown; choose one of: {', '.join(STEP_GRIDS)}")
     check(isinstance(n, int) and n >= 1, f"number of steps must be a positive integer (got {n})")
     span = resolve_span(schedule, sigma_min, sigma_max, final_zero)
     try:
-        sigmas = STEP_SCHEDULES[name](n, schedule, span, **options)
+        sigmas = STEP_GRIDS[name](n, schedule, span, **options)
     except TypeError as e:
         raise UsageError(f"step schedule '{name}': {e}") from None
     check(bool(torch.isfinite(sigmas).all()), f"step schedule '{name}' produced non-finite noise levels")

@@ -308,7 +308,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_"))
     model = ["model=edm-cifar10-uncond-vp", f"model.path={unet35m_checkpoint(work)}"] if args.unet35m \
         else [f"model={args.model}"]
-    base = [*model, f"dataset={args.dataset}", f"device={args.device}", "schedule=karras",
+    base = [*model, f"dataset={args.dataset}", f"device={args.device}", "steps=karras",
             *([f"metrics.ref_n={args.ref_n}"] if args.ref_n else []), *args.set]
     sqrtm_compat()
     report = speed(args, base) if args.mode == "speed" else point(args, base, work)

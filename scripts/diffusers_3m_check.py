@@ -55,14 +55,14 @@ def main() -> None:
     cfg = compose([f"model={args.model}"])
     model = ModelCache().get(cfg.model)
     shape, idx = tuple(model.shape), range(args.n)
-    reference = make_plan("rk45", 1, model.schedule, step_schedule="karras",
+    reference = make_plan("rk45", 1, model.schedule, step_grid="karras",
                           solver_options={"rtol": 1e-5, "atol": 1e-5})
     ref = sample_batch(model, reference, idx, 0, shape).x.float()
     rmse = lambda x: float((x.float() - ref).pow(2).mean().sqrt())  # noqa: E731
     print(f"# {'python ' + shlex.join(sys.argv)}\n"
           f"# RMSE vs RK45, {args.n} samples, NFE {args.nfe}, karras, final sigma 0")
     for name, options in OURS:
-        plan = make_plan(name, args.nfe, model.schedule, step_schedule="karras", solver_options=options)
+        plan = make_plan(name, args.nfe, model.schedule, step_grid="karras", solver_options=options)
         print(f"{rmse(sample_batch(model, plan, idx, 0, shape).x):.4f}  diffbench {name} {options or ''}")
     for order, lof in ((2, True), (3, True), (3, False)):
         x = diffusers_run(model, args.n, args.nfe, order, lof, float(model.sigma_data))

@@ -7,17 +7,17 @@ DIFFBENCH=${DIFFBENCH:-diffbench}
 OUT=${OUT:-results/fitted/run}
 COMMON="model=image_mixture solver=dpmpp_2m,ipndm nfe=4,5,6,8 n_samples=${N:-256} device=cpu
         metrics.names=[solver_error] metrics.error_samples=${N:-256}"
-$DIFFBENCH fit $COMMON schedule.method=gits,search -q
-$DIFFBENCH sweep $COMMON schedule=karras,uniform_logsnr,quadratic out=$OUT --quiet --no-report
-$DIFFBENCH sweep $COMMON schedule=fitted schedule.method=gits,search out=$OUT --quiet --no-report
+$DIFFBENCH fit $COMMON steps.method=gits,search -q
+$DIFFBENCH sweep $COMMON steps=karras,uniform_logsnr,quadratic out=$OUT --quiet --no-report
+$DIFFBENCH sweep $COMMON steps=fitted steps.method=gits,search out=$OUT --quiet --no-report
 python3 - "$OUT" <<'PY'
 import sys
 
 from diffbench import results
 
 df = results.load(sys.argv[1])
-fitted = df["schedule.name"] == "fitted"
-df["grid"] = df["schedule.name"].where(~fitted, "fitted_" + df["schedule.method"].astype(str))
+fitted = df["steps.name"] == "fitted"
+df["grid"] = df["steps.name"].where(~fitted, "fitted_" + df["steps.method"].astype(str))
 table = df.pivot_table(index=["solver.name", "nfe"], columns="grid", values="rmse_ref")
 cost = df[fitted].pivot_table(index=["solver.name", "nfe"], columns="grid", values=["fit_seconds", "fit_nfe"])
 cost.columns = [f"{grid} {what}" for what, grid in cost.columns]

@@ -70,7 +70,7 @@ def main() -> None:
     args = ap.parse_args()
     (model, args.model), idx = make_model(args), range(args.n)
     shape = model.shape
-    span = dict(step_schedule=args.schedule, final_zero=True)
+    span = dict(step_grid=args.schedule, final_zero=True)
     ref_plan = make_plan("rk45", 1, model.schedule, solver_options={"rtol": args.rtol, "atol": args.rtol},
                          final_zero=True)
     ref = sample_batch(model, ref_plan, idx, seed=0, shape=shape)
@@ -116,7 +116,7 @@ def write(rows: list[dict], args: argparse.Namespace, ref_nfe: int) -> None:
                         (("10", "RMSE"), ("kept10", "RMSE without mode-switched samples")))
     table = "\n".join(lines)
     print(table + "\n\n" + verdict)
-    meta = {"command": command, "n_samples": args.n, "step_schedule": args.schedule, "final_zero": True,
+    meta = {"command": command, "n_samples": args.n, "step_grid": args.schedule, "final_zero": True,
             "model": args.model, "verdict": verdict, "reference": f"rk45 rtol=atol={args.rtol}",
             "reference_nfe": ref_nfe, "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
     out = Path(args.out)

@@ -87,7 +87,7 @@ def save_grid(images: Tensor, path: Path, columns: int = 8) -> None:
 def sample(checkpoint: Path, n: int, nfe: int, device: torch.device) -> Tensor:
     """n samples (uint8 [n, 3, H, W]) from the saved checkpoint through diffbench's EDM adapter and Heun solver."""
     model = make_model("edm", {"path": str(checkpoint)})
-    plan = make_plan("heun", nfe, model.schedule, step_schedule="karras")
+    plan = make_plan("heun", nfe, model.schedule, step_grid="karras")
     x = sample_batch(model, plan, range(n), seed=0, shape=model.shape, device=device, dtype=torch.float32).x
     return to_uint8(x)
 

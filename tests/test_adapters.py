@@ -75,7 +75,7 @@ def diffusers_loop(scheduler, folder: Path, latents: Tensor) -> Tensor:
 def diffbench_run(model, solver: str, timesteps: Tensor) -> Tensor:
     """diffbench's solver on the explicit grid of the scheduler's timesteps, ending at sigma = 0."""
     sigmas = model.schedule.t_to_sigma(timesteps.double()).tolist() + [0.0]
-    plan = make_plan(solver, len(timesteps), model.schedule, step_schedule="explicit", step_options={"sigmas": sigmas})
+    plan = make_plan(solver, len(timesteps), model.schedule, step_grid="explicit", step_options={"sigmas": sigmas})
     return sample_batch(model, plan, range(N), SEED, model.shape).x
 
 
@@ -305,7 +305,7 @@ def test_shipped_mnist_checkpoint_samples_digits_like_images():
     config = OmegaConf.to_container(OmegaConf.load(CONFIGS / "diffbench-mnist.yaml"))
     model = make_model(config.pop("kind"), config)
     assert model.shape == (1, 28, 28)
-    plan = make_plan("dpmpp_2m", 10, model.schedule, step_schedule="karras")
+    plan = make_plan("dpmpp_2m", 10, model.schedule, step_grid="karras")
     x = sample_batch(model, plan, range(2), seed=0, shape=model.shape).x
     assert bool(torch.isfinite(x).all()) and float(x.abs().max()) < 1.5
     # MNIST is mostly background (-1) with some strokes (+1).

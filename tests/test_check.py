@@ -19,14 +19,14 @@ Z_LEVEL = NormalDist().inv_cdf((1 + LEVEL) / 2)
 # A small real sweep: tiny analytic image mixture, a few hundred samples, random-conv FD + solver error.
 SOLVERS, BUDGETS = ("heun", "dpmpp_2m"), (8, 12)
 SMALL = ["model=image_mixture_tiny", "device=cpu", "n_samples=256", "batch_size=256", "dataset.n=512",
-         "metrics.n_boot=20", "metrics.error_n_boot=100", "schedule=karras", f"solver={','.join(SOLVERS)}"]
+         "metrics.n_boot=20", "metrics.error_n_boot=100", "steps=karras", f"solver={','.join(SOLVERS)}"]
 
 
 def _row(key: str, value: float, se: float = 0.0, *, point: str | None = None, **extra) -> dict:
     """A results row with a metric `fd` and an interval of standard error se at LEVEL."""
     hw = Z_LEVEL * se
     return {"config_hash": key, "point_hash": point or key, "status": "ok", "solver.name": "euler",
-            "schedule.name": "karras", "nfe_measured": 4, "metrics.ci_level": LEVEL, **extra,
+            "steps.name": "karras", "nfe_measured": 4, "metrics.ci_level": LEVEL, **extra,
             **metric_row({"fd": MetricValue(value, value - hw, value + hw)})}
 
 

@@ -26,15 +26,15 @@ def test_list_solvers_shows_order_stochasticity_min_nfe_and_options(capsys):
     heun = next(line for line in out.splitlines() if "│ heun " in line)
     assert "│ 2 " in heun and "s_churn>0" in heun and "1,3,5,7" in heun
     code, out, _ = _run(capsys, "list")
-    assert code == 0 and all(t in out for t in ("schedules", "models", "datasets", "metrics", "karras", "solver_error"))
+    assert code == 0 and all(t in out for t in ("steps", "models", "datasets", "metrics", "karras", "solver_error"))
 
 
 @pytest.mark.parametrize("args, message", [
     (["sweep", "solver=no_such_solver"], "solver=no_such_solver is not an option"),
-    (["sweep", "schedule=no_such_schedule"], "schedule=no_such_schedule is not an option"),
+    (["sweep", "steps=no_such_schedule"], "steps=no_such_schedule is not an option"),
     (["sweep", "nfe=[]"], "nfe: the sweep list is empty"),
-    (["sweep", "schedule=explicit", "schedule.sigma_max=5"], "schedule.sigmas fixes the grid"),
-    (["sweep", "schedule.sigma_min=2", "schedule.sigma_max=1"], "must be below schedule.sigma_max"),
+    (["sweep", "steps=explicit", "steps.sigma_max=5"], "steps.sigmas fixes the grid"),
+    (["sweep", "steps.sigma_min=2", "steps.sigma_max=1"], "must be below steps.sigma_max"),
     (["sweep", "model=gaussian"], "need image samples"),
     (["sweep", "nfe=0"], "nfe must be an integer >= 1"),
     (["sweep", "solver=heun", "nfe=4", "sweep.nfe_policy=exact"], "nearest valid: 3 or 5"),

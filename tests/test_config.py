@@ -17,7 +17,7 @@ def _axis(points: list[list[str]], key: str) -> list[str]:
 
 def test_default_config_composes_every_group():
     cfg = compose()
-    assert {"model", "solver", "schedule", "dataset", "metrics", "sweep"} <= set(cfg)
+    assert {"model", "solver", "steps", "dataset", "metrics", "sweep"} <= set(cfg)
     assert cfg.model.kind == "image_mixture" and cfg.solver.name == "euler"
     assert cfg.choices.solver == "euler"
     run = settings(cfg)
@@ -60,12 +60,14 @@ def test_empty_sweep_list_is_a_usage_error():
     (["model=nope"], "model=nope is not an option"),
     (["nfe=0"], "nfe must be an integer >= 1"),
     (["no_such_field=1"], "no_such_field: no such config field"),
-    (["schedule.sigma_min=10", "schedule.sigma_max=1"], "schedule.sigma_min (10.0) must be below schedule.sigma_max"),
-    (["schedule=explicit", "schedule.final_zero=false"], "schedule.final_zero=False conflicts with schedule.sigmas"),
-    (["schedule=explicit", "schedule.sigma_min=0.1"], "schedule.sigmas fixes the grid"),
+    (["steps.sigma_min=10", "steps.sigma_max=1"], "steps.sigma_min (10.0) must be below steps.sigma_max"),
+    (["steps=explicit", "steps.final_zero=false"], "steps.final_zero=False conflicts with steps.sigmas"),
+    (["steps=explicit", "steps.sigma_min=0.1"], "steps.sigmas fixes the grid"),
     (["device=cuda:7"] if not __import__("torch").cuda.is_available() else ["device=tpu"], "device="),
     (["nfe=4,8"], "use `diffbench sweep`"),
     (["nfe=[1"], "cannot parse override"),
+    (["schedule=karras"], "the step-grid group is now `steps`"),
+    (["schedule.rho=5"], "the step-grid group is now `steps`"),
 ])
 def test_bad_input_is_one_line_usage_error(overrides, message):
     with pytest.raises(UsageError) as info:
@@ -95,3 +97,21 @@ def test_config_dir_from_environment(tmp_path, monkeypatch):
 def test_compose_grid_gives_one_config_per_point():
     cfgs = compose_grid([*DEBUG, "nfe=3,5,7"])
     assert [(c.solver.name, c.nfe) for c in cfgs] == [(s, n) for s in ("euler", "heun") for n in (3, 5, 7)]
+
+
+def test_steps_group_hashes_and_reads_like_its_old_name(tmp_path):
+    """Runs and tables from before the `schedule` -> `steps` rename resume and load unchanged."""
+    import pandas as pd
+
+    from diffbench import columns, results
+    from diffbench.config import to_dict
+
+    cfg = to_dict(compose(DEBUG))
+    old = {("schedule" if k == "steps" else k): v for k, v in cfg.items()}
+    assert config_hash(cfg) == config_hash(old)
+    assert config_hash(cfg) != config_hash({**cfg, "steps": {**cfg["steps"], "rho": 5.0}})
+    pd.DataFrame({"config_hash": ["a"], "status": ["ok"], "schedule.name": ["karras"], "schedule.rho": [7.0],
+                  "steps": [9]}).to_csv(tmp_path / "results.csv", index=False)
+    table = results.read_table(tmp_path)
+    assert table[columns.STEPS].tolist() == ["karras"] and table[columns.N_STEPS].tolist() == [9]
+    assert "steps.rho" in table and not any(c.startswith("schedule") for c in table)

@@ -32,7 +32,7 @@ def test_sweep_writes_tidy_rows_that_check_reads(tmp_path, sweep_cache):
     assert df.loc[("first_hitting", 4), col.STATUS] == col.FAILED
     assert (df.loc[("first_hitting", 8), col.NFE], df.loc[("first_hitting", 8), col.NFE_MEASURED]) == (5, 5.0)
     cached = df.loc[("mdlm_ancestral_cache", 8)]
-    assert cached[col.NFE_MEASURED] < 8 and pd.isna(cached[col.NFE_DECLARED]) and cached[col.STEPS] == 8
+    assert cached[col.NFE_MEASURED] < 8 and pd.isna(cached[col.NFE_DECLARED]) and cached[col.N_STEPS] == 8
     ok = df[df[col.STATUS] == col.OK]
     assert (ok["tv_lo"] <= ok["tv"]).all() and (ok["tv"] <= ok["tv_hi"]).all()
     other = run_sweep(args(tmp_path / "b", sweep_cache, SAMPLER_AXIS, "nfe=8", "batch_size=64"), progress=False).frame()
@@ -42,7 +42,7 @@ def test_sweep_writes_tidy_rows_that_check_reads(tmp_path, sweep_cache):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["solver=tau_leaping", "schedule=karras"], "schedule=linear_mask"),
+    (["solver=tau_leaping", "steps=karras"], "steps=linear_mask"),
     (["solver=tau_leaping", "metrics=default"], "do not apply to discrete models"),
     (["solver=euler"], "discrete sampler 'euler' is unknown"),
     (["solver=remdm", "solver.eta=3"], "eta"),

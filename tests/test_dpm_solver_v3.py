@@ -39,8 +39,8 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).pow(2).mean().sqrt())
 
 
-def _grid(model, nfe: int, final_zero: bool = False, step_schedule: str = "uniform_logsnr") -> torch.Tensor:
-    return make_plan("dpm_solver_v3", nfe, model.schedule, step_schedule=step_schedule, final_zero=final_zero).sigmas
+def _grid(model, nfe: int, final_zero: bool = False, step_grid: str = "uniform_logsnr") -> torch.Tensor:
+    return make_plan("dpm_solver_v3", nfe, model.schedule, step_grid=step_grid, final_zero=final_zero).sigmas
 
 
 def test_ems_are_exact_for_a_gaussian(gauss):
@@ -106,7 +106,7 @@ def test_models_without_data_use_reference_solver_samples(gauss):
 
 def test_first_order_without_corrector_is_ddim(gauss):
     x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
-    sigmas = _grid(gauss, 7, final_zero=True, step_schedule="karras")
+    sigmas = _grid(gauss, 7, final_zero=True, step_grid="karras")
     a = V3(gauss, x, sigmas, order=1, use_corrector=False, ems="none")
     assert torch.allclose(a, DDIM(gauss, x, sigmas), rtol=0, atol=1e-10)
 

@@ -48,7 +48,7 @@ def test_ays_other_step_counts_interpolate_log_sigma():
 
 def test_fitted_without_an_artefact_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="diffbench fit"):
-        prepare(sweep_args(tmp_path, tmp_path / "cache", "solver=euler", "nfe=3", "schedule=fitted"))
+        prepare(sweep_args(tmp_path, tmp_path / "cache", "solver=euler", "nfe=3", "steps=fitted"))
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def small_gits(monkeypatch):
 
 
 def test_fit_is_cached_reproducible_and_used_by_sweeps(tmp_path, small_gits, one_thread):
-    args = sweep_args(tmp_path, tmp_path / "cache", "solver=dpmpp_2m", "nfe=4", "schedule.calibration_n=4")
+    args = sweep_args(tmp_path, tmp_path / "cache", "solver=dpmpp_2m", "nfe=4", "steps.calibration_n=4")
     first, = fit_all(args, progress=False)
     stored = json.loads(first.path.read_text())
     assert not first.reused and first.path.parent.name == "fitted"
@@ -68,25 +68,25 @@ def test_fit_is_cached_reproducible_and_used_by_sweeps(tmp_path, small_gits, one
     assert again.reused and again.artefact == stored
     refit, = fit_all(args, progress=False, refit=True)
     assert refit.artefact["sigmas"] == stored["sigmas"]  # bit for bit: same calibration noise, same grid
-    other, = fit_all([*args, "schedule.calibration_seed=7"], progress=False)
+    other, = fit_all([*args, "steps.calibration_seed=7"], progress=False)
     assert other.key != first.key
 
-    point, = prepare([*args, "schedule=fitted"])
-    assert point.config["schedule"]["sigmas"] == stored["sigmas"]
-    assert point.config["schedule"]["artefact"] == first.key
-    summary = run_sweep([*args, "schedule=fitted"], progress=False)
+    point, = prepare([*args, "steps=fitted"])
+    assert point.config["steps"]["sigmas"] == stored["sigmas"]
+    assert point.config["steps"]["artefact"] == first.key
+    summary = run_sweep([*args, "steps=fitted"], progress=False)
     row = summary.frame().iloc[0]
     assert row["status"] == "ok" and row[FIT_NFE] == stored[FIT_NFE] and row[FIT_SECONDS] == refit.artefact[FIT_SECONDS]
-    assert row["schedule.artefact"] == first.key
+    assert row["steps.artefact"] == first.key
 
 
 def test_evaluating_on_the_calibration_seed_is_refused(tmp_path, small_gits, one_thread):
-    args = sweep_args(tmp_path, tmp_path / "cache", "solver=euler", "nfe=3", "schedule.calibration_n=2",
-                      "schedule.calibration_seed=5")
+    args = sweep_args(tmp_path, tmp_path / "cache", "solver=euler", "nfe=3", "steps.calibration_n=2",
+                      "steps.calibration_seed=5")
     fit_all(args, progress=False)
-    prepare([*args, "schedule=fitted", "seed=0"])
+    prepare([*args, "steps=fitted", "seed=0"])
     with pytest.raises(UsageError, match="calibration"):
-        prepare([*args, "schedule=fitted", "seed=5"])
+        prepare([*args, "steps=fitted", "seed=5"])
 
 
 def test_search_left_at_its_start_is_the_karras_grid(monkeypatch):
@@ -112,17 +112,17 @@ def test_search_only_accepts_lower_errors():
 
 
 def test_search_fit_beats_karras_on_its_calibration_samples(tmp_path, one_thread):
-    args = sweep_args(tmp_path, tmp_path / "cache", "solver=ipndm", "nfe=4", "schedule.calibration_n=8",
-                      "schedule.method=search")
+    args = sweep_args(tmp_path, tmp_path / "cache", "solver=ipndm", "nfe=4", "steps.calibration_n=8",
+                      "steps.method=search")
     fitted, = fit_all(args, progress=False)
     rmse = fitted.artefact["calibration_rmse"]
     assert rmse["fitted"] < rmse["karras"] and fitted.artefact[FIT_NFE] > 0
 
 
 def test_cli_fit_prints_where_the_grid_went_and_refuses_other_schedules(tmp_path, small_gits, capsys):
-    args = sweep_args(tmp_path, tmp_path / "cache", "solver=euler", "nfe=3", "schedule.calibration_n=2")
+    args = sweep_args(tmp_path, tmp_path / "cache", "solver=euler", "nfe=3", "steps.calibration_n=2")
     assert main(["fit", *args, "-q"]) == 0
     assert str(tmp_path / "cache" / "fitted") in capsys.readouterr().out
-    assert main(["fit", *args[:-1], "schedule=karras"]) == 2
-    assert "schedule=fitted" in capsys.readouterr().err
-    assert main(["fit", *args, "schedule.method=oss"]) == 2
+    assert main(["fit", *args[:-1], "steps=karras"]) == 2
+    assert "steps=fitted" in capsys.readouterr().err
+    assert main(["fit", *args, "steps.method=oss"]) == 2

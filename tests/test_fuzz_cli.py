@@ -29,7 +29,7 @@ FUZZ = settings(max_examples=8, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 COMMANDS = ("sweep", "sample")
 RESERVED = {"null", "none", "true", "false", "auto", "inf", "nan"}  # words Hydra/OmegaConf read as values
-GROUPS = ("model", "solver", "schedule", "dataset", "metrics", "experiment", "debug")
+GROUPS = ("model", "solver", "steps", "dataset", "metrics", "experiment", "debug")
 KNOWN = set(flatten(to_dict(compose(["debug=default"]))))
 
 words = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True).filter(lambda w: w not in RESERVED)
@@ -47,8 +47,8 @@ BAD_VALUES = {
     "seed": st.one_of(st.integers(max_value=-1).map(str), fractions, words),
     "dtype": words.filter(lambda w: w not in ("float32", "float64")),
     "device": words.filter(lambda w: w != "cpu"),
-    "schedule.sigma_min": st.one_of(st.floats(max_value=0, allow_nan=False, allow_infinity=False).map(repr), words),
-    "schedule.sigma_max": st.one_of(st.floats(max_value=0, allow_nan=False, allow_infinity=False).map(repr), words),
+    "steps.sigma_min": st.one_of(st.floats(max_value=0, allow_nan=False, allow_infinity=False).map(repr), words),
+    "steps.sigma_max": st.one_of(st.floats(max_value=0, allow_nan=False, allow_infinity=False).map(repr), words),
     "sweep.nfe_policy": words.filter(lambda w: w not in NFE_POLICIES),
     "metrics.n_boot": st.one_of(st.integers(max_value=-1).map(str), st.just("1"), words),
     "metrics.ci_level": st.one_of(st.floats(min_value=1, allow_nan=False, allow_infinity=False).map(repr),

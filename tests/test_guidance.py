@@ -165,7 +165,7 @@ def test_guidance_needs_a_conditional_model(gauss):
         GuidedModel(gauss, ConditionSet("x", torch.zeros(4, dtype=torch.long)), make_guidance({"name": "cfg"}))
 
 
-SPAN = dict(step_schedule="uniform_logsnr", sigma_min=0.1, sigma_max=10.0, final_zero=False)
+SPAN = dict(step_grid="uniform_logsnr", sigma_min=0.1, sigma_max=10.0, final_zero=False)
 
 
 @pytest.fixture(scope="module")

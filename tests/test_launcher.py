@@ -12,7 +12,7 @@ from diffbench.engine.sweep import run_sweep
 from tests.helpers.cli import run_cli
 
 # A tiny CPU sweep with a feature metric (random-conv FD) and the solver error, both fast.
-TINY = ["debug=default", "n_samples=32", "schedule=karras", "nfe=3"]
+TINY = ["debug=default", "n_samples=32", "steps=karras", "nfe=3"]
 COMPARED = ["nfe_measured", "fd_random_conv", "rmse_ref", "rmse_ref_lo", "rmse_ref_hi"]
 
 

@@ -36,7 +36,7 @@ def sets(tmp_path_factory):
     """Image sets A (exact model draws) and B (Euler, 6 NFE): uint8 [50, 3, 32, 32] and PNG folders."""
     model = image_mixture(shape=(3, 32, 32), components=8, std=0.15)
     a = to_uint8(model.sample_data(50, generator=torch.Generator().manual_seed(0)))
-    plan = make_plan("euler", 6, model.schedule, step_schedule="karras")
+    plan = make_plan("euler", 6, model.schedule, step_grid="karras")
     b = to_uint8(sample_batch(model, plan, range(50), seed=0, shape=(3, 32, 32)).x)
     dirs = []
     for name, images in (("a", a), ("b", b)):

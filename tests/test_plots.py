@@ -24,14 +24,14 @@ def table(tmp_path):
                 (tmp_path / "samples").mkdir(exist_ok=True)
                 np.savez(tmp_path / rel, x=rng.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32))
                 err = 2.0 / nfe**order
-                rows.append({"config_hash": key, "status": "ok", "solver.name": solver, "schedule.name": schedule,
+                rows.append({"config_hash": key, "status": "ok", "solver.name": solver, "steps.name": schedule,
                              "choices.model": "image_mixture", "nfe_budget": nfe, "nfe_measured": nfe,
                              "time_sampling_s": 0.01 * nfe, "samples_path": rel, "git_sha": "abc",
                              "command": "diffbench sweep",
                              **results.metric_row({"rmse_ref": results.MetricValue(err, 0.8 * err, 1.2 * err),
                                                    "fd_random_conv": results.MetricValue(10 * err)})})
     rows.append({"config_hash": "failed-point", "status": "failed", "reason": "samples contain NaN",
-                 "solver.name": "heun", "schedule.name": "karras", "nfe_budget": 2})
+                 "solver.name": "heun", "steps.name": "karras", "nfe_budget": 2})
     results.append(tmp_path, rows)
     return tmp_path
 

@@ -26,7 +26,7 @@ def table(tmp_path):
         key = f"{model}-{solver}-{nfe}"
         np.savez(tmp_path / "samples" / f"{key}.npz", x=rng.uniform(-1, 1, (2, 1, 4, 4)).astype(np.float32))
         rows.append({"config_hash": key, "status": "ok", "choices.model": model, "solver.name": solver,
-                     "schedule.name": "karras", "nfe_budget": nfe, "nfe_measured": nfe, "solver_stochastic": stochastic,
+                     "steps.name": "karras", "nfe_budget": nfe, "nfe_measured": nfe, "solver_stochastic": stochastic,
                      "time_sampling_s": 0.01 * nfe, "samples_path": f"samples/{key}.npz", "metrics.ci_level": 0.95,
                      **results.metric_row({"rmse_ref": results.MetricValue(1 / nfe, 0.9 / nfe, 1.1 / nfe),
                                            "fd_random_conv": results.MetricValue(10 / nfe, 9 / nfe, 11 / nfe)})})
@@ -134,7 +134,7 @@ def test_report_captions_each_figure_and_explains_each_metric(table):
 def test_nfe_tick_labels_never_overlap():
     nfes = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 25, 30, 35, 50, 100, 1000]
     df = pd.DataFrame({"config_hash": [str(n) for n in nfes], "status": "ok", "solver.name": "euler",
-                       "schedule.name": "karras", "nfe_measured": nfes, "metric_names": '["rmse_ref"]',
+                       "steps.name": "karras", "nfe_measured": nfes, "metric_names": '["rmse_ref"]',
                        "rmse_ref": [1.0 / n for n in nfes]})
     fig = plots.nfe_plot(df, "rmse_ref")
     fig.tight_layout()

@@ -13,7 +13,7 @@ from diffbench.results import MetricValue, append, load, metric_row, table_paths
 
 
 def _row(key: str, value: float = 1.0, lo: float | None = None, hi: float | None = None, **extra) -> dict:
-    return {"config_hash": key, "status": "ok", "solver.name": "euler", "schedule.name": "karras",
+    return {"config_hash": key, "status": "ok", "solver.name": "euler", "steps.name": "karras",
             "nfe_measured": 4, **extra, **metric_row({"fd": MetricValue(value, lo, hi)})}
 
 
@@ -92,7 +92,7 @@ def test_row_schema_names_every_fixed_column_once_with_a_meaning():
     assert {columns.CONFIG_HASH, columns.STATUS, columns.NFE_BUDGET,
             columns.NFE_DECLARED, columns.NFE_MEASURED} <= fixed
     assert all(len(text) > 10 for text in columns.meanings().values())
-    assert set(results.FIRST) - {columns.MODEL_KIND, columns.SOLVER, columns.SCHEDULE, columns.SEED,
+    assert set(results.FIRST) - {columns.MODEL_KIND, columns.SOLVER, columns.STEPS, columns.SEED,
                                  columns.N_SAMPLES} <= columns.FIXED
     with pytest.raises(TypeError, match="not ResultRow columns: nfe_budgett"):
         columns.ResultRow().update(nfe_budgett=3)

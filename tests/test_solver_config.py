@@ -64,7 +64,7 @@ def test_continuous_knobs_stay_settable():
      "solver.lower_order_final=maybe: Value 'maybe' is not a valid bool"),
     (["solver=ddim", "solver.eta=abc"], "solver.eta=abc: Value 'abc' of type 'str' could not be converted to Float"),
     (["solver=ddim", "solver.eta=[1,2]"], "solver.eta=[1,2]: Value '[1, 2]' of type 'list'"),
-    (["schedule.rho=abc"], "schedule.rho=abc: Value 'abc'"),
+    (["steps.rho=abc"], "steps.rho=abc: Value 'abc'"),
     (["tf32=abc"], "tf32 must be true or false"),
     (["solver=ddim", "solver.eta=-1"], "solver.eta and solver.s_noise must be >= 0"),
     (["solver=dpmpp_2m", "solver.eta=nan"], "solver.eta must be >= 0 (got nan)"),
@@ -72,8 +72,8 @@ def test_continuous_knobs_stay_settable():
     (["solver=ipndm", "solver.max_order=100"], "solver.max_order must be 1, 2, 3 or 4"),
     (["solver=dpm_solver_v3", "solver.order=0"], "solver.order must be 1, 2 or 3"),
     (["solver=unipc_bh2", "solver.afs=true"], "use solver=unipc_bh2_afs"),
-    (["schedule.rho=inf"], "schedule.rho must be a finite number > 0"),
-    (["schedule=explicit", "schedule.sigmas=[80,1,1,0]"], "schedule.sigmas must be strictly decreasing"),
+    (["steps.rho=inf"], "steps.rho must be a finite number > 0"),
+    (["steps=explicit", "steps.sigmas=[80,1,1,0]"], "steps.sigmas must be strictly decreasing"),
 ])
 def test_bad_option_values_stop_before_anything_runs(tmp_path, capsys, overrides, message):
     """One line on stderr, exit 2, nothing written: no 'failed' row (the solver's own checks run at plan time)."""

@@ -8,9 +8,9 @@ import torch
 
 from diffbench.errors import UsageError
 from diffbench.schedules import EDM, VPLinear
-from diffbench.steps import STEP_SCHEDULES, make_sigmas
+from diffbench.steps import STEP_GRIDS, make_sigmas
 
-GRIDS = [n for n in STEP_SCHEDULES if n not in ("explicit", "ays", "fitted")]  # ays: published absolute levels
+GRIDS = [n for n in STEP_GRIDS if n not in ("explicit", "ays", "fitted")]  # ays: published absolute levels
 
 
 @pytest.mark.parametrize("final_zero", [True, False])

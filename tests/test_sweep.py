@@ -66,7 +66,7 @@ def test_row_has_provenance_timings_and_config_fields(tmp_path, sweep_cache, cap
     assert [line.split(":")[0] for line in lines] == ["[1/2] euler / karras / nfe 3", "[2/2] euler / karras / nfe 4"]
     assert set(ResultRow().columns()) <= set(row.columns)  # every fixed column of the schema is in the table
     row = row.set_index("nfe_budget").loc[3]
-    for col in ("config_hash", "model.kind", "solver.name", "schedule.rho", "nfe_declared", "nfe_measured", "n_samples",
+    for col in ("config_hash", "model.kind", "solver.name", "steps.rho", "nfe_declared", "nfe_measured", "n_samples",
                 "time_sampling_s", "time_metrics_s", "time_per_nfe_s", "peak_memory_mb", "device_name", "git_sha",
                 "version.torch", "command", "rmse_ref_lo", "status", "samples_path"):
         assert col in row.index, col

@@ -64,7 +64,7 @@ class Point:
 
     @property
     def label(self) -> str:
-        return f"{self.spec.name} / {self.cfg.schedule.name} / nfe {self.nfe}"
+        return f"{self.spec.name} / {self.cfg.steps.name} / nfe {self.nfe}"
 
 
 def model_identity(model_cfg: DictConfig | dict[str, Any]) -> tuple[str, dict[str, Any], str]:
@@ -128,15 +128,15 @@ def feasible_nfe(spec: SolverSpec, budget: int, final_zero: bool, policy: str) -
 
 def step_options(cfg: DictConfig) -> dict[str, Any]:
     """A step-schedule config's own options (everything but its name and span)."""
-    return {k: v for k, v in to_dict(cfg.schedule).items() if k not in ("name", "sigma_min", "sigma_max", "final_zero")}
+    return {k: v for k, v in to_dict(cfg.steps).items() if k not in ("name", "sigma_min", "sigma_max", "final_zero")}
 
 
 def make_point_plan(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], model: Denoiser, nfe: int) -> Plan:
     """The solver plan of a composed config at a given NFE (UsageError on bad input)."""
-    return make_plan(spec, nfe, model.schedule, step_schedule=str(cfg.schedule.name),
+    return make_plan(spec, nfe, model.schedule, step_grid=str(cfg.steps.name),
                      step_options=step_options(cfg), solver_options=options,
-                     sigma_min=cfg.schedule.sigma_min, sigma_max=cfg.schedule.sigma_max,
-                     final_zero=bool(cfg.schedule.final_zero), shape=getattr(model, "shape", None))
+                     sigma_min=cfg.steps.sigma_min, sigma_max=cfg.steps.sigma_max,
+                     final_zero=bool(cfg.steps.final_zero), shape=getattr(model, "shape", None))
 
 
 def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] = (),
@@ -159,12 +159,12 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
     counts = str(cfg.sweep.get("nfe_counts", "calls"))
     check(counts in NFE_COUNTS, f"sweep.nfe_counts={counts} is unknown; use one of: {', '.join(NFE_COUNTS)}")
-    final_zero = bool(cfg.schedule.final_zero)
+    final_zero = bool(cfg.steps.final_zero)
     calls = run.nfe // per_call(sampled) if counts == "network" else run.nfe
     nfe = feasible_nfe(spec, calls, final_zero, policy) if calls > 0 else None
     labels = getattr(sampled, "conditions", None)
     fit: dict[str, Any] = {}
-    if cfg.schedule.name == "fitted":  # its grid and artefact key come from `diffbench fit`'s cache
+    if cfg.steps.name == "fitted":  # its grid and artefact key come from `diffbench fit`'s cache
         cfg, fit = fill_fitted(cfg, model_key, nfe or spec.min_nfe(final_zero), model.schedule)
     fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy,
                                  nfe_budget=run.nfe, model_key=model_key, overrides=tuple(overrides), fit=fit,
@@ -182,8 +182,8 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
 def resolve_discrete_point(cfg: DictConfig, run: RunSettings, model: Any, overrides: Sequence[str],
                            policy: str | None) -> Point:
     """A masked-diffusion point (diffbench.discrete): sampler, NFE and time grid on the model's sequences."""
-    check(cfg.schedule.name == discrete.MASK_SCHEDULE,
-          f"discrete samplers run the linear mask schedule; use schedule={discrete.MASK_SCHEDULE}")
+    check(cfg.steps.name == discrete.MASK_SCHEDULE,
+          f"discrete samplers run the linear mask schedule; use steps={discrete.MASK_SCHEDULE}")
     discrete.check_metric_names(list(cfg.metrics.names), model)
     spec = discrete.get_sampler(str(cfg.solver.name))
     options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}

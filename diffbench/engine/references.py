@@ -64,7 +64,7 @@ class ReferenceSolutions:
         # schedule's sigma_min, so its error is that of the whole jump.
         low = float(levels[-1]) if len(levels) > 1 else float(model.schedule.sigma_min)
         options = to_dict(cfg.metrics.reference)
-        ref_plan = make_plan(str(options.pop("solver")), 1, model.schedule, step_schedule="uniform_logsnr",
+        ref_plan = make_plan(str(options.pop("solver")), 1, model.schedule, step_grid="uniform_logsnr",
                              solver_options=options, sigma_min=low, sigma_max=float(levels[0]),
                              final_zero=bool(plan.sigmas[-1] == 0))
         chunked = RunSettings(1, run.seed, n, REFERENCE_CHUNK, run.device, run.dtype)

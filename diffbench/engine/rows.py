@@ -32,7 +32,7 @@ def start_row(point: Point, command: Sequence[str] | None) -> ResultRow:
     row.update(**{k: v for k, v in provenance.items() if k in FIXED})
     if point.plan is not None:
         levels = point.plan.sigmas[point.plan.sigmas > 0]
-        row.update(nfe_declared=point.plan.nfe_declared, steps=point.plan.steps, sigma_max_used=float(levels[0]),
+        row.update(nfe_declared=point.plan.nfe_declared, n_steps=point.plan.steps, sigma_max_used=float(levels[0]),
                    sigma_min_used=float(levels[-1]))
     return row
 

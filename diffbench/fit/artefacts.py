@@ -2,7 +2,7 @@
 
 The key hashes the model identity, solver and its options, NFE, method, calibration set (seed and
 count), noise span and dtype, with the artefact FORMAT, so a changed fitting procedure never reuses an
-old grid. Sweeps with `schedule=fitted` fill the grid and the artefact key from it.
+old grid. Sweeps with `steps=fitted` fill the grid and the artefact key from it.
 """
 from __future__ import annotations
 
@@ -24,19 +24,19 @@ FIT_NFE = "fit_nfe"
 
 
 def fit_request(cfg: DictConfig, model_key: str, nfe: int, schedule: NoiseSchedule) -> dict[str, Any]:
-    """Everything a fitted grid depends on, from a composed config with schedule=fitted."""
-    span = resolve_span(schedule, cfg.schedule.sigma_min, cfg.schedule.sigma_max, bool(cfg.schedule.final_zero))
+    """Everything a fitted grid depends on, from a composed config with steps=fitted."""
+    span = resolve_span(schedule, cfg.steps.sigma_min, cfg.steps.sigma_max, bool(cfg.steps.final_zero))
     return {"format": FORMAT, "model": model_key, "solver": to_dict(cfg.solver), "nfe": int(nfe),
-            "method": str(cfg.schedule.method), "calibration": calibration(cfg), "dtype": str(cfg.dtype),
+            "method": str(cfg.steps.method), "calibration": calibration(cfg), "dtype": str(cfg.dtype),
             "span": {"sigma_min": span.sigma_min, "sigma_max": span.sigma_max, "final_zero": span.final_zero}}
 
 
 def calibration(cfg: DictConfig) -> dict[str, int]:
     """The calibration set: sample indices 0..n-1 of noise seed `seed` (disjoint from the evaluation's seed)."""
-    seed, n = cfg.schedule.calibration_seed, cfg.schedule.calibration_n
-    check(isinstance(n, int) and n >= 1, f"schedule.calibration_n must be a positive integer (got {n!r})")
+    seed, n = cfg.steps.calibration_seed, cfg.steps.calibration_n
+    check(isinstance(n, int) and n >= 1, f"steps.calibration_n must be a positive integer (got {n!r})")
     check(isinstance(seed, int) and seed >= 0,
-          f"schedule.calibration_seed must be a non-negative integer (got {seed!r})")
+          f"steps.calibration_seed must be a non-negative integer (got {seed!r})")
     return {"seed": seed, "n": n}
 
 
@@ -63,18 +63,18 @@ def load(cache_dir: str | Path, key: str) -> dict[str, Any] | None:
 
 def fill_fitted(cfg: DictConfig, model_key: str, nfe: int,
                 schedule: NoiseSchedule) -> tuple[DictConfig, dict[str, Any]]:
-    """A schedule=fitted config with its artefact's key and grid filled in, and the row columns of the fit.
+    """A steps=fitted config with its artefact's key and grid filled in, and the row columns of the fit.
 
     The evaluation must not see calibration noise: its seed must differ from the calibration seed.
     """
     request = fit_request(cfg, model_key, nfe, schedule)
     check(request["calibration"]["seed"] != cfg.seed,
-          f"schedule.calibration_seed equals seed ({cfg.seed}): the evaluation would reuse the calibration samples; "
+          f"steps.calibration_seed equals seed ({cfg.seed}): the evaluation would reuse the calibration samples; "
           "pick another calibration seed")
     key = config_hash(request)
     artefact = load(cfg.cache_dir, key)
     check(artefact is not None, f"no fitted grid for {cfg.solver.name} at nfe {nfe} (method {request['method']}, "
                                 f"artefact {key}); run `diffbench fit` with the same overrides first")
     assert artefact is not None
-    filled = cast(DictConfig, OmegaConf.merge(cfg, {"schedule": {"artefact": key, "sigmas": artefact["sigmas"]}}))
+    filled = cast(DictConfig, OmegaConf.merge(cfg, {"steps": {"artefact": key, "sigmas": artefact["sigmas"]}}))
     return filled, {FIT_SECONDS: artefact[FIT_SECONDS], FIT_NFE: artefact[FIT_NFE]}

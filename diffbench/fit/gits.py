@@ -28,7 +28,7 @@ def fit(denoiser: Denoiser, x: Tensor, span: Span, steps: int) -> Tensor:
     hand-made grid, so fitted and hand-made grids share one reference solution.
     """
     jumps = steps - int(span.final_zero)  # the final step to 0 is fixed
-    check(jumps >= 1, "schedule=fitted method=gits needs at least 2 steps with final_zero (a larger nfe)")
+    check(jumps >= 1, "steps=fitted method=gits needs at least 2 steps with final_zero (a larger nfe)")
     fine = karras(max(FINE_STEPS, jumps), denoiser.schedule, Span(span.sigma_min, span.sigma_max, False))
     states, denoised = teacher_trajectory(denoiser, x, fine)
     grid = fine[cheapest_path(jump_costs(states, denoised, fine), jumps)]

@@ -1,4 +1,4 @@
-"""`diffbench fit`: fit the step grid of every (model, solver, NFE) a config asks for with schedule=fitted.
+"""`diffbench fit`: fit the step grid of every (model, solver, NFE) a config asks for with steps=fitted.
 
 Calibration noise is sample indices 0..calibration_n-1 of noise seed calibration_seed; a sweep using
 the grid must run another seed (diffbench.fit.artefacts.fill_fitted checks it). Each fit is timed and
@@ -63,8 +63,8 @@ class Fitted:
 
 
 def fit_all(overrides: Sequence[str], progress: bool = True, refit: bool = False) -> list[Fitted]:
-    """Fit (or find in the cache) the grid of every grid point; schedule=fitted unless overridden."""
-    cfgs = compose_points(expand_grid(["schedule=fitted", *overrides]))
+    """Fit (or find in the cache) the grid of every grid point; steps=fitted unless overridden."""
+    cfgs = compose_points(expand_grid(["steps=fitted", *overrides]))
     models = ModelCache()
     with Reporter(progress) as reporter:
         solutions = ReferenceSolutions(reporter)
@@ -73,9 +73,9 @@ def fit_all(overrides: Sequence[str], progress: bool = True, refit: bool = False
 
 def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions, refit: bool = False) -> Fitted:
     """Fit one point's grid on its calibration noise and store it (reuse a stored one unless refit)."""
-    check(cfg.schedule.name == "fitted", f"diffbench fit fits schedule=fitted grids (got schedule={cfg.schedule.name})")
-    method = str(cfg.schedule.method)
-    check(method in METHODS, f"schedule.method '{method}' is unknown; choose one of: {', '.join(METHODS)}")
+    check(cfg.steps.name == "fitted", f"diffbench fit fits steps=fitted grids (got steps={cfg.steps.name})")
+    method = str(cfg.steps.method)
+    check(method in METHODS, f"steps.method '{method}' is unknown; choose one of: {', '.join(METHODS)}")
     run = settings(cfg)
     with assetstore.cache_root(cfg.cache_dir):
         model = models.get(cfg.model)
@@ -86,7 +86,7 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
         return Fitted(key, artefacts.artefact_path(cfg.cache_dir, key), stored, True)
     spec = get_solver(str(cfg.solver.name))
     options = spec.bind({k: v for k, v in to_dict(cfg.solver).items() if k != "name"})
-    span = resolve_span(model.schedule, cfg.schedule.sigma_min, cfg.schedule.sigma_max, bool(cfg.schedule.final_zero))
+    span = resolve_span(model.schedule, cfg.steps.sigma_min, cfg.steps.sigma_max, bool(cfg.steps.final_zero))
     calib = request["calibration"]
     calib_run = RunSettings(run.nfe, calib["seed"], calib["n"], calib["n"], run.device, run.dtype)
     calib_cfg = cast(DictConfig, OmegaConf.merge(cfg, {"seed": calib["seed"], "n_samples": calib["n"]}))
@@ -110,7 +110,7 @@ def calibration_rmse(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any],
                      solutions: ReferenceSolutions, span: Span, model: Denoiser, sigmas: Tensor | None) -> float:
     """RMSE vs the RK45 reference on the calibration samples of a grid (Karras when sigmas is None)."""
     grid: dict[str, Any]
-    grid = {"step_schedule": "explicit", "step_options": {"sigmas": sigmas.tolist()}} if sigmas is not None else {}
+    grid = {"step_grid": "explicit", "step_options": {"sigmas": sigmas.tolist()}} if sigmas is not None else {}
     plan = make_plan(spec, run.nfe, model.schedule, solver_options=options, sigma_min=span.sigma_min,
                      sigma_max=span.sigma_max, final_zero=span.final_zero, **grid)
     base = unwrap(model)

@@ -10,7 +10,7 @@ from diffbench.sampling import make_plan
 from diffbench.solvers import SOLVERS
 
 # Convergence grid: uniform in log-sigma from 20 down to 0.02, no final jump to 0.
-SPAN: dict[str, Any] = dict(step_schedule="uniform_logsnr", sigma_min=0.02, sigma_max=20.0, final_zero=False)
+SPAN: dict[str, Any] = dict(step_grid="uniform_logsnr", sigma_min=0.02, sigma_max=20.0, final_zero=False)
 
 
 def error_at(model: GaussianDenoiser, name: str, steps: int, x_T: torch.Tensor,
