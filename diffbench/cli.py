@@ -744,13 +744,9 @@ def _model_rows() -> tuple[list[str], list[list[Any]]]:
 
 
 def _dataset_rows() -> tuple[list[str], list[list[Any]]]:
-    from omegaconf import OmegaConf
+    from diffbench.config import group_options, raw_node
 
-    from diffbench.config import config_file, group_options
-
-    rows = [[name, _options_text(cast(dict[str, Any], OmegaConf.to_container(
-                OmegaConf.load(cast(Path, config_file("dataset", name))))))]
-            for name in group_options("dataset")]
+    rows = [[name, _options_text(raw_node("dataset", name))] for name in group_options("dataset")]
     return ["dataset", "fields (??? = give it on the command line)"], rows
 
 

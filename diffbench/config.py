@@ -36,6 +36,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from diffbench import schema
 from diffbench.batching import resolve_batch_size
 from diffbench.columns import RENAMED_GROUP
 from diffbench.errors import UsageError, check, warn
@@ -198,9 +199,11 @@ def _plain(value: Any) -> Any:
 
 
 def _register_nodes() -> None:
-    """Store the typed solver and step-grid nodes, and model defaults for kinds that have no YAML file."""
+    """Store the schema nodes, the typed solver/step-grid/input nodes, and defaults of model kinds with no YAML."""
     store = ConfigStore.instance()
     node: Any  # a typed node's dataclass, then a model kind's defaults
+    for (group, name), node in schema.NODES.items():
+        store.store(group=group, name=name, node=node)
     for group, nodes in typed_nodes().items():
         for name, node in nodes.items():
             store.store(group=group, name=name, node=node)
@@ -216,7 +219,15 @@ def group_options(group: str) -> list[str]:
     """Every option of a config group: YAML files in every config folder plus registry nodes."""
     names = {p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")}
     names |= set(typed_nodes().get(group, {})) | (set(_model_nodes()) if group == "model" else set())
+    names |= {name for g, name in schema.NODES if g == group}
     return sorted(names)
+
+
+def raw_node(group: str, name: str) -> dict[str, Any]:
+    """One option's own fields as written (a YAML preset's with `defaults` naming what it inherits; unvalidated)."""
+    path = config_file(group, name)
+    node = OmegaConf.load(path) if path else OmegaConf.structured(schema.NODES[(group, name)])
+    return cast(dict[str, Any], OmegaConf.to_container(node))
 
 
 def group_config(group: str, name: str) -> dict[str, Any]:
@@ -357,6 +368,11 @@ def _axis_override(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
+def _lists_axis(o: Override) -> bool:
+    """Whether a plain `key=[a,b]` may list a sweep axis (a typed field such as nfe cannot hold the list itself)."""
+    return isinstance(o.value(), list) and not o.key_or_group.startswith("sweep.")
+
+
 def expand_grid(overrides: Sequence[str] = ()) -> list[list[str]]:
     """Expand sweep.params and command-line sweeps into one override list per grid point.
 
@@ -364,7 +380,7 @@ def expand_grid(overrides: Sequence[str] = ()) -> list[list[str]]:
     overrides apply to every point.
     """
     parsed = parse_overrides(overrides)
-    plain = [cast(str, o.input_line) for o in parsed if not o.is_sweep_override()]
+    plain = [cast(str, o.input_line) for o in parsed if not o.is_sweep_override() and not _lists_axis(o)]
     with _hydra():
         base = _compose(plain)
         axes: dict[str, tuple[str, list[str]]] = {}
@@ -494,7 +510,7 @@ def check_metric_numbers(metrics: Mapping[str, Any]) -> None:
         check(metrics.get(key) != 1, f"metrics.{key} must be 0 (no intervals) or >= 2 (got 1)")
     check(isinstance(metrics.get("ci_includes_reference", False), bool),
           f"metrics.ci_includes_reference must be true or false (got {metrics.get('ci_includes_reference')!r})")
-    level = metrics.get("ci_level", 0.95)
+    level = metrics["ci_level"]
     check(isinstance(level, int | float) and not isinstance(level, bool) and 0 < level < 1,
           f"metrics.ci_level must be a number in (0, 1) (got {level!r})")
 
@@ -505,7 +521,6 @@ def settings(cfg: DictConfig) -> RunSettings:
     seed = cfg.get("seed")
     check(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63,
           f"seed must be a non-negative integer (got {seed!r})")
-    check(isinstance(cfg.get("tf32"), bool), f"tf32 must be true or false (got {cfg.get('tf32')!r})")
     dtype = str(cfg.get("dtype"))
     check(dtype in DTYPES, f"dtype={dtype} is not supported; use {' or '.join(DTYPES)}")
     sched = cfg.steps

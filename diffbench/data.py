@@ -331,7 +331,7 @@ def make_dataset(cfg: Mapping[str, Any], model: Any = None,
         return NpzDataset(_required(cfg, "path", kind), cfg.get("key"), split)
     if kind == "model_samples":
         check(model is not None, "dataset kind model_samples needs the model (pass model=...)")
-        return ModelSamplesDataset(model, int(cfg.get("n", 2048)), int(cfg.get("seed", 0)), model_config, split)
+        return ModelSamplesDataset(model, int(cfg["n"]), int(cfg["seed"]), model_config, split)
     check(kind != "stats", "dataset kind stats holds published statistics, not images; this command needs images "
                            "(dataset=npz or dataset=folder)")
     raise UsageError(f"dataset.kind '{kind}' is unknown; choose one of: folder, npz, model_samples, stats")

@@ -159,7 +159,7 @@ def launch_sweep(overrides: Sequence[str], launcher_overrides: Sequence[str], *,
         launcher, log_dir = _launcher(choice, [*launcher_overrides, *defaults], task)  # validated even if all done
         if planned:
             echo(f"launching {len(planned)} jobs with {choice}; logs under {log_dir}")
-            wave = int(points[0].cfg.sweep.get("max_local_jobs") or os.cpu_count() or 1)
+            wave = int(points[0].cfg.sweep.max_local_jobs or os.cpu_count() or 1)
             returns, error = _launch(launcher, choice, planned, wave)
     stored = _stored(table, todo)
     failures = _failures(planned, returns, error, stored, [p for p in points if p.key in todo], log_dir)

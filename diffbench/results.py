@@ -75,7 +75,7 @@ def load(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 
 def _renamed(df: pd.DataFrame) -> pd.DataFrame:
-    """A table written before the step-grid group was renamed (schedule.* -> steps.*, steps -> n_steps) in today's columns."""
+    """A table written before the step-grid group was renamed (schedule.* -> steps.*, steps -> n_steps), renamed."""
     old = f"{RENAMED_GROUP}."
     names = {c: "steps." + c.removeprefix(old) for c in df.columns if c.startswith(old)}
     return df.rename(columns={**names, **({"steps": col.N_STEPS} if names and "steps" in df.columns else {})})

@@ -86,7 +86,7 @@ def test_config_hash_is_the_resume_key():
 def test_config_dir_from_environment(tmp_path, monkeypatch):
     root = tmp_path / "configs"
     shutil.copytree(config_dir(), root)
-    (root / "config.yaml").write_text((root / "config.yaml").read_text().replace("nfe: 10 ", "nfe: 7 "))
+    (root / "config.yaml").write_text((root / "config.yaml").read_text() + "nfe: 7\n")  # over the schema's default
     monkeypatch.setenv("DIFFBENCH_CONFIG_DIR", str(root))
     assert compose().nfe == 7
     monkeypatch.setenv("DIFFBENCH_CONFIG_DIR", str(tmp_path / "missing"))
@@ -115,3 +115,22 @@ def test_steps_group_hashes_and_reads_like_its_old_name(tmp_path):
     table = results.read_table(tmp_path)
     assert table[columns.STEPS].tolist() == ["karras"] and table[columns.N_STEPS].tolist() == [9]
     assert "steps.rho" in table and not any(c.startswith("schedule") for c in table)
+
+
+def test_schema_dataclasses_are_the_composed_defaults_and_reject_wrong_types():
+    from omegaconf import OmegaConf
+
+    from diffbench import schema
+    from diffbench.config import to_dict
+
+    cfg = compose()
+    assert to_dict(cfg.metrics) == OmegaConf.to_container(OmegaConf.structured(schema.Metrics))
+    assert to_dict(cfg.sweep) == OmegaConf.to_container(OmegaConf.structured(schema.Sweep))
+    assert to_dict(cfg.dataset) == OmegaConf.to_container(OmegaConf.structured(schema.ModelSamples))
+    assert (cfg.n_samples, cfg.batch_size, cfg.dtype) == (schema.Run.n_samples, schema.Run.batch_size, schema.Run.dtype)
+    assert compose(["dataset=mnist"]).dataset.kind == "npz"  # a YAML preset inherits its kind's node
+    for bad in ("n_samples=many", "metrics.n_boot=x", "sweep.max_local_jobs=all", "dataset.seed=1.5"):
+        with pytest.raises(UsageError, match=bad.split("=")[0]):
+            compose([bad])
+    with pytest.raises(UsageError, match="no such config field"):
+        compose(["metrics.nboot=3"])

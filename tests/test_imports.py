@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent / "diffbench"
 LAYERS: list[tuple[str, ...]] = [
     ("diffbench", "diffbench.errors", "diffbench.registries", "diffbench.interrupts", "diffbench.atomicio",
      "diffbench.noise",
-     "diffbench.columns", "diffbench.assetstore", "diffbench.tensorcache", "diffbench.batching",
+     "diffbench.columns", "diffbench.schema", "diffbench.assetstore", "diffbench.tensorcache", "diffbench.batching",
      "diffbench.distributed", "diffbench.schedules"),
     ("diffbench.results",),  # the table's storage: rows go in, plots and checks read them out
     ("diffbench.steps",),

@@ -248,7 +248,8 @@ def test_every_metric_option_is_a_config_field():
 
 def test_bad_metric_option_values_are_one_line(tmp_path):
     gen = _folder(tmp_path / "gen", _images(4, 0))
-    for bad in ("metrics.prdc_k=0", "metrics.kid_n_boot=1", "metrics.is_splits=abc", "metrics.ci_includes_reference=3"):
+    for bad in ("metrics.prdc_k=0", "metrics.kid_n_boot=1", "metrics.is_splits=abc",
+                "metrics.ci_includes_reference=maybe"):
         _one_line_error(["eval", str(gen), "debug=default", RC, bad], bad.split("=")[0])
 
 

@@ -65,7 +65,7 @@ def test_continuous_knobs_stay_settable():
     (["solver=ddim", "solver.eta=abc"], "solver.eta=abc: Value 'abc' of type 'str' could not be converted to Float"),
     (["solver=ddim", "solver.eta=[1,2]"], "solver.eta=[1,2]: Value '[1, 2]' of type 'list'"),
     (["steps.rho=abc"], "steps.rho=abc: Value 'abc'"),
-    (["tf32=abc"], "tf32 must be true or false"),
+    (["tf32=abc"], "tf32=abc: Value 'abc' is not a valid bool"),
     (["solver=ddim", "solver.eta=-1"], "solver.eta and solver.s_noise must be >= 0"),
     (["solver=dpmpp_2m", "solver.eta=nan"], "solver.eta must be >= 0 (got nan)"),
     (["solver=euler", "solver.s_churn=-1"], "solver.s_churn must be >= 0"),

@@ -46,7 +46,7 @@ def measure_discrete(point: Point, model: Any, row: ResultRow) -> tuple[dict[str
     start = time.perf_counter()
     quality = TokenQuality(model, tokens)
     m = point.cfg.metrics
-    values = quality.values(list(m.names), int(m.get("n_boot", 0)), float(m.get("ci_level", 0.95)))
+    values = quality.values(list(m.names), int(m.n_boot), float(m.ci_level))
     nfe = float(passes.double().mean())
     row.update(status=col.OK, reason=None, nfe_measured=nfe, time_sampling_s=seconds, time_per_nfe_s=seconds / nfe,
                time_metrics_s=time.perf_counter() - start, batch_size_used=run.batch_size, oom_halvings=0,

@@ -156,8 +156,8 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     check_reference_options(cfg)
     spec = get_solver(str(cfg.solver.name))
     options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}
-    policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
-    counts = str(cfg.sweep.get("nfe_counts", "calls"))
+    policy = policy or str(cfg.sweep.nfe_policy)
+    counts = str(cfg.sweep.nfe_counts)
     check(counts in NFE_COUNTS, f"sweep.nfe_counts={counts} is unknown; use one of: {', '.join(NFE_COUNTS)}")
     final_zero = bool(cfg.steps.final_zero)
     calls = run.nfe // per_call(sampled) if counts == "network" else run.nfe
@@ -188,7 +188,7 @@ def resolve_discrete_point(cfg: DictConfig, run: RunSettings, model: Any, overri
     spec = discrete.get_sampler(str(cfg.solver.name))
     options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}
     spec.bind(options)
-    policy = policy or str(cfg.sweep.get("nfe_policy", "exact"))
+    policy = policy or str(cfg.sweep.nfe_policy)
     check(policy in NFE_POLICIES, f"sweep.nfe_policy={policy} is unknown; use one of: {', '.join(NFE_POLICIES)}")
     nfe = run.nfe if policy == "exact" else spec.nearest_below(run.nfe, model.length)
     fixed: dict[str, Any] = dict(cfg=cfg, run=run, spec=spec, solver_options=options, nfe_policy=policy,

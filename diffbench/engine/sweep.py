@@ -126,7 +126,7 @@ class Runner:
         if point.plan is None:
             return record(point, row.update(status=col.FAILED, reason=point.reason))
         results.reset_peak_memory(point.run.device)
-        set_tf32(bool(point.cfg.get("tf32", False)))
+        set_tf32(bool(point.cfg.tf32))
         start = time.perf_counter()
         try:
             extra, values = self._measure(point, row)
@@ -145,7 +145,7 @@ class Runner:
         assert isinstance(plan, Plan)  # a continuous solver spec always gets a Plan
         model = self.models.for_point(cfg, run.n_samples)  # with its conditions and guidance bound, if any
         suite = MetricSuite(cfg, self.models.get(cfg.model), run, self.metrics)
-        n_err = min(run.n_samples, int(cfg.metrics.get("error_samples") or run.n_samples))
+        n_err = min(run.n_samples, int(cfg.metrics.error_samples or run.n_samples))
         solutions = self.solutions.get(cfg, model, plan, run, n_err) if suite.needs_solutions else None
         sizer = BatchSizer(run.batch_size, run.device)  # its columns: rank 0's batches under torchrun
         gathered = distributed.gather(distributed.guarded(

@@ -129,7 +129,7 @@ class MetricContext:
     def dataset_statistics(self, cfg: DictConfig, model: Denoiser | None, extractor: FeatureExtractor,
                            batch_size: int) -> RefStats:
         """The dataset's feature statistics: published ones as given, else cached or built now (with a progress bar)."""
-        ref_n = cfg.metrics.get("ref_n")
+        ref_n = cfg.metrics.ref_n
         key = json.dumps([to_dict(cfg.dataset), to_dict(cfg.model), extractor.identity(), ref_n], sort_keys=True)
         if key not in self._refs and cfg.dataset.get("kind") == "stats":
             self._refs[key] = load_published(to_dict(cfg.dataset), extractor)  # published: used as given
@@ -196,10 +196,10 @@ class MetricSuite:
         values, extra = self._feature_metrics() if self.stats is not None else ({}, {})
         if "solver_error" in self.paired:
             mse = self.error.per_sample_mse
-            n_boot = int(self.cfg.metrics.get("error_n_boot", 0))
+            n_boot = int(self.cfg.metrics.error_n_boot)
             if n_boot >= 2:
                 iv = bootstrap(lambda idx: math.sqrt(float(mse[idx].mean())), len(mse), n_boot,
-                               float(self.cfg.metrics.get("ci_level", 0.95)), nonnegative=True)
+                               float(self.cfg.metrics.ci_level), nonnegative=True)
                 values["rmse_ref"] = MetricValue(iv.estimate, iv.low, iv.high)
             else:
                 values["rmse_ref"] = MetricValue(self.error.result()["rmse"])
