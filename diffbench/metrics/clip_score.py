@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from diffbench.assetstore import file_digest, hub_folder, pretrained_weights
 from diffbench.errors import AssetMissing, UsageError, first_line
@@ -43,7 +43,7 @@ def normalised(x: Tensor) -> Tensor:
 class ClipModel:
     """A CLIPModel with its CLIPProcessor on a device: normalised image and prompt embeddings."""
 
-    def __init__(self, model: nn.Module, processor: Any, device: torch.device | str = "cpu", source: str = "",
+    def __init__(self, model: Any, processor: Any, device: torch.device | str = "cpu", source: str = "",
                  weights_sha1: str | None = None):
         self.device = torch.device(device)
         self.model, self.processor = model.eval().requires_grad_(False).to(self.device), processor
@@ -78,7 +78,7 @@ class ClipModel:
 
 
 @functools.lru_cache(maxsize=4)
-def _load(folder: Path, config_key: str) -> tuple[nn.Module, Any]:
+def _load(folder: Path, config_key: str) -> tuple[Any, Any]:
     """CLIPModel and CLIPProcessor from a folder, loaded once per process."""
     from transformers import CLIPModel, CLIPProcessor
 

@@ -63,7 +63,7 @@ def hub_position_embeddings(position: Tensor, grid: int) -> Tensor:
     return torch.cat([cls, out.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(position)], dim=1)
 
 
-def for_input_size(model: nn.Module, size: int) -> nn.Module:
+def for_input_size(model: Any, size: int) -> Any:
     """The model with its position embeddings interpolated once for size x size inputs, DINOv2's way."""
     embeddings = model.embeddings
     grid = size // int(model.config.patch_size)
@@ -74,7 +74,7 @@ def for_input_size(model: nn.Module, size: int) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=2)
-def _load(folder: Path) -> nn.Module:
+def _load(folder: Path) -> Any:
     """Dinov2Model from a folder, loaded once per process."""
     from transformers import Dinov2Model
 
@@ -91,7 +91,7 @@ class Dinov2Extractor(FeatureExtractor):
 
     name, input_size = "dinov2", INPUT_SIZE
 
-    def __init__(self, model: nn.Module, resize_mode: str = "torch_bicubic", device: torch.device | str = "cpu",
+    def __init__(self, model: Any, resize_mode: str = "torch_bicubic", device: torch.device | str = "cpu",
                  source: str = "", weights_sha1: str | None = None):
         check(resize_mode in DINOV2_RESIZERS, f"metrics.fd_dinov2.resize_mode '{resize_mode}' is unknown; choose "
               f"one of: {', '.join(DINOV2_RESIZERS)}")

@@ -24,11 +24,14 @@ from diffbench.metrics.uncertainty import Interval, fd_interval, kid_interval
 
 FEATURE_METRICS = ("fd", "kid", "is", "prdc")
 PAIRED_METRICS = ("solver_error", "lpips")
+TEXT_IMAGE_METRICS = ("clip_score", "fd_dinov2", "cmmd")  # on their own networks (diffbench.metrics.suite)
 ALIASES = {"fid": "fd", "inception_score": "is", "pr": "prdc", "precision_recall": "prdc"}
 
 
 def parse_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split metric names into (feature metrics, paired metrics), resolving aliases; UsageError if unknown."""
+    """Split metric names into (feature metrics, paired metrics), resolving aliases; UsageError if unknown.
+
+    Text-to-image metrics (TEXT_IMAGE_METRICS) are valid names and in neither list (``text_image_metrics``)."""
     feature, paired = [], []
     for raw in names:
         name = ALIASES.get(raw, raw)
@@ -36,10 +39,15 @@ def parse_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
             feature.append(name)
         elif name in PAIRED_METRICS:
             paired.append(name)
-        else:
-            valid = ", ".join([*FEATURE_METRICS, *PAIRED_METRICS, *ALIASES])
+        elif name not in TEXT_IMAGE_METRICS:
+            valid = ", ".join([*FEATURE_METRICS, *PAIRED_METRICS, *TEXT_IMAGE_METRICS, *ALIASES])
             raise UsageError(f"metrics.names: '{raw}' is unknown; choose from: {valid}")
     return list(dict.fromkeys(feature)), list(dict.fromkeys(paired))
+
+
+def text_image_metrics(names: Sequence[str]) -> list[str]:
+    """The text-to-image metrics among metric names (clip_score, fd_dinov2, cmmd), in TEXT_IMAGE_METRICS order."""
+    return [name for name in TEXT_IMAGE_METRICS if name in names]
 
 
 @dataclass
