@@ -72,8 +72,8 @@ class Share:
         """Copy the suite's metric state to the CPU (once this rank's batches are all in)."""
         if suite.stats is not None:
             self.stats = cpu_copy(suite.stats)
-        self.own = {metric: cpu_copy(own.stats) for metric, own in suite.own.items()}
-        self.clip_scores = list(suite.clip_scores)
+        self.own = {metric: cpu_copy(own.stats) for metric, own in suite.text_image.own.items()}
+        self.clip_scores = list(suite.text_image.clip_scores)
         self.mse = suite.error.per_sample_mse
         self.lpips = suite.lpips.per_sample if suite.lpips is not None else None
         return self
@@ -127,9 +127,9 @@ def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int],
     order = torch.as_tensor(np.argsort(indices, kind="stable"))
     if suite.stats is not None:
         suite.stats = _merged([cast(StreamingStats, s.stats) for s in shares], order, batch_size, suite.stats.device)
-    for metric, own in suite.own.items():
+    for metric, own in suite.text_image.own.items():
         own.stats = _merged([s.own[metric] for s in shares], order, batch_size, own.stats.device)
-    suite.clip_scores = [piece for s in shares for piece in s.clip_scores]
+    suite.text_image.clip_scores = [piece for s in shares for piece in s.clip_scores]
     # The paired metrics compare exactly the samples 0..n-1 that have a reference solution.
     n_paired = sum(len(cast(np.ndarray, s.mse)) for s in shares)
     paired = np.argsort([i for i in indices if i < n_paired], kind="stable")

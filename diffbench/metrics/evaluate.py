@@ -13,7 +13,9 @@ from typing import Any
 
 from torch import Tensor
 
+from diffbench.columns import MetricValue
 from diffbench.errors import UsageError
+from diffbench.metrics.features import FeatureExtractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.inception_score import inception_score
 from diffbench.metrics.kid import kid
@@ -205,3 +207,25 @@ def evaluate(images: Iterable[Tensor], ref: RefStats | FeatureStats, extractor: 
     out["notes"][:0] = extractor.notes
     out["weights_check"] = extractor.weights_check
     return out
+
+
+def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[dict[str, MetricValue], dict[str, Any]]:
+    """compute_metrics' dict as labelled metric values plus row columns (extractor, reference id, notes).
+
+    A metric keeps its own name only on Inception features (`fid`, `kid`, ...); on other features
+    it carries the extractor's name (`fd_random_conv`), so it is never mistaken for FID.
+    """
+    suffix = "" if extractor.fid_network else f"_{extractor.name}"
+    values: dict[str, MetricValue] = {}
+    extra: dict[str, Any] = {}
+    for name in ("fd", "kid", "is", "precision", "recall", "density", "coverage"):
+        if out.get(name) is not None:
+            label = ("fid" if name == "fd" and not suffix else name) + suffix
+            values[label] = MetricValue(out[name], out.get(f"{name}_low"), out.get(f"{name}_high"))
+            if out.get(f"{name}_std") is not None:
+                extra[f"{label}_std"] = out[f"{name}_std"]
+    notes = extractor.notes + list(out["notes"])
+    extra.update(feature_extractor=out["feature_extractor"], resize_mode=out["resize_mode"], ref_id=out["ref_id"],
+                 n_ref=out["n_ref"], weights_check=extractor.weights_check, ci=out["ci"],
+                 notes="; ".join(notes) or None)
+    return values, extra

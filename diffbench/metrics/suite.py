@@ -1,10 +1,8 @@
 """The metric suite of a point: extractors and dataset statistics shared across points, streamed updates.
 
 Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; paired metrics
-(solver_error, lpips) compare the first samples with their same-noise reference solutions. Text-to-image
-metrics run on their own networks: fd_dinov2 and cmmd each on its extractor's features against the
-dataset's statistics of that extractor, clip_score on each image with its sample's prompt (the point's
-condition set: labels index into its texts). The
+(solver_error, lpips) compare the first samples with their same-noise reference solutions; text-to-image
+metrics (clip_score, fd_dinov2, cmmd) run on their own networks (diffbench.metrics.text_image). The
 engine hands batches to a MetricFeed, which can overlap a batch's metric work with the sampling of
 the next one; progress goes to any object with `task(description, total)` (diffbench.engine.progress).
 """
@@ -24,26 +22,27 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from diffbench.batching import FEATURE_BATCH
-from diffbench.columns import CLIP_SCORE, CMMD, FD_DINOV2, MetricValue
+from diffbench.columns import MetricValue
 from diffbench.config import RunSettings, to_dict
 from diffbench.data import make_dataset, to_uint8
-from diffbench.distributed import rows_by_index
 from diffbench.errors import check
-from diffbench.metrics.clip_score import ClipModel, load_clip
-from diffbench.metrics.cmmd import cmmd
 from diffbench.metrics.error import ErrorStats
-from diffbench.metrics.evaluate import MetricOptions, compute_metrics, parse_metrics, text_image_metrics
+from diffbench.metrics.evaluate import (
+    MetricOptions,
+    compute_metrics,
+    feature_values,
+    parse_metrics,
+    text_image_metrics,
+)
 from diffbench.metrics.features import INCEPTION_EXTRACTORS, FeatureExtractor, make_extractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.lpips import LPIPS
 from diffbench.metrics.refs import RefStats, load_or_build_reference, load_published
 from diffbench.metrics.stats import StreamingStats
+from diffbench.metrics.text_image import TextImageMetrics, check_prompts
 from diffbench.metrics.uncertainty import bootstrap
 from diffbench.models import Denoiser
 from diffbench.models.conditions import ConditionSet
-
-# Text-to-image metrics on their own extractor: metric -> (extractor, its options in metrics.<metric>).
-OWN_EXTRACTOR = {FD_DINOV2: ("dinov2", ("model", "resize_mode")), CMMD: ("clip", ("model",))}
 
 
 class Tasks(Protocol):
@@ -112,7 +111,6 @@ class MetricContext:
         self._extractors: dict[str, FeatureExtractor] = {}
         self._refs: dict[str, RefStats] = {}
         self._targets: dict[str, FrechetTarget] = {}
-        self._clips: dict[str, ClipModel] = {}
 
     def extractor(self, cfg: DictConfig, device: torch.device) -> FeatureExtractor:
         """metrics.extractor: inception (or its nn.Module: inception_module, inception_compiled) |
@@ -134,20 +132,6 @@ class MetricContext:
         if key not in self._extractors:
             self._extractors[key] = make_extractor(name, **options)
         return self._extractors[key]
-
-    def metric_extractor(self, cfg: DictConfig, metric: str, device: torch.device) -> FeatureExtractor:
-        """The extractor of fd_dinov2 / cmmd, with the options of its metrics.<metric> node."""
-        name, fields = OWN_EXTRACTOR[metric]
-        node = cfg.metrics[metric]
-        return self.named_extractor(name, {**{k: node[k] for k in fields}, "device": device})
-
-    def clip(self, cfg: DictConfig, device: torch.device) -> ClipModel:
-        """The CLIP model of clip_score (metrics.clip_score.model), loaded once per sweep."""
-        path = str(cfg.metrics.clip_score.model)
-        key = json.dumps([path, str(device)])
-        if key not in self._clips:
-            self._clips[key] = load_clip(path, device)
-        return self._clips[key]
 
     def frechet_target(self, ref: RefStats, device: torch.device) -> FrechetTarget:
         """The dataset statistics' Gaussian with its covariance square root, computed once per statistics."""
@@ -185,11 +169,7 @@ def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings, conditions
     if feature or text_image:
         check(run.n_samples >= 2,
               f"metrics {', '.join(feature + text_image)} need n_samples >= 2 (got {run.n_samples})")
-    if CLIP_SCORE in text_image:
-        has = f"conditions {conditions.name}, which has no texts" if conditions else "no conditions"
-        check(conditions is not None and bool(conditions.texts),
-              f"metrics clip_score needs each sample's prompt, from a text-to-image model's prompt set (a condition "
-              f"set with texts); this point has {has}: give it prompts or drop clip_score from metrics.names")
+    check_prompts(text_image, conditions)
 
 
 class MetricSuite:
@@ -198,22 +178,17 @@ class MetricSuite:
     Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; they are
     named after the extractor unless it is Inception (fid, kid, ...), so a Frechet distance on
     random_conv features reads `fd_random_conv`, never FID. solver_error compares the first
-    metrics.error_samples samples with their same-noise reference solutions (`rmse_ref`). Text-to-image
-    metrics: `fd_dinov2` and `cmmd` (own extractors, `own` below), `clip_score` (each sample's prompt from
-    `conditions`).
+    metrics.error_samples samples with their same-noise reference solutions (`rmse_ref`); `text_image`:
+    clip_score (prompts from `conditions`), fd_dinov2, cmmd.
     """
 
     def __init__(self, cfg: DictConfig, model: Denoiser, run: RunSettings, context: MetricContext,
                  conditions: ConditionSet | None = None):
-        self.cfg, self.context, self.conditions = cfg, context, conditions
+        self.cfg, self.context = cfg, context
         self.feature, self.paired = parse_metrics(list(cfg.metrics.names))
-        text_image = text_image_metrics(list(cfg.metrics.names))
-        self.own = {m: OwnFeatures(context.metric_extractor(cfg, m, run.device)) for m in text_image
-                    if m in OWN_EXTRACTOR}
-        for own in self.own.values():
-            own.reference = context.dataset_statistics(cfg, model, own.extractor, run.batch_size)
-        self.clip = context.clip(cfg, run.device) if CLIP_SCORE in text_image else None
-        self.clip_scores: list[tuple[list[int], Tensor]] = []  # (sample indices, their CLIP scores) per batch
+        self.run_device = run.device
+        self.text_image = TextImageMetrics(cfg, run.device, conditions, context.named_extractor,
+                                           lambda e: context.dataset_statistics(cfg, model, e, run.batch_size))
         self.needs_solutions = bool(self.paired)
         self.error = ErrorStats()
         self.lpips = (LPIPS(str(cfg.metrics.get("lpips_net", "alex")), run.device, cfg.metrics.get("lpips_weights"))
@@ -226,7 +201,12 @@ class MetricSuite:
     def update(self, x: Tensor, indices: Sequence[int], solutions: Tensor | None) -> None:
         """Add one batch of samples (indices: their sample indices) to every metric."""
         for start in range(0, len(x), FEATURE_BATCH):  # batch_size=auto may hand over thousands of samples
-            self._update_images(to_uint8(x[start:start + FEATURE_BATCH]), indices[start:start + FEATURE_BATCH])
+            images = to_uint8(x[start:start + FEATURE_BATCH])
+            if self.extractor is not None:
+                assert self.stats is not None  # set with the extractor
+                out = self.extractor(images)
+                self.stats.update(out.features, out.logits)
+            self.text_image.update(images, indices[start:start + FEATURE_BATCH])
         if solutions is not None:
             keep = [k for k, i in enumerate(indices) if i < len(solutions)]
             if keep:
@@ -235,23 +215,10 @@ class MetricSuite:
                 if self.lpips is not None:
                     self.lpips.update(to_uint8(pairs[0]), to_uint8(pairs[1]))
 
-    def _update_images(self, images: Tensor, indices: Sequence[int]) -> None:
-        """One part of a batch as uint8 images into the feature and text-to-image metrics."""
-        if self.extractor is not None:
-            assert self.stats is not None  # set with the extractor
-            out = self.extractor(images)
-            self.stats.update(out.features, out.logits)
-        for own in self.own.values():
-            own.stats.update(own.extractor(images).features)
-        if self.clip is not None:
-            assert self.conditions is not None  # check_metrics requires prompts for clip_score
-            prompts = [self.conditions.texts[int(label)] for label in self.conditions.take(indices)]
-            self.clip_scores.append((list(indices), self.clip.scores(images, prompts).cpu()))
-
     def compute(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:
         """(metric values with intervals, extra row columns: extractor, reference id, notes, ...)."""
         values, extra = self._feature_metrics() if self.stats is not None else ({}, {})
-        self._text_image_metrics(values, extra)
+        self.text_image.compute(values, extra, metric_options(self.cfg, self.run_device), self.context.frechet_target)
         if "solver_error" in self.paired:
             mse = self.error.per_sample_mse
             n_boot = int(self.cfg.metrics.get("error_n_boot", 0))
@@ -276,79 +243,7 @@ class MetricSuite:
         return feature_values(out, self.extractor)
 
 
-    def _text_image_metrics(self, values: dict[str, MetricValue], extra: dict[str, Any]) -> None:
-        """clip_score, fd_dinov2 and cmmd into values; their models and reference ids into extra."""
-        opts = metric_options(self.cfg, next(iter(self.own.values())).extractor.device) if self.own else None
-        notes = [extra["notes"]] if extra.get("notes") else []
-        if self.clip is not None and self.clip_scores:
-            scores = rows_by_index(self.clip_scores).double().numpy()
-            values[CLIP_SCORE] = self._mean_with_interval(scores)
-            extra["clip_model"] = json.dumps(self.clip.identity(), sort_keys=True)
-        if FD_DINOV2 in self.own:
-            own = self.own[FD_DINOV2]
-            assert opts is not None and own.reference is not None
-            gen = own.stats.finalize(own.extractor.identity())
-            target = self.context.frechet_target(own.reference, own.extractor.device)
-            out = compute_metrics(gen, own.reference, ["fd"], opts, target=target)
-            if out.get("fd") is not None:
-                values[FD_DINOV2] = MetricValue(out["fd"], out.get("fd_low"), out.get("fd_high"))
-            notes += [f"fd_dinov2: {note}" for note in out["notes"]] + own.extractor.notes
-            extra["fd_dinov2_ref_id"] = own.reference.id
-        if CMMD in self.own:
-            own = self.own[CMMD]
-            assert opts is not None and own.reference is not None and own.reference.stats.features is not None
-            gen = own.stats.finalize(own.extractor.identity())
-            assert gen.features is not None  # kept: keep_features=True
-            values[CMMD] = MetricValue(cmmd(gen.features, own.reference.stats.features, device=opts.device))
-            extra["cmmd_ref_id"] = own.reference.id
-        if notes:
-            extra["notes"] = "; ".join(notes)
-
-    def _mean_with_interval(self, scores: Any) -> MetricValue:
-        """The mean of per-sample scores, with a bootstrap interval when metrics.n_boot >= 2."""
-        n_boot = int(self.cfg.metrics.get("n_boot", 0))
-        if n_boot < 2:
-            return MetricValue(float(scores.mean()))
-        iv = bootstrap(lambda idx: float(scores[idx].mean()), len(scores), n_boot,
-                       float(self.cfg.metrics.get("ci_level", 0.95)))
-        return MetricValue(iv.estimate, iv.low, iv.high)
-
-
-@dataclasses.dataclass
-class OwnFeatures:
-    """A text-to-image metric's own feature pass: its extractor, the point's features, the dataset's statistics."""
-
-    extractor: FeatureExtractor
-    stats: StreamingStats = dataclasses.field(init=False)
-    reference: RefStats | None = None
-
-    def __post_init__(self) -> None:
-        self.stats = StreamingStats(keep_features=True, device=self.extractor.device)
-
-
 def metric_options(cfg: DictConfig, device: torch.device) -> MetricOptions:
     """The metrics config group as diffbench.metrics' MetricOptions."""
     fields = {f.name for f in dataclasses.fields(MetricOptions)} - {"device"}
     return MetricOptions(**{k: v for k, v in to_dict(cfg.metrics).items() if k in fields}, device=str(device))
-
-
-def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[dict[str, MetricValue], dict[str, Any]]:
-    """compute_metrics' dict as labelled metric values plus row columns (extractor, reference id, notes).
-
-    A metric keeps its own name only on Inception features (`fid`, `kid`, ...); on other features
-    it carries the extractor's name (`fd_random_conv`), so it is never mistaken for FID.
-    """
-    suffix = "" if extractor.fid_network else f"_{extractor.name}"
-    values: dict[str, MetricValue] = {}
-    extra: dict[str, Any] = {}
-    for name in ("fd", "kid", "is", "precision", "recall", "density", "coverage"):
-        if out.get(name) is not None:
-            label = ("fid" if name == "fd" and not suffix else name) + suffix
-            values[label] = MetricValue(out[name], out.get(f"{name}_low"), out.get(f"{name}_high"))
-            if out.get(f"{name}_std") is not None:
-                extra[f"{label}_std"] = out[f"{name}_std"]
-    notes = extractor.notes + list(out["notes"])
-    extra.update(feature_extractor=out["feature_extractor"], resize_mode=out["resize_mode"], ref_id=out["ref_id"],
-                 n_ref=out["n_ref"], weights_check=extractor.weights_check, ci=out["ci"],
-                 notes="; ".join(notes) or None)
-    return values, extra
