@@ -200,7 +200,8 @@ class MetricSuite:
 
     def update(self, x: Tensor, indices: Sequence[int], solutions: Tensor | None) -> None:
         """Add one batch of samples (indices: their sample indices) to every metric."""
-        for start in range(0, len(x), FEATURE_BATCH):  # batch_size=auto may hand over thousands of samples
+        image_metrics = self.extractor is not None or self.text_image.active
+        for start in range(0, len(x) if image_metrics else 0, FEATURE_BATCH):  # batch_size=auto: thousands at once
             images = to_uint8(x[start:start + FEATURE_BATCH])
             if self.extractor is not None:
                 assert self.stats is not None  # set with the extractor

@@ -71,6 +71,11 @@ class TextImageMetrics:
         self.clip = load_clip(str(cfg.metrics.clip_score.model), device) if CLIP_SCORE in names else None
         self.clip_scores: list[tuple[list[int], Tensor]] = []  # (sample indices, their CLIP scores) per batch
 
+    @property
+    def active(self) -> bool:
+        """Whether any text-to-image metric is on (the suite converts samples to images only then)."""
+        return bool(self.own) or self.clip is not None
+
     def update(self, images: Tensor, indices: Sequence[int]) -> None:
         """Add uint8 images [B, 3, H, W] of samples `indices`."""
         for own in self.own.values():
