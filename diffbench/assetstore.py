@@ -11,6 +11,9 @@ imported) or a library's own download cache -> a download, only when DIFFBENCH_A
 (never in tests). Otherwise ``AssetMissing`` says, in one line, which file is missing and the ways
 to provide it (DESIGN.md "Weights and data never download silently").
 
+A Hugging Face model (``hub_folder``) resolves from a local folder, else the hub id's snapshot in the
+Hugging Face cache, else a download only with DIFFBENCH_ALLOW_DOWNLOAD=1.
+
 Every resolved file is checked against the hashes recorded for it: a file whose name has a hash
 and does not match is skipped in the cache and refused when given explicitly; ``verification``
 labels the file that is used ``verified`` (its hash is a recorded one) or ``unverified: ...`` (no
@@ -28,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffbench.errors import AssetMissing
+from diffbench.errors import AssetMissing, first_line
 
 ALLOW_DOWNLOAD_ENV = "DIFFBENCH_ALLOW_DOWNLOAD"
 CACHE_ENV = "DIFFBENCH_CACHE"
@@ -218,3 +221,36 @@ def download(asset: Asset) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return target
+
+
+HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]  # configs, weights, tokenizer vocabularies
+
+
+def hub_folder(path: str, config_key: str, expected: str, revision: str | None = None) -> Path:
+    """The folder `path` names: a local directory, else the hub id's snapshot (the Hugging Face cache, then a
+    download only with DIFFBENCH_ALLOW_DOWNLOAD=1); AssetMissing naming `config_key` and what it expects."""
+    if not path:
+        raise AssetMissing(f"{config_key} is empty; set it to {expected}")
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.exists() or path.count("/") != 1 or path.startswith((".", "/", "~")):
+        raise AssetMissing(f"{config_key}={path} is not a directory; expected {expected}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES, local_files_only=True))
+    except FileNotFoundError:  # LocalEntryNotFoundError: not in the Hugging Face cache
+        pass
+    if not download_allowed():
+        raise AssetMissing(f"{config_key}={path}: no such folder and not in the Hugging Face cache; set "
+                           f"{ALLOW_DOWNLOAD_ENV}=1 to download it from the hub, or set {config_key} to {expected}")
+    try:
+        return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES))
+    except Exception as e:  # network, auth and not-found errors of huggingface_hub share no base class
+        raise AssetMissing(f"{config_key}={path}: Hugging Face hub download failed ({first_line(e)})") from None
+
+
+def pretrained_weights(folder: Path) -> Path | None:
+    """The weights file of a transformers save_pretrained folder (safetensors first), None if it has none."""
+    return next((p for name in ("model.safetensors", "pytorch_model.bin") if (p := folder / name).is_file()), None)

@@ -49,6 +49,11 @@ GIT_SHA = "git_sha"
 DEVICE_NAME = "device_name"
 VERSION_PREFIX = "version."
 
+# Text-to-image metric columns (diffbench.metrics.suite).
+CLIP_SCORE = "clip_score"  # mean over samples of 100 * max(cos(CLIP image, CLIP prompt), 0)
+FD_DINOV2 = "fd_dinov2"  # Frechet distance on DINOv2 ViT-L/14 features at 224 px
+CMMD = "cmmd"  # MMD of CLIP image embeddings (RBF, sigma 10) x 1000
+
 OK = "ok"  # the STATUS of a point that ran; "failed" otherwise, with its REASON
 FAILED = "failed"
 
@@ -113,6 +118,9 @@ class ResultRow:
     ref_id: str | None = _col("id of the dataset statistics the feature metrics compare against")
     n_ref: int | None = _col("images in those dataset statistics")
     notes: str | None = _col("caveats of the feature metrics (fallbacks, missing logits)")
+    clip_model: str | None = _col("JSON identity of clip_score's CLIP model (hub id or folder, weights SHA-1)")
+    fd_dinov2_ref_id: str | None = _col("id of the dataset's DINOv2 statistics that fd_dinov2 compares against")
+    cmmd_ref_id: str | None = _col("id of the dataset's CLIP embeddings that cmmd compares against")
     metric_names: str | None = _col("JSON list of the row's metric columns")
 
     def update(self, **columns: Any) -> ResultRow:

@@ -48,6 +48,8 @@ PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 NOT_HASHED = ("out", "batch_size", "device", "cache_dir", "sweep")
 # Groups left out of the resume key while off, so points that predate them keep their hash.
 HASHED_UNLESS = {"conditions": {"name": "none"}, "guidance": {"name": "none"}}
+# Metrics whose options are a metrics sub-node of their name: hashed only while the metric is in metrics.names.
+OPTIONAL_METRICS = ("clip_score", "fd_dinov2", "cmmd")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -423,6 +425,9 @@ def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     data = {k: v for k, v in to_dict(cfg).items() if k not in (*NOT_HASHED, "choices") and HASHED_UNLESS.get(k) != v}
     if "steps" in data:  # hashed under the group's old name, so runs and baselines from before the rename resume
         data[RENAMED_GROUP] = data.pop("steps")
+    if isinstance(data.get("metrics"), Mapping):  # options of metrics the point does not compute change nothing
+        names = data["metrics"].get("names") or []
+        data["metrics"] = {k: v for k, v in data["metrics"].items() if k not in OPTIONAL_METRICS or k in names}
     if isinstance(data.get("solver"), Mapping):  # options at their pre-existing behaviour keep old keys
         data["solver"] = {k: v for k, v in data["solver"].items()
                           if k not in UNHASHED_DEFAULTS or v != UNHASHED_DEFAULTS[k]}

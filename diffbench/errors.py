@@ -29,6 +29,12 @@ def check(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its class name if empty): errors stay one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def warn(message: str) -> None:
     """One warning line on stderr (e.g. a corrupt cache file that is being rebuilt)."""
     print(f"warning: {message}", file=sys.stderr)

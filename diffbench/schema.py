@@ -52,12 +52,36 @@ class ReferenceSolution:
 
 
 @dataclass
+class ClipScore:
+    """CLIP score (Hessel et al. 2021): 100 * max(cos(image, prompt), 0), the mean over samples."""
+
+    model: str = "openai/clip-vit-large-patch14"  # hub id (Hugging Face cache; DIFFBENCH_ALLOW_DOWNLOAD=1) or folder
+
+
+@dataclass
+class FdDinov2:
+    """Frechet distance on DINOv2 ViT-L/14 CLS features at 224 px (dgm-eval / EDM2)."""
+
+    model: str = "facebook/dinov2-large"
+    resize_mode: str = "torch_bicubic"  # torch_bicubic (EDM2's default, fast) | pil_uint8 (dgm-eval's exact path)
+
+
+@dataclass
+class Cmmd:
+    """CMMD (Jayasumana et al. 2024): MMD of CLIP image embeddings, RBF sigma 10, x1000."""
+
+    model: str = "openai/clip-vit-large-patch14-336"
+
+
+@dataclass
 class Metrics:
     """Metrics of every point (`metrics=default`; presets such as error_only inherit and change `names`)."""
 
     # fd (alias fid), kid, is, prdc (precision/recall/density/coverage), solver_error (RMSE vs the same-noise
-    # reference solution), lpips (vs that reference). Feature metrics are named after their extractor unless it
-    # is Inception: `fid` is FID proper, `fd_random_conv` a Frechet distance on the offline random-conv features.
+    # reference solution), lpips (vs that reference); for text-to-image models also clip_score (needs a prompt
+    # set), fd_dinov2 and cmmd, each with its options in the node of its name. Feature metrics are named after
+    # their extractor unless it is Inception: `fid` is FID proper, `fd_random_conv` a Frechet distance on the
+    # offline random-conv features.
     names: list[str] = field(default_factory=lambda: ["fd", "solver_error"])
     # inception | inception_module | inception_compiled | random_conv | auto (inception when its weights resolve);
     # inception_module: the same network as an nn.Module (fast float16 / channels-last), _compiled: torch.compile
@@ -84,6 +108,10 @@ class Metrics:
     lpips_weights: str | None = None  # explicit path to the LPIPS backbone weights
     error_samples: int | None = 256  # samples compared with the reference solution (the first indices)
     reference: ReferenceSolution = field(default_factory=ReferenceSolution)
+    # Text-to-image metrics: their nodes count in the config hash only while the metric is in names.
+    clip_score: ClipScore = field(default_factory=ClipScore)
+    fd_dinov2: FdDinov2 = field(default_factory=FdDinov2)
+    cmmd: Cmmd = field(default_factory=Cmmd)
 
 
 def _default_axes() -> dict[str, Any]:

@@ -86,7 +86,7 @@ def _suite(stats: StreamingStats, mse: np.ndarray) -> SimpleNamespace:
     """The parts of a MetricSuite that shares read and write."""
     error = ErrorStats()
     error.mse = [mse]
-    return SimpleNamespace(stats=stats, error=error, lpips=None)
+    return SimpleNamespace(stats=stats, error=error, lpips=None, text_image=SimpleNamespace(own={}, clip_scores=[]))
 
 
 def _share(indices: list[int], features: torch.Tensor, mse: np.ndarray, n_paired: int) -> Share:

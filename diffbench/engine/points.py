@@ -152,7 +152,8 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
         if kind in discrete.MODELS:
             return resolve_discrete_point(cfg, run, model, overrides, policy)
         sampled = models.for_point(cfg, run.n_samples)
-    check_metrics(cfg, model, run)
+    labels = getattr(sampled, "conditions", None)
+    check_metrics(cfg, model, run, labels)
     check_reference_options(cfg)
     spec = get_solver(str(cfg.solver.name))
     options = {k: v for k, v in to_dict(cfg.solver).items() if k != "name"}
@@ -162,7 +163,6 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
     final_zero = bool(cfg.steps.final_zero)
     calls = run.nfe // per_call(sampled) if counts == "network" else run.nfe
     nfe = feasible_nfe(spec, calls, final_zero, policy) if calls > 0 else None
-    labels = getattr(sampled, "conditions", None)
     fit: dict[str, Any] = {}
     if cfg.steps.name == "fitted":  # its grid and artefact key come from `diffbench fit`'s cache
         cfg, fit = fill_fitted(cfg, model_key, nfe or spec.min_nfe(final_zero), model.schedule)

@@ -39,6 +39,8 @@ class Share:
     failed_at: int | None = None  # first sample index of the batch that failed
     kept: list[tuple[list[int], Tensor]] = field(default_factory=list)
     stats: StreamingStats | None = None
+    own: dict[str, StreamingStats] = field(default_factory=dict)  # text-to-image metrics' own features
+    clip_scores: list[tuple[list[int], Tensor]] = field(default_factory=list)
     mse: np.ndarray | None = None
     lpips: np.ndarray | None = None
 
@@ -69,8 +71,9 @@ class Share:
     def capture(self, suite: MetricSuite) -> Share:
         """Copy the suite's metric state to the CPU (once this rank's batches are all in)."""
         if suite.stats is not None:
-            self.stats = StreamingStats(keep_features=True)
-            self.stats.merge(suite.stats)
+            self.stats = cpu_copy(suite.stats)
+        self.own = {metric: cpu_copy(own.stats) for metric, own in suite.text_image.own.items()}
+        self.clip_scores = list(suite.text_image.clip_scores)
         self.mse = suite.error.per_sample_mse
         self.lpips = suite.lpips.per_sample if suite.lpips is not None else None
         return self
@@ -79,6 +82,13 @@ class Share:
     def grid(self) -> Tensor:
         """The kept samples in index order."""
         return rows_by_index(self.kept)
+
+
+def cpu_copy(stats: StreamingStats) -> StreamingStats:
+    """A CPU copy of streamed feature statistics (rows kept)."""
+    copy = StreamingStats(keep_features=True)
+    copy.merge(stats)
+    return copy
 
 
 def merge_shares(shares: Sequence[Share], suite: MetricSuite, keep: int, batch_size: int) -> Share:
@@ -114,19 +124,27 @@ def per_sample_nfe(total: float, n: int) -> float | None:
 
 def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int], batch_size: int) -> None:
     """Set the suite's accumulators to the union of the shares', per-sample rows in index order."""
+    order = torch.as_tensor(np.argsort(indices, kind="stable"))
     if suite.stats is not None:
-        order: Tensor | np.ndarray = torch.as_tensor(np.argsort(indices, kind="stable"))
-        rows = torch.cat([r for s in shares for r in cast(StreamingStats, s.stats).rows])[order]
-        logit_rows = [r for s in shares for r in cast(StreamingStats, s.stats).logit_rows]
-        logits = torch.cat(logit_rows)[order] if logit_rows else None
-        suite.stats = replay(rows, logits, batch_size, suite.stats.device) if len(shares) > 1 else shares[0].stats
-        # The paired metrics compare exactly the samples 0..n-1 that have a reference solution.
+        suite.stats = _merged([cast(StreamingStats, s.stats) for s in shares], order, batch_size, suite.stats.device)
+    for metric, own in suite.text_image.own.items():
+        own.stats = _merged([s.own[metric] for s in shares], order, batch_size, own.stats.device)
+    suite.text_image.clip_scores = [piece for s in shares for piece in s.clip_scores]
+    # The paired metrics compare exactly the samples 0..n-1 that have a reference solution.
     n_paired = sum(len(cast(np.ndarray, s.mse)) for s in shares)
-    paired = [i for i in indices if i < n_paired]
-    order = np.argsort(paired, kind="stable")
-    suite.error.mse = [np.concatenate([s.mse for s in shares])[order]]
+    paired = np.argsort([i for i in indices if i < n_paired], kind="stable")
+    suite.error.mse = [np.concatenate([s.mse for s in shares])[paired]]
     if suite.lpips is not None:
-        suite.lpips.scores = [np.concatenate([s.lpips for s in shares])[order]]
+        suite.lpips.scores = [np.concatenate([s.lpips for s in shares])[paired]]
+
+
+def _merged(stats: Sequence[StreamingStats], order: Tensor, batch_size: int, device: torch.device) -> StreamingStats:
+    """The shares' streamed statistics as one process accumulates them (rows in sample-index order)."""
+    if len(stats) == 1:
+        return stats[0]
+    rows = torch.cat([r for st in stats for r in st.rows])[order]
+    logit_rows = [r for st in stats for r in st.logit_rows]
+    return replay(rows, torch.cat(logit_rows)[order] if logit_rows else None, batch_size, device)
 
 
 def replay(rows: Tensor, logits: Tensor | None, batch_size: int, device: torch.device) -> StreamingStats:

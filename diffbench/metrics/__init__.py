@@ -32,6 +32,9 @@ Pieces, for finer control:
 - ``fid``: ``frechet_distance(stats_a, stats_b)``, ``FrechetTarget`` (a reference with cached sqrt).
 - ``kid.kid``, ``inception_score.inception_score``, ``prdc.prdc`` on feature / logit arrays.
 - ``refs``: ``load_or_build_reference`` -> ``RefStats`` (cache + provenance JSON + corruption check).
+- ``clip_score``: ``load_clip(hub id or folder)`` -> ``ClipModel`` (``scores(images, prompts)``: CLIP score per
+  sample), extractor ``clip`` (image embeddings); ``dinov2``: extractor ``dinov2`` (FD-DINOv2's features);
+  ``cmmd.cmmd(generated, reference)`` on CLIP embeddings.
 - ``error``: ``solver_error(samples, reference_samples)`` / ``ErrorStats``; ``lpips``: ``LPIPS``.
 - ``uncertainty``: ``bootstrap``, ``fd_interval``, ``kid_interval``, ``paired_fd_difference``,
   ``paired_mean_difference``
@@ -45,9 +48,12 @@ Config fields named in this package's messages (the ``metrics`` group should car
 ``names``, ``extractor`` (auto | inception | random_conv), ``extractor_weights`` (explicit path),
 ``resize_mode`` (clean | legacy_tensorflow), ``ref_n``, ``kid_subsets``, ``kid_subset_size``,
 ``is_splits``, ``prdc_k``, ``prdc_max``, ``n_boot``, ``kid_n_boot``, ``ci_level``, ``ci_includes_reference``,
-``lpips_net``, ``lpips_weights`` (all in configs/metrics/default.yaml; MetricOptions mirrors them).
+``lpips_net``, ``lpips_weights`` (all in diffbench/schema.py Metrics; MetricOptions mirrors them).
 Environment: DIFFBENCH_CACHE (cache root), DIFFBENCH_ALLOW_DOWNLOAD=1 (opt-in downloads).
 """
+from diffbench.metrics.clip_score import ClipModel, load_clip
+from diffbench.metrics.cmmd import cmmd
+from diffbench.metrics.dinov2 import Dinov2Extractor
 from diffbench.metrics.error import ErrorStats, solver_error
 from diffbench.metrics.evaluate import (
                                         FEATURE_METRICS,
@@ -75,6 +81,7 @@ from diffbench.metrics.uncertainty import (
 )
 
 __all__ = [
+    "ClipModel", "Dinov2Extractor", "cmmd", "load_clip",
     "EXTRACTORS", "FEATURE_METRICS", "PAIRED_METRICS", "LPIPS", "ErrorStats", "FeatureExtractor", "FeatureStats",
     "Features", "FrechetTarget", "Interval", "MetricOptions", "Progress", "RefStats", "StreamingStats",
     "bootstrap", "compute_metrics", "evaluate", "extract", "fd_interval", "frechet_distance", "inception_score",

@@ -13,7 +13,9 @@ from typing import Any
 
 from torch import Tensor
 
+from diffbench.columns import MetricValue
 from diffbench.errors import UsageError
+from diffbench.metrics.features import FeatureExtractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.inception_score import inception_score
 from diffbench.metrics.kid import kid
@@ -24,11 +26,14 @@ from diffbench.metrics.uncertainty import Interval, fd_interval, kid_interval
 
 FEATURE_METRICS = ("fd", "kid", "is", "prdc")
 PAIRED_METRICS = ("solver_error", "lpips")
+TEXT_IMAGE_METRICS = ("clip_score", "fd_dinov2", "cmmd")  # on their own networks (diffbench.metrics.suite)
 ALIASES = {"fid": "fd", "inception_score": "is", "pr": "prdc", "precision_recall": "prdc"}
 
 
 def parse_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split metric names into (feature metrics, paired metrics), resolving aliases; UsageError if unknown."""
+    """Split metric names into (feature metrics, paired metrics), resolving aliases; UsageError if unknown.
+
+    Text-to-image metrics (TEXT_IMAGE_METRICS) are valid names and in neither list (``text_image_metrics``)."""
     feature, paired = [], []
     for raw in names:
         name = ALIASES.get(raw, raw)
@@ -36,15 +41,20 @@ def parse_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
             feature.append(name)
         elif name in PAIRED_METRICS:
             paired.append(name)
-        else:
-            valid = ", ".join([*FEATURE_METRICS, *PAIRED_METRICS, *ALIASES])
+        elif name not in TEXT_IMAGE_METRICS:
+            valid = ", ".join([*FEATURE_METRICS, *PAIRED_METRICS, *TEXT_IMAGE_METRICS, *ALIASES])
             raise UsageError(f"metrics.names: '{raw}' is unknown; choose from: {valid}")
     return list(dict.fromkeys(feature)), list(dict.fromkeys(paired))
 
 
+def text_image_metrics(names: Sequence[str]) -> list[str]:
+    """The text-to-image metrics among metric names (clip_score, fd_dinov2, cmmd), in TEXT_IMAGE_METRICS order."""
+    return [name for name in TEXT_IMAGE_METRICS if name in names]
+
+
 @dataclass
 class MetricOptions:
-    """Knobs of the feature metrics (the metrics config group's fields, configs/metrics/default.yaml).
+    """Knobs of the feature metrics (the metrics config group's fields, diffbench/schema.py Metrics).
 
     Attributes:
         kid_subsets, kid_subset_size: KID subset count and size (clean-fid: 100, 1000).
@@ -197,3 +207,25 @@ def evaluate(images: Iterable[Tensor], ref: RefStats | FeatureStats, extractor: 
     out["notes"][:0] = extractor.notes
     out["weights_check"] = extractor.weights_check
     return out
+
+
+def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[dict[str, MetricValue], dict[str, Any]]:
+    """compute_metrics' dict as labelled metric values plus row columns (extractor, reference id, notes).
+
+    A metric keeps its own name only on Inception features (`fid`, `kid`, ...); on other features
+    it carries the extractor's name (`fd_random_conv`), so it is never mistaken for FID.
+    """
+    suffix = "" if extractor.fid_network else f"_{extractor.name}"
+    values: dict[str, MetricValue] = {}
+    extra: dict[str, Any] = {}
+    for name in ("fd", "kid", "is", "precision", "recall", "density", "coverage"):
+        if out.get(name) is not None:
+            label = ("fid" if name == "fd" and not suffix else name) + suffix
+            values[label] = MetricValue(out[name], out.get(f"{name}_low"), out.get(f"{name}_high"))
+            if out.get(f"{name}_std") is not None:
+                extra[f"{label}_std"] = out[f"{name}_std"]
+    notes = extractor.notes + list(out["notes"])
+    extra.update(feature_extractor=out["feature_extractor"], resize_mode=out["resize_mode"], ref_id=out["ref_id"],
+                 n_ref=out["n_ref"], weights_check=extractor.weights_check, ci=out["ci"],
+                 notes="; ".join(notes) or None)
+    return values, extra

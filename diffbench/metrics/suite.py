@@ -1,7 +1,8 @@
 """The metric suite of a point: extractors and dataset statistics shared across points, streamed updates.
 
 Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; paired metrics
-(solver_error, lpips) compare the first samples with their same-noise reference solutions. The
+(solver_error, lpips) compare the first samples with their same-noise reference solutions; text-to-image
+metrics (clip_score, fd_dinov2, cmmd) run on their own networks (diffbench.metrics.text_image). The
 engine hands batches to a MetricFeed, which can overlap a batch's metric work with the sampling of
 the next one; progress goes to any object with `task(description, total)` (diffbench.engine.progress).
 """
@@ -26,14 +27,22 @@ from diffbench.config import RunSettings, to_dict
 from diffbench.data import make_dataset, to_uint8
 from diffbench.errors import check
 from diffbench.metrics.error import ErrorStats
-from diffbench.metrics.evaluate import MetricOptions, compute_metrics, parse_metrics
+from diffbench.metrics.evaluate import (
+    MetricOptions,
+    compute_metrics,
+    feature_values,
+    parse_metrics,
+    text_image_metrics,
+)
 from diffbench.metrics.features import INCEPTION_EXTRACTORS, FeatureExtractor, make_extractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.lpips import LPIPS
 from diffbench.metrics.refs import RefStats, load_or_build_reference, load_published
 from diffbench.metrics.stats import StreamingStats
+from diffbench.metrics.text_image import TextImageMetrics, check_prompts
 from diffbench.metrics.uncertainty import bootstrap
 from diffbench.models import Denoiser
+from diffbench.models.conditions import ConditionSet
 
 
 class Tasks(Protocol):
@@ -115,6 +124,10 @@ class MetricContext:
         if name in INCEPTION_EXTRACTORS:
             options.update(weights=m.get("extractor_weights"), dtype=str(m.get("extractor_dtype", "float32")),
                            channels_last=bool(m.get("extractor_channels_last", False)))
+        return self.named_extractor(name, options)
+
+    def named_extractor(self, name: str, options: dict[str, Any]) -> FeatureExtractor:
+        """A registered extractor with these options, built once per sweep."""
         key = json.dumps([name, str(options)])
         if key not in self._extractors:
             self._extractors[key] = make_extractor(name, **options)
@@ -143,16 +156,20 @@ class MetricContext:
         return self._refs[key]
 
 
-def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
-    """Metric choices that cannot work with this model or sample count (UsageError naming the fix)."""
+def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings, conditions: ConditionSet | None = None) -> None:
+    """Metric choices that cannot work with this model, its conditions or sample count (UsageError naming the fix)."""
     feature, paired = parse_metrics(list(cfg.metrics.names))
+    text_image = text_image_metrics(list(cfg.metrics.names))
     shape: tuple[int, ...] = getattr(model, "shape", ())
-    if feature or "lpips" in paired:
+    images = feature + text_image + [m for m in paired if m == "lpips"]
+    if images:
         check(len(shape) == 3 and shape[0] in (1, 3),
-              f"metrics {', '.join(feature or paired)} need image samples [1 or 3, H, W] but the model's shape "
+              f"metrics {', '.join(images)} need image samples [1 or 3, H, W] but the model's shape "
               f"is {tuple(shape)}; use metrics=error_only for this model")
-    if feature:
-        check(run.n_samples >= 2, f"metrics {', '.join(feature)} need n_samples >= 2 (got {run.n_samples})")
+    if feature or text_image:
+        check(run.n_samples >= 2,
+              f"metrics {', '.join(feature + text_image)} need n_samples >= 2 (got {run.n_samples})")
+    check_prompts(text_image, conditions)
 
 
 class MetricSuite:
@@ -161,12 +178,17 @@ class MetricSuite:
     Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; they are
     named after the extractor unless it is Inception (fid, kid, ...), so a Frechet distance on
     random_conv features reads `fd_random_conv`, never FID. solver_error compares the first
-    metrics.error_samples samples with their same-noise reference solutions (`rmse_ref`).
+    metrics.error_samples samples with their same-noise reference solutions (`rmse_ref`); `text_image`:
+    clip_score (prompts from `conditions`), fd_dinov2, cmmd.
     """
 
-    def __init__(self, cfg: DictConfig, model: Denoiser, run: RunSettings, context: MetricContext):
+    def __init__(self, cfg: DictConfig, model: Denoiser, run: RunSettings, context: MetricContext,
+                 conditions: ConditionSet | None = None):
         self.cfg, self.context = cfg, context
         self.feature, self.paired = parse_metrics(list(cfg.metrics.names))
+        self.run_device = run.device
+        self.text_image = TextImageMetrics(cfg, run.device, conditions, context.named_extractor,
+                                           lambda e: context.dataset_statistics(cfg, model, e, run.batch_size))
         self.needs_solutions = bool(self.paired)
         self.error = ErrorStats()
         self.lpips = (LPIPS(str(cfg.metrics.get("lpips_net", "alex")), run.device, cfg.metrics.get("lpips_weights"))
@@ -178,11 +200,14 @@ class MetricSuite:
 
     def update(self, x: Tensor, indices: Sequence[int], solutions: Tensor | None) -> None:
         """Add one batch of samples (indices: their sample indices) to every metric."""
-        if self.extractor is not None:
-            assert self.stats is not None  # set with the extractor
-            for part in x.split(FEATURE_BATCH):  # batch_size=auto may hand over thousands of samples
-                out = self.extractor(to_uint8(part))
+        image_metrics = self.extractor is not None or self.text_image.active
+        for start in range(0, len(x) if image_metrics else 0, FEATURE_BATCH):  # batch_size=auto: thousands at once
+            images = to_uint8(x[start:start + FEATURE_BATCH])
+            if self.extractor is not None:
+                assert self.stats is not None  # set with the extractor
+                out = self.extractor(images)
                 self.stats.update(out.features, out.logits)
+            self.text_image.update(images, indices[start:start + FEATURE_BATCH])
         if solutions is not None:
             keep = [k for k, i in enumerate(indices) if i < len(solutions)]
             if keep:
@@ -194,6 +219,7 @@ class MetricSuite:
     def compute(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:
         """(metric values with intervals, extra row columns: extractor, reference id, notes, ...)."""
         values, extra = self._feature_metrics() if self.stats is not None else ({}, {})
+        self.text_image.compute(values, extra, metric_options(self.cfg, self.run_device), self.context.frechet_target)
         if "solver_error" in self.paired:
             mse = self.error.per_sample_mse
             n_boot = int(self.cfg.metrics.error_n_boot)
@@ -222,25 +248,3 @@ def metric_options(cfg: DictConfig, device: torch.device) -> MetricOptions:
     """The metrics config group as diffbench.metrics' MetricOptions."""
     fields = {f.name for f in dataclasses.fields(MetricOptions)} - {"device"}
     return MetricOptions(**{k: v for k, v in to_dict(cfg.metrics).items() if k in fields}, device=str(device))
-
-
-def feature_values(out: dict[str, Any], extractor: FeatureExtractor) -> tuple[dict[str, MetricValue], dict[str, Any]]:
-    """compute_metrics' dict as labelled metric values plus row columns (extractor, reference id, notes).
-
-    A metric keeps its own name only on Inception features (`fid`, `kid`, ...); on other features
-    it carries the extractor's name (`fd_random_conv`), so it is never mistaken for FID.
-    """
-    suffix = "" if extractor.fid_network else f"_{extractor.name}"
-    values: dict[str, MetricValue] = {}
-    extra: dict[str, Any] = {}
-    for name in ("fd", "kid", "is", "precision", "recall", "density", "coverage"):
-        if out.get(name) is not None:
-            label = ("fid" if name == "fd" and not suffix else name) + suffix
-            values[label] = MetricValue(out[name], out.get(f"{name}_low"), out.get(f"{name}_high"))
-            if out.get(f"{name}_std") is not None:
-                extra[f"{label}_std"] = out[f"{name}_std"]
-    notes = extractor.notes + list(out["notes"])
-    extra.update(feature_extractor=out["feature_extractor"], resize_mode=out["resize_mode"], ref_id=out["ref_id"],
-                 n_ref=out["n_ref"], weights_check=extractor.weights_check, ci=out["ci"],
-                 notes="; ".join(notes) or None)
-    return values, extra

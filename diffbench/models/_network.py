@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from diffbench.assetstore import PACKAGE_ASSETS, weights_dir
-from diffbench.errors import AssetMissing, UsageError, check
+from diffbench.errors import AssetMissing, UsageError, check, first_line
 from diffbench.models.unet import build_from_checkpoint, is_checkpoint
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -85,12 +85,6 @@ def _is_torchscript(file: Path) -> bool:
         return False
     with zipfile.ZipFile(file) as z:
         return any("/code/" in name for name in z.namelist())
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (its class name if empty): errors stay one line."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def checkpoint_shape(fields: dict[str, Any], shape: Sequence[int] | None, path: str) -> tuple[int, ...]:

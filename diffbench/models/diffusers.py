@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffbench.assetstore import hub_folder
 from diffbench.errors import AssetMissing, UsageError, check
 from diffbench.models._network import TorchNet, first_line, parse_dtype
 from diffbench.models.base import PredictionDenoiser
@@ -34,7 +35,6 @@ PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 DDPM_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
                  "prediction_type": "epsilon"}
-HUB_FILES = ["*.json", "*.safetensors", "*.bin"]
 EXPECTED = "a UNet2DModel folder or a DDPM/DDIM pipeline folder (save_pretrained), or a hub id owner/name"
 
 
@@ -63,28 +63,7 @@ class UNetPrediction(nn.Module):
 
 def local_folder(path: str, revision: str | None = None) -> Path:
     """The folder model.path names: a local directory, else the hub id's snapshot (cache, then opt-in download)."""
-    check(bool(path), f"model.path is empty; set it to {EXPECTED}")
-    folder = Path(path).expanduser()
-    if folder.is_dir():
-        return folder
-    if folder.exists() or path.count("/") != 1 or path.startswith((".", "/", "~")):
-        raise AssetMissing(f"model.path={path} is not a directory; expected {EXPECTED}")
-    from huggingface_hub import snapshot_download
-
-    from diffbench.assetstore import ALLOW_DOWNLOAD_ENV, download_allowed
-
-    try:
-        return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES, local_files_only=True))
-    except FileNotFoundError:  # LocalEntryNotFoundError: not in the Hugging Face cache
-        pass
-    if not download_allowed():
-        raise AssetMissing(f"model.path={path}: no such folder and not in the Hugging Face cache; set "
-                           f"{ALLOW_DOWNLOAD_ENV}=1 to download it from the hub, or set model.path to a local "
-                           "save_pretrained folder")
-    try:
-        return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES))
-    except Exception as e:  # network, auth and not-found errors of huggingface_hub share no base class
-        raise AssetMissing(f"model.path={path}: download from the Hugging Face hub failed ({first_line(e)})") from None
+    return hub_folder(path, "model.path", EXPECTED, revision)
 
 
 def layout(root: Path) -> tuple[Path, Path | None]:
