@@ -17,7 +17,7 @@ model's and are ignored: diffbench's solvers and step schedules replace them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,20 +61,25 @@ class UNetPrediction(nn.Module):
         return self.unet(x_t, t, return_dict=False)[0][:, :self.channels]
 
 
-def local_folder(path: str, revision: str | None = None) -> Path:
-    """The folder model.path names: a local directory, else the hub id's snapshot (cache, then opt-in download)."""
-    check(bool(path), f"model.path is empty; set it to {EXPECTED}")
+def local_folder(path: str, revision: str | None = None, expected: str = EXPECTED,
+                 patterns: Sequence[str] = HUB_FILES) -> Path:
+    """The folder model.path names: a local directory, else the hub id's snapshot (cache, then opt-in download).
+
+    `patterns` are the hub files fetched (a pipeline's network, VAE and scheduler, not its text encoders).
+    """
+    check(bool(path), f"model.path is empty; set it to {expected}")
     folder = Path(path).expanduser()
     if folder.is_dir():
         return folder
     if folder.exists() or path.count("/") != 1 or path.startswith((".", "/", "~")):
-        raise AssetMissing(f"model.path={path} is not a directory; expected {EXPECTED}")
+        raise AssetMissing(f"model.path={path} is not a directory; expected {expected}")
     from huggingface_hub import snapshot_download
 
     from diffbench.assetstore import ALLOW_DOWNLOAD_ENV, download_allowed
 
     try:
-        return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES, local_files_only=True))
+        return Path(snapshot_download(path, revision=revision, allow_patterns=list(patterns),
+                                         local_files_only=True))
     except FileNotFoundError:  # LocalEntryNotFoundError: not in the Hugging Face cache
         pass
     if not download_allowed():
@@ -82,7 +87,7 @@ def local_folder(path: str, revision: str | None = None) -> Path:
                            f"{ALLOW_DOWNLOAD_ENV}=1 to download it from the hub, or set model.path to a local "
                            "save_pretrained folder")
     try:
-        return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES))
+        return Path(snapshot_download(path, revision=revision, allow_patterns=list(patterns)))
     except Exception as e:  # network, auth and not-found errors of huggingface_hub share no base class
         raise AssetMissing(f"model.path={path}: download from the Hugging Face hub failed ({first_line(e)})") from None
 
