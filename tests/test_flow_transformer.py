@@ -15,7 +15,7 @@ from diffbench.models._latent import VaeDecoder
 from diffbench.models._network import TorchNet
 from diffbench.models.conditions import ConditionSet
 from diffbench.models.dit import DiTDenoiser, DiTEps
-from diffbench.models.flow_transformer import FlowTransformerDenoiser, PromptEmbeddings, SD3Velocity
+from diffbench.models.flow_transformer import FlowTransformerDenoiser, FluxVelocity, PromptEmbeddings, SD3Velocity
 from diffbench.models.guidance import GuidedModel, cfg
 from diffbench.schedules import RectifiedFlow, VPDiscrete, make_betas
 from diffbench.solvers.euler import euler
@@ -116,6 +116,41 @@ def test_sd3_guidance_and_prompts_change_the_samples():
     assert (guided - other).abs().max() > 1e-2 and (guided - plain).abs().max() > 1e-2
 
 
+def _flux_reference(transformer, embeddings: PromptEmbeddings, z: torch.Tensor, steps: int) -> torch.Tensor:
+    """FluxPipeline's loop on packed latents: true CFG (prompt rows, then the empty prompt's; one batch here),
+    distilled guidance 3.5, dynamic shift for the tiny latent's 16 tokens."""
+    pipe, (b, c, h, w) = diffusers.FluxPipeline, z.shape
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    scheduler.set_timesteps(sigmas=torch.linspace(1, 1 / steps, steps).tolist(), mu=SHIFT_MU_16)
+    img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32)
+    embeds, pooled = embeddings.take(LABELS)
+    null_embeds, null_pooled = embeddings.take(torch.full_like(LABELS, -1))
+    latents, txt_ids = pipe._pack_latents(z, b, c, h, w), torch.zeros(embeds.shape[1], 3)
+    embeds, pooled = torch.cat([embeds, null_embeds]), torch.cat([pooled, null_pooled])
+    guidance = torch.full((2 * b,), 3.5)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            v = transformer(hidden_states=torch.cat([latents, latents]), timestep=t.expand(2 * b) / 1000,
+                            guidance=guidance, pooled_projections=pooled, encoder_hidden_states=embeds,
+                            txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+            v_text, v_null = v.chunk(2)
+            latents = scheduler.step(v_null + SCALE * (v_text - v_null), t, latents).prev_sample
+    return pipe._unpack_latents(latents, h * 8, w * 8, 8)
+
+
+SHIFT_MU_16 = 0.5 + 0.65 * (16 - 256) / 3840  # calculate_shift for the tiny latent's 16 tokens
+
+
+def test_flux_euler_with_cfg_matches_the_pipeline_loop():
+    transformer, embeddings, z = tiny.flux_transformer(), tiny.prompt_embeddings(), _latents(2)
+    model = FlowTransformerDenoiser(TorchNet(FluxVelocity(transformer, 3.5), torch.float32), embeddings, tiny.LATENT)
+    sigmas = make_sigmas("flow_shift_flux", 4, model.schedule, seq_len=16)
+    ours = euler(_guided(model).bind(range(len(z))), z.double() * model.schedule.prior_std(float(sigmas[0])), sigmas)
+    reference = _flux_reference(transformer, embeddings, z, 4)
+    assert reference.abs().max() > 0.1
+    assert (ours.float() - reference).abs().max() <= 1e-4
+
+
 def _dit_reference(transformer, z: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """DiTPipeline's loop (labels then the null class, CFG on eps, learned sigma dropped) with DDIM; its timesteps."""
     scheduler = diffusers.DDIMScheduler(**tiny.DIT_BETAS, clip_sample=False, set_alpha_to_one=True)
@@ -198,7 +233,7 @@ def test_missing_pipeline_parts_are_one_line(tmp_path, monkeypatch):
         make_model("sd3", {"path": str(tmp_path / "empty"), "embeddings": "x.pt"})
 
 
-@pytest.mark.slow  # ~15 s: diffusers import, RK45 reference solutions through the tiny DiT
+@pytest.mark.slow  # ~40 s on the shared CPU: RK45 reference solutions through the tiny DiT
 def test_tiny_dit_sweep_end_to_end(tmp_path, sweep_cache):
     from diffbench.engine.sweep import run_sweep
     from tests.helpers.sweeps import sweep_args

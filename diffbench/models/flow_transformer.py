@@ -93,6 +93,26 @@ class SD3Velocity(nn.Module):
                                 timestep=t * 1000, return_dict=False)[0]
 
 
+class FluxVelocity(nn.Module):
+    """FluxTransformer2DModel on latents [B, C, H, W]: packed into 2x2 patch tokens with their position ids, as
+    FluxPipeline does, called at t (not 1000 t) with the distilled guidance embedding where it has one."""
+
+    def __init__(self, transformer: nn.Module, guidance: float):
+        super().__init__()
+        self.transformer, self.guidance = transformer, guidance
+
+    def forward(self, x_t: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
+        b, c, h, w = x_t.shape
+        tokens = x_t.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
+        rows, cols = torch.meshgrid(torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
+        img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(x_t)
+        txt_ids = x_t.new_zeros(embeds.shape[1], 3)
+        guidance = t.new_full((b,), self.guidance) if self.transformer.config.guidance_embeds else None
+        v = self.transformer(hidden_states=tokens, encoder_hidden_states=embeds, pooled_projections=pooled,
+                             timestep=t, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
+        return v.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
 class FlowTransformerDenoiser(ConditionalDenoiser):
     """D(x, sigma, labels) of a text-conditioned velocity transformer; `decode` runs the pipeline's VAE."""
 
@@ -137,3 +157,34 @@ def sd3(path: str = "", embeddings: str = "", shape: Sequence[int] | None = None
     net = TorchNet(SD3Velocity(transformer), parse_dtype(dtype), compile=compile)
     return FlowTransformerDenoiser(net, PromptEmbeddings.load(embeddings), latent_shape(transformer, shape),
                                    VaeDecoder(vae, parse_dtype(vae_dtype)), kind="sd3", source=path)
+
+
+FLUX_EXPECTED = "a FluxPipeline folder (transformer/, vae/, scheduler/) or its hub id"
+FLUX_LATENT = 128  # latent side at Flux's native 1024 px (the transformer config records no sample size)
+
+
+@register_model("flux")
+def flux(path: str = "", embeddings: str = "", shape: Sequence[int] | None = None, guidance: float = 3.5,
+         dtype: str = "float32", vae_dtype: str = "float32", revision: str | None = None,
+         compile: bool | str = False) -> FlowTransformerDenoiser:
+    """A diffusers FluxTransformer2DModel with its VAE, conditioned on precomputed prompt (T5) and pooled (CLIP)
+    embeddings; diffbench's guidance (guidance=cfg) is FluxPipeline's true_cfg.
+
+    Args:
+        path: a FluxPipeline save_pretrained folder or a hub id (owner/name).
+        embeddings: the prompt embeddings file (PromptEmbeddings.load: K prompts, the empty prompt's as null).
+        shape: latent shape [C, H, W], H and W even (default: [in_channels / 4, 128, 128], 1024 px).
+        guidance: the distilled guidance scale fed to guidance-embedding models (FLUX.1-dev; schnell has none).
+        dtype: the precision the transformer runs in (float32, float16, bfloat16).
+        vae_dtype: the precision the VAE decodes in.
+        revision: the hub revision (branch, tag or commit) for hub ids.
+        compile: torch.compile the transformer: false, true or a mode.
+    """
+    _, transformer, vae = load_pipeline_parts(path, revision, "FluxTransformer2DModel", FLUX_EXPECTED)
+    channels = int(transformer.config.in_channels) // 4
+    size = tuple(shape) if shape is not None else (channels, FLUX_LATENT, FLUX_LATENT)
+    check(len(size) == 3 and size[0] == channels and size[1] % 2 == 0 and size[2] % 2 == 0,
+          f"model.shape must be [{channels}, H, W] with H and W even for this Flux transformer (got {list(size)})")
+    net = TorchNet(FluxVelocity(transformer, guidance), parse_dtype(dtype), compile=compile)
+    return FlowTransformerDenoiser(net, PromptEmbeddings.load(embeddings), size,
+                                   VaeDecoder(vae, parse_dtype(vae_dtype)), kind="flux", source=path)

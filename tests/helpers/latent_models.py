@@ -11,6 +11,9 @@ LATENT = (4, 8, 8)  # latent [C, H, W] of the tiny transformers; the tiny VAE de
 SD3_CONFIG = dict(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
                   num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8,
                   pos_embed_max_size=8)
+FLUX_CONFIG = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                   num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, guidance_embeds=True,
+                   axes_dims_rope=(2, 2, 4))
 DIT_CONFIG = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
                   sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_num_groups=4)
 VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), layers_per_block=1,
@@ -34,6 +37,11 @@ def randomized(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.n
 def sd3_transformer(seed: int = 0):
     from diffusers import SD3Transformer2DModel
     return randomized(SD3Transformer2DModel(**SD3_CONFIG), seed)
+
+
+def flux_transformer(seed: int = 0):
+    from diffusers import FluxTransformer2DModel
+    return randomized(FluxTransformer2DModel(**FLUX_CONFIG), seed)
 
 
 def dit_transformer(seed: int = 0):
