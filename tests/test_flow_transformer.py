@@ -246,3 +246,14 @@ def test_tiny_dit_sweep_end_to_end(tmp_path, sweep_cache):
     df = run_sweep(args, progress=False).frame()
     assert list(df[col.STATUS]) == ["ok", "ok"], df[col.REASON].tolist()
     assert set(df[col.NFE_NETWORK]) == {8}
+
+
+@pytest.mark.parametrize("name", ["sd3-medium", "flux.1-schnell", "DiT-XL-2-256"])
+def test_public_checkpoint_configs_fit_their_kinds_and_fail_offline_in_one_line(name, monkeypatch, tmp_path):
+    """Every YAML key is an option of its kind; without the weights the error names the hub id and the fix."""
+    from diffbench.config import group_config
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    options = group_config("model", name)
+    with pytest.raises(AssetMissing, match=f"model.path={options['path']}: no such folder and not in the Hugging"):
+        make_model(options.pop("kind"), options)
