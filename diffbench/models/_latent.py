@@ -72,9 +72,17 @@ class VaeDecoder:
         self.scaling = float(vae.config.scaling_factor)
         self.shift = float(vae.config.shift_factor or 0.0)  # SD3/Flux VAEs have one; SD1.x/DiT's None
 
+    def to_vae(self, latents: Tensor) -> Tensor:
+        """The model's latents as the VAE's own latents."""
+        return latents / self.scaling + self.shift
+
+    def to_images(self, decoded: Tensor) -> Tensor:
+        """The VAE's output as images in [-1, 1]."""
+        return decoded
+
     def __call__(self, latents: Tensor) -> Tensor:
         if next(self.vae.parameters()).device != latents.device:
             self.vae = self.vae.to(latents.device)
         with torch.inference_mode():
-            images = self.vae.decode((latents / self.scaling + self.shift).to(self.dtype), return_dict=False)[0]
-        return images.to(latents.dtype)
+            decoded = self.vae.decode(self.to_vae(latents).to(self.dtype), return_dict=False)[0]
+        return self.to_images(decoded).to(latents.dtype)
