@@ -28,7 +28,7 @@ def _config_name(part: str) -> str:
 
 
 def load_pipeline_parts(path: str, revision: str | None, transformer: str,
-                        expected: str) -> tuple[Path, nn.Module, Any]:
+                        expected: str) -> tuple[Path, Any, Any]:
     """(folder, the diffusers `transformer` class's network, AutoencoderKL) of a pipeline folder or hub id."""
     root = pipeline_folder(path, revision, ("transformer", "vae", "scheduler"), expected)
     return (root, load_part(diffusers_class(transformer), root / "transformer", (transformer,)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -97,9 +98,10 @@ class FluxVelocity(nn.Module):
     """FluxTransformer2DModel on latents [B, C, H, W]: packed into 2x2 patch tokens with their position ids, as
     FluxPipeline does, called at t (not 1000 t) with the distilled guidance embedding where it has one."""
 
-    def __init__(self, transformer: nn.Module, guidance: float):
+    def __init__(self, transformer: Any, guidance: float):
         super().__init__()
         self.transformer, self.guidance = transformer, guidance
+        self.guided = bool(transformer.config.guidance_embeds)  # FLUX.1-dev's distilled guidance input
 
     def forward(self, x_t: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
         b, c, h, w = x_t.shape
@@ -107,7 +109,7 @@ class FluxVelocity(nn.Module):
         rows, cols = torch.meshgrid(torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
         img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(x_t)
         txt_ids = x_t.new_zeros(embeds.shape[1], 3)
-        guidance = t.new_full((b,), self.guidance) if self.transformer.config.guidance_embeds else None
+        guidance = t.new_full((b,), self.guidance) if self.guided else None
         v = self.transformer(hidden_states=tokens, encoder_hidden_states=embeds, pooled_projections=pooled,
                              timestep=t, img_ids=img_ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
         return v.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
