@@ -15,7 +15,13 @@ from diffbench.models._latent import VaeDecoder
 from diffbench.models._network import TorchNet
 from diffbench.models.conditions import ConditionSet
 from diffbench.models.dit import DiTDenoiser, DiTEps
-from diffbench.models.flow_transformer import FlowTransformerDenoiser, FluxVelocity, PromptEmbeddings, SD3Velocity
+from diffbench.models.flow_transformer import (
+    EMBEDDING_KEYS,
+    FlowTransformerDenoiser,
+    FluxVelocity,
+    PromptEmbeddings,
+    SD3Velocity,
+)
 from diffbench.models.guidance import GuidedModel, cfg
 from diffbench.schedules import RectifiedFlow, VPDiscrete, make_betas
 from diffbench.solvers.euler import euler
@@ -92,7 +98,7 @@ def _sd3_model(transformer, embeddings: PromptEmbeddings) -> FlowTransformerDeno
     return FlowTransformerDenoiser(TorchNet(SD3Velocity(transformer), torch.float32), embeddings, tiny.LATENT)
 
 
-@pytest.mark.parametrize("steps", [2, 8])
+@pytest.mark.parametrize("steps", [2, pytest.param(8, marks=pytest.mark.slow)])  # 8 steps: ~20 s on a busy CPU
 def test_sd3_euler_with_cfg_matches_the_pipeline_loop(steps):
     transformer, embeddings, z = tiny.sd3_transformer(), tiny.prompt_embeddings(), _latents()
     model = _sd3_model(transformer, embeddings)
@@ -192,11 +198,15 @@ def test_vae_decoder_honours_scaling_and_shift():
     assert torch.allclose(images.float(), expected, atol=1e-6)
 
 
+def _embeddings_file(folder) -> str:
+    """The tiny prompt embeddings saved as a model.embeddings file."""
+    torch.save(dict(zip(EMBEDDING_KEYS, tiny.prompt_embeddings().tables)), folder / "embeds.pt")
+    return str(folder / "embeds.pt")
+
+
 def test_embeddings_round_trip_and_null_rows(tmp_path):
     embeddings = tiny.prompt_embeddings()
-    torch.save(dict(zip(("prompt_embeds", "pooled_prompt_embeds", "null_prompt_embeds", "null_pooled_prompt_embeds"),
-                        embeddings.tables)), tmp_path / "e.pt")
-    loaded = PromptEmbeddings.load(str(tmp_path / "e.pt"))
+    loaded = PromptEmbeddings.load(_embeddings_file(tmp_path))
     embeds, pooled = loaded.take(torch.tensor([2, -1]))
     assert torch.equal(embeds[0], embeddings.embeds[2]) and torch.equal(pooled[1], embeddings.null_pooled)
     torch.save({"prompt_embeds": embeddings.embeds}, tmp_path / "bad.pt")
@@ -204,16 +214,10 @@ def test_embeddings_round_trip_and_null_rows(tmp_path):
         PromptEmbeddings.load(str(tmp_path / "bad.pt"))
 
 
-def _sd3_folder(tmp_path):
-    root = tiny.save_pipeline(tmp_path / "sd3", tiny.sd3_transformer(),
-                              diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
-    torch.save(dict(zip(("prompt_embeds", "pooled_prompt_embeds", "null_prompt_embeds", "null_pooled_prompt_embeds"),
-                        tiny.prompt_embeddings().tables)), tmp_path / "embeds.pt")
-    return root
-
-
 def test_models_load_from_pipeline_folders_and_decode(tmp_path):
-    sd3 = make_model("sd3", {"path": str(_sd3_folder(tmp_path)), "embeddings": str(tmp_path / "embeds.pt")})
+    sd3_root = tiny.save_pipeline(tmp_path / "sd3", tiny.sd3_transformer(),
+                                  diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    sd3 = make_model("sd3", {"path": str(sd3_root), "embeddings": _embeddings_file(tmp_path)})
     dit_root = tiny.save_pipeline(tmp_path / "dit", tiny.dit_transformer(), diffusers.DDIMScheduler(**tiny.DIT_BETAS))
     dit = make_model("dit", {"path": str(dit_root)})
     assert (sd3.shape, sd3.classes, dit.shape, dit.classes) == (tiny.LATENT, 3, tiny.LATENT, 10)
@@ -230,7 +234,7 @@ def test_missing_pipeline_parts_are_one_line(tmp_path, monkeypatch):
         make_model("dit", {"path": "nobody/not-a-DiT"})
     (tmp_path / "empty" / "transformer").mkdir(parents=True)
     with pytest.raises(AssetMissing, match=r"lacks transformer/config.json, vae/config.json, scheduler/"):
-        make_model("sd3", {"path": str(tmp_path / "empty"), "embeddings": "x.pt"})
+        make_model("sd3", {"path": str(tmp_path / "empty"), "embeddings": _embeddings_file(tmp_path)})
 
 
 @pytest.mark.slow  # ~40 s on the shared CPU: RK45 reference solutions through the tiny DiT
@@ -255,5 +259,9 @@ def test_public_checkpoint_configs_fit_their_kinds_and_fail_offline_in_one_line(
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     options = group_config("model", name)
+    if "embeddings" in options:  # text models: the embeddings file first, before any weights load
+        with pytest.raises(UsageError, match="model.embeddings='': no such file; give a torch or safetensors file"):
+            make_model(options["kind"], {k: v for k, v in options.items() if k != "kind"})
+        options["embeddings"] = _embeddings_file(tmp_path)
     with pytest.raises(AssetMissing, match=f"model.path={options['path']}: no such folder and not in the Hugging"):
         make_model(options.pop("kind"), options)

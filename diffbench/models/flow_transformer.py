@@ -155,9 +155,10 @@ def sd3(path: str = "", embeddings: str = "", shape: Sequence[int] | None = None
         revision: the hub revision (branch, tag or commit) for hub ids.
         compile: torch.compile the transformer: false, true or a mode.
     """
+    conditions = PromptEmbeddings.load(embeddings)  # first: a missing file fails before the weights load
     _, transformer, vae = load_pipeline_parts(path, revision, "SD3Transformer2DModel", SD3_EXPECTED)
     net = TorchNet(SD3Velocity(transformer), parse_dtype(dtype), compile=compile)
-    return FlowTransformerDenoiser(net, PromptEmbeddings.load(embeddings), latent_shape(transformer, shape),
+    return FlowTransformerDenoiser(net, conditions, latent_shape(transformer, shape),
                                    VaeDecoder(vae, parse_dtype(vae_dtype)), kind="sd3", source=path)
 
 
@@ -182,11 +183,12 @@ def flux(path: str = "", embeddings: str = "", shape: Sequence[int] | None = Non
         revision: the hub revision (branch, tag or commit) for hub ids.
         compile: torch.compile the transformer: false, true or a mode.
     """
+    conditions = PromptEmbeddings.load(embeddings)
     _, transformer, vae = load_pipeline_parts(path, revision, "FluxTransformer2DModel", FLUX_EXPECTED)
     channels = int(transformer.config.in_channels) // 4
     size = tuple(shape) if shape is not None else (channels, FLUX_LATENT, FLUX_LATENT)
     check(len(size) == 3 and size[0] == channels and size[1] % 2 == 0 and size[2] % 2 == 0,
           f"model.shape must be [{channels}, H, W] with H and W even for this Flux transformer (got {list(size)})")
     net = TorchNet(FluxVelocity(transformer, guidance), parse_dtype(dtype), compile=compile)
-    return FlowTransformerDenoiser(net, PromptEmbeddings.load(embeddings), size,
+    return FlowTransformerDenoiser(net, conditions, size,
                                    VaeDecoder(vae, parse_dtype(vae_dtype)), kind="flux", source=path)
