@@ -1,7 +1,7 @@
 """What the diffusers latent adapters (flow transformers, DiT) share: pipeline folders, their parts, the VAE decode."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +86,12 @@ class VaeDecoder:
         with torch.inference_mode():
             decoded = self.vae.decode(self.to_vae(latents).to(self.dtype), return_dict=False)[0]
         return self.to_images(decoded).to(latents.dtype)
+
+
+class LatentDecode:
+    """Mixin for latent denoisers: `decode` runs their `decoder` (the VAE), or returns x when there is none."""
+
+    decoder: Callable[[Tensor], Tensor] | None = None
+
+    def decode(self, x: Tensor) -> Tensor:
+        return x if self.decoder is None else self.decoder(x)

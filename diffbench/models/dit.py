@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from diffbench.errors import check
-from diffbench.models._latent import VaeDecoder, latent_shape, load_pipeline_parts
+from diffbench.models._latent import LatentDecode, VaeDecoder, latent_shape, load_pipeline_parts
 from diffbench.models._network import TorchNet, parse_dtype
 from diffbench.models.base import NO_LABEL, ConditionalDenoiser, PredictionDenoiser
 from diffbench.models.diffusers import DDPM_DEFAULTS, read_json, scheduler_betas
@@ -36,7 +36,7 @@ class DiTEps(nn.Module):
         return self.transformer(x_t, timestep=t, class_labels=labels, return_dict=False)[0][:, :self.channels]
 
 
-class DiTDenoiser(ConditionalDenoiser):
+class DiTDenoiser(LatentDecode, ConditionalDenoiser):
     """D(x, sigma, labels) of a class-conditional DiT; `decode` runs the pipeline's VAE."""
 
     def __init__(self, net: Callable[..., Tensor], schedule: VPDiscrete, classes: int, shape: Sequence[int],
@@ -48,9 +48,6 @@ class DiTDenoiser(ConditionalDenoiser):
     def denoise_cond(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
         null = torch.full_like(labels, self.classes)
         return self.eps.predict(x, sigma, torch.where(labels == NO_LABEL, null, labels))
-
-    def decode(self, x: Tensor) -> Tensor:
-        return x if self.decoder is None else self.decoder(x)
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "model_kind": "dit", "model_path": self.source, "prediction": "eps",

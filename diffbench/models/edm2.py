@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.nn import functional as F  # noqa: N812
 
 from diffbench.errors import check
-from diffbench.models._latent import VaeDecoder, diffusers_class, load_part
+from diffbench.models._latent import LatentDecode, VaeDecoder, diffusers_class, load_part
 from diffbench.models._network import TorchNet, checkpoint_shape, load_network, parse_dtype, precond_of
 from diffbench.models.base import ConditionalDenoiser, expand_as
 from diffbench.models.diffusers import local_folder
@@ -49,7 +49,7 @@ class Edm2Decoder(VaeDecoder):
         return decoded * 2 - 1
 
 
-class Edm2Denoiser(ConditionalDenoiser):
+class Edm2Denoiser(LatentDecode, ConditionalDenoiser):
     """D(x, sigma, labels) = c_skip x + c_out F(c_in x, c_noise, one_hot(labels)); `decode` runs EDM2's VAE decode."""
 
     def __init__(self, net: Callable[..., Tensor], sigma_data: float, labels: int, classes: int,
@@ -61,9 +61,6 @@ class Edm2Denoiser(ConditionalDenoiser):
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         f_x = self.net(expand_as(c_in, x) * x, c_noise, one_hot(labels, self.labels).to(x.dtype))
         return expand_as(c_skip, x) * x + expand_as(c_out, x) * f_x
-
-    def decode(self, x: Tensor) -> Tensor:
-        return x if self.decoder is None else self.decoder(x)
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "model_kind": "edm2", "model_path": self.source, "sigma_data": self.sigma_data,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from diffbench.errors import UsageError, check
-from diffbench.models._latent import VaeDecoder, latent_shape, load_pipeline_parts
+from diffbench.models._latent import LatentDecode, VaeDecoder, latent_shape, load_pipeline_parts
 from diffbench.models._network import TorchNet, first_line, parse_dtype
 from diffbench.models.base import ConditionalDenoiser, PredictionDenoiser
 from diffbench.models.registry import register_model
@@ -115,7 +115,7 @@ class FluxVelocity(nn.Module):
         return v.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
-class FlowTransformerDenoiser(ConditionalDenoiser):
+class FlowTransformerDenoiser(LatentDecode, ConditionalDenoiser):
     """D(x, sigma, labels) of a text-conditioned velocity transformer; `decode` runs the pipeline's VAE."""
 
     def __init__(self, net: Callable[..., Tensor], embeddings: PromptEmbeddings, shape: Sequence[int],
@@ -128,9 +128,6 @@ class FlowTransformerDenoiser(ConditionalDenoiser):
 
     def denoise_cond(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
         return self.flow.predict(x, sigma, *self.embeddings.take(labels))
-
-    def decode(self, x: Tensor) -> Tensor:
-        return x if self.decoder is None else self.decoder(x)
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "model_kind": self.kind, "model_path": self.source, "prediction": "flow",
