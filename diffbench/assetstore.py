@@ -26,7 +26,7 @@ import importlib.util
 import os
 import tempfile
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +226,8 @@ def download(asset: Asset) -> Path:
 HUB_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]  # configs, weights, tokenizer vocabularies
 
 
-def hub_folder(path: str, config_key: str, expected: str, revision: str | None = None) -> Path:
+def hub_folder(path: str, config_key: str, expected: str, revision: str | None = None,
+               patterns: Sequence[str] = HUB_FILES) -> Path:
     """The folder `path` names: a local directory, else the hub id's snapshot (the Hugging Face cache, then a
     download only with DIFFBENCH_ALLOW_DOWNLOAD=1); AssetMissing naming `config_key` and what it expects."""
     if not path:
@@ -239,14 +240,14 @@ def hub_folder(path: str, config_key: str, expected: str, revision: str | None =
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES, local_files_only=True))
+        return Path(snapshot_download(path, revision=revision, allow_patterns=list(patterns), local_files_only=True))
     except FileNotFoundError:  # LocalEntryNotFoundError: not in the Hugging Face cache
         pass
     if not download_allowed():
         raise AssetMissing(f"{config_key}={path}: no such folder and not in the Hugging Face cache; set "
                            f"{ALLOW_DOWNLOAD_ENV}=1 to download it from the hub, or set {config_key} to {expected}")
     try:
-        return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES))
+        return Path(snapshot_download(path, revision=revision, allow_patterns=list(patterns)))
     except Exception as e:  # network, auth and not-found errors of huggingface_hub share no base class
         raise AssetMissing(f"{config_key}={path}: Hugging Face hub download failed ({first_line(e)})") from None
 

@@ -134,6 +134,59 @@ def ays(n: int, schedule: NoiseSchedule, span: Span, table: str = "sd15") -> Ten
     return _finish(torch.where(frac == 0, levels[below], between), span)  # table levels exactly as published
 
 
+# Flow-matching time shift (Esser et al. 2024, SD3 sec. 5.3.2) as diffusers 0.42's FlowMatchEulerDiscreteScheduler
+# applies it: static t = s u / (1 + (s - 1) u), or dynamic t = e^mu / (e^mu + 1/u - 1) with mu linear in the image's
+# token count (its base_shift 0.5 at 256 tokens, max_shift 1.15 at 4096). Times are on the rectified-flow path.
+FLOW_TRAIN_STEPS = 1000
+SHIFT_TOKENS, SHIFT_MU = (256, 4096), (0.5, 1.15)
+
+
+def flow_time_shift(u: Tensor, shift: float, mu: float | None) -> Tensor:
+    """Shifted flow times of unshifted times u in (0, 1]: static with `shift`, or dynamic with `mu` when set."""
+    if mu is None:
+        return shift * u / (1 + (shift - 1) * u)
+    return math.exp(mu) / (math.exp(mu) + (1 / u - 1))
+
+
+def shift_mu(mu: float | None, seq_len: int | None) -> float | None:
+    """The dynamic shift's mu: as given, else from the latent token count (diffusers' calculate_shift), else None."""
+    check(mu is None or seq_len is None, "steps: give steps.mu or steps.seq_len, not both")
+    if seq_len is None:
+        return mu
+    check(seq_len >= 1, f"steps.seq_len must be >= 1 (got {seq_len})")
+    (lo, hi), (mu_lo, mu_hi) = SHIFT_TOKENS, SHIFT_MU
+    return mu_lo + (mu_hi - mu_lo) * (seq_len - lo) / (hi - lo)
+
+
+def _flow_grid(u: Tensor, span: Span, shift: float, mu: float | None) -> Tensor:
+    """EDM levels t / (1 - t) of the shifted times; t = 1 (sigma = inf) becomes the span's sigma_max."""
+    check(0 < shift < math.inf, f"steps.shift must be a finite number > 0 (got {shift})")
+    t = flow_time_shift(u, shift, mu)
+    return _finish((t / (1 - t)).clamp(max=span.sigma_max), span)
+
+
+@register_steps("flow_shift")
+def flow_shift(n: int, schedule: NoiseSchedule, span: Span, shift: float = 3.0, mu: float | None = None,
+               seq_len: int | None = None) -> Tensor:
+    """SD3's grid (FlowMatchEulerDiscreteScheduler.set_timesteps): shifted times from t = 1; span's sigma_min unused.
+
+    u runs linearly from 1 to the scheduler's sigma_min (1/1000, shifted when static, so the shift acts twice
+    at the low end, as in diffusers); shift 3.0 is SD3's. mu or seq_len (latent tokens) select dynamic shifting.
+    """
+    mu = shift_mu(mu, seq_len)
+    low = torch.tensor(1 / FLOW_TRAIN_STEPS, dtype=torch.float64)
+    low = low if mu is not None else flow_time_shift(low, shift, None)
+    return _flow_grid(1 + _ramp(span.points(n)) * (low - 1), span, shift, mu)
+
+
+@register_steps("flow_shift_flux")
+def flow_shift_flux(n: int, schedule: NoiseSchedule, span: Span, shift: float = 1.0, mu: float | None = None,
+                    seq_len: int | None = None) -> Tensor:
+    """Flux pipelines' grid: u = linspace(1, 1/n, n), then shifted (schnell: shift 1; dev: seq_len 4096 at 1024 px)."""
+    count = span.points(n)
+    return _flow_grid(1 + _ramp(count) * (1 / count - 1), span, shift, shift_mu(mu, seq_len))
+
+
 @register_steps("fitted")
 def fitted(n: int, schedule: NoiseSchedule, span: Span, method: str = "gits", calibration_seed: int = 1000,
            calibration_n: int = 32, artefact: str = "", sigmas: Sequence[float] = ()) -> Tensor:

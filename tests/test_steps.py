@@ -10,7 +10,8 @@ from diffbench.errors import UsageError
 from diffbench.schedules import EDM, VPLinear
 from diffbench.steps import STEP_GRIDS, make_sigmas
 
-GRIDS = [n for n in STEP_GRIDS if n not in ("explicit", "ays", "fitted")]  # ays: published absolute levels
+# ays: published absolute levels; flow_shift*: the flow schedulers' own times (tests/test_flow_transformer.py)
+GRIDS = [n for n in STEP_GRIDS if n not in ("explicit", "ays", "fitted", "flow_shift", "flow_shift_flux")]
 
 
 @pytest.mark.parametrize("final_zero", [True, False])

@@ -125,16 +125,18 @@ class TorchNet:
               "a TorchScript archive is already compiled")
         self.module, self.dtype, self.device = module.to(dtype).eval(), dtype, torch.device("cpu")
         self.channels_last, self.compile = bool(channels_last), compile
-        self.forward: Callable[[Tensor, Tensor], Tensor] = self.module
+        self.forward: Callable[..., Tensor] = self.module
 
-    def __call__(self, x: Tensor, c: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, c: Tensor, *cond: Tensor) -> Tensor:
+        """F(x, c, *cond); conditioning tensors (labels, text embeddings) move to x's device, floats to the dtype."""
         if x.device != self.device:
             self._place(x.device)
         dtype, x = x.dtype, x.to(self.dtype)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        cond = tuple(v.to(x.device, self.dtype if v.is_floating_point() else v.dtype) for v in cond)
         with torch.inference_mode():
-            return self.forward(x, c.float()).to(dtype).contiguous()
+            return self.forward(x, c.float(), *cond).to(dtype).contiguous()
 
     def _place(self, device: torch.device) -> None:
         """Move the module (and its memory format) to the device; compile it there if asked."""

@@ -123,17 +123,21 @@ class PredictionDenoiser(Denoiser):
     The network is called in its native coordinates x_t = alpha(t) x at its own time t(sigma).
     """
 
-    def __init__(self, net: Callable[[Tensor, Tensor], Tensor], schedule: NoiseSchedule,
+    def __init__(self, net: Callable[..., Tensor], schedule: NoiseSchedule,
                  prediction: Prediction, dtype: torch.dtype = torch.float32):
         check(prediction in PREDICTIONS, f"model.prediction '{prediction}' is unknown; use one of {PREDICTIONS}")
         self.net, self.schedule, self.prediction, self.dtype = net, schedule, prediction, dtype
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.predict(x, sigma)
+
+    def predict(self, x: Tensor, sigma: Tensor, *cond: object) -> Tensor:
+        """D(x, sigma) with extra network inputs `cond` (class labels, text embeddings) passed after (x_t, t)."""
         t = self.schedule.sigma_to_t(sigma.double().cpu())
         alpha = expand_as(self.schedule.alpha(t).to(x), x)
         std = expand_as(self.schedule.sigma(t).to(x), x)
         x_t = alpha * x
-        out = self.net(x_t, t.to(device=x.device, dtype=x.dtype))
+        out = self.net(x_t, t.to(device=x.device, dtype=x.dtype), *cond)
         return to_x0(out, self.prediction, x_t, alpha, std, self._derivatives(t, x))
 
     def _derivatives(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:

@@ -17,16 +17,16 @@ model's and are ignored: diffbench's solvers and step schedules replace them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from diffbench.assetstore import hub_folder
-from diffbench.errors import AssetMissing, UsageError, check
-from diffbench.models._network import TorchNet, first_line, parse_dtype
+from diffbench.assetstore import HUB_FILES, hub_folder
+from diffbench.errors import AssetMissing, UsageError, check, first_line
+from diffbench.models._network import TorchNet, parse_dtype
 from diffbench.models.base import PredictionDenoiser
 from diffbench.models.registry import register_model
 from diffbench.schedules import VPDiscrete, make_betas
@@ -61,9 +61,13 @@ class UNetPrediction(nn.Module):
         return self.unet(x_t, t, return_dict=False)[0][:, :self.channels]
 
 
-def local_folder(path: str, revision: str | None = None) -> Path:
-    """The folder model.path names: a local directory, else the hub id's snapshot (cache, then opt-in download)."""
-    return hub_folder(path, "model.path", EXPECTED, revision)
+def local_folder(path: str, revision: str | None = None, expected: str = EXPECTED,
+                 patterns: Sequence[str] = HUB_FILES) -> Path:
+    """The folder model.path names: a local directory, else the hub id's snapshot (cache, then opt-in download).
+
+    `patterns` are the hub files fetched (a pipeline's network, VAE and scheduler, not its text encoders).
+    """
+    return hub_folder(path, "model.path", expected, revision, patterns)
 
 
 def layout(root: Path) -> tuple[Path, Path | None]:
