@@ -20,7 +20,8 @@ from diffbench.errors import AssetMissing, UsageError, check
 from diffbench.models.unet import build_from_checkpoint, is_checkpoint
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
 EXTRA_FILE = "diffbench.json"
 FORMATS = ("a TorchScript archive of F(x, c) (torch.jit.save)", "a diffbench-unet checkpoint (scripts/train.py)")
 
@@ -133,14 +134,16 @@ class TorchNet:
         self.channels_last, self.compile = bool(channels_last), compile
         self.forward: Callable[[Tensor, Tensor], Tensor] = self.module
 
-    def __call__(self, x: Tensor, c: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, c: Tensor, *context: Tensor) -> Tensor:
+        """F(x, c, *context): context tensors (text embeddings, ...) move to x's device in the network's dtype."""
         if x.device != self.device:
             self._place(x.device)
         dtype, x = x.dtype, x.to(self.dtype)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        context = tuple(t.to(x.device, self.dtype) for t in context)
         with torch.inference_mode():
-            return self.forward(x, c.float()).to(dtype).contiguous()
+            return self.forward(x, c.float(), *context).to(dtype).contiguous()
 
     def _place(self, device: torch.device) -> None:
         """Move the module (and its memory format) to the device; compile it there if asked."""

@@ -129,11 +129,15 @@ class PredictionDenoiser(Denoiser):
         self.net, self.schedule, self.prediction, self.dtype = net, schedule, prediction, dtype
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.convert(x, sigma, self.net)
+
+    def convert(self, x: Tensor, sigma: Tensor, net: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """x0_hat from `net` (this network, or it with bound conditions) called at x_t = alpha x and t(sigma)."""
         t = self.schedule.sigma_to_t(sigma.double().cpu())
         alpha = expand_as(self.schedule.alpha(t).to(x), x)
         std = expand_as(self.schedule.sigma(t).to(x), x)
         x_t = alpha * x
-        out = self.net(x_t, t.to(device=x.device, dtype=x.dtype))
+        out = net(x_t, t.to(device=x.device, dtype=x.dtype))
         return to_x0(out, self.prediction, x_t, alpha, std, self._derivatives(t, x))
 
     def _derivatives(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:

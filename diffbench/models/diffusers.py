@@ -17,7 +17,7 @@ model's and are ignored: diffbench's solvers and step schedules replace them.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 DDPM_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
                  "prediction_type": "epsilon"}
-HUB_FILES = ["*.json", "*.safetensors", "*.bin"]
+HUB_FILES = ("*.json", "*.safetensors", "*.bin")
 EXPECTED = "a UNet2DModel folder or a DDPM/DDIM pipeline folder (save_pretrained), or a hub id owner/name"
 
 
@@ -61,20 +61,21 @@ class UNetPrediction(nn.Module):
         return self.unet(x_t, t, return_dict=False)[0][:, :self.channels]
 
 
-def local_folder(path: str, revision: str | None = None) -> Path:
+def local_folder(path: str, revision: str | None = None, patterns: Sequence[str] = HUB_FILES,
+                 expected: str = EXPECTED) -> Path:
     """The folder model.path names: a local directory, else the hub id's snapshot (cache, then opt-in download)."""
-    check(bool(path), f"model.path is empty; set it to {EXPECTED}")
+    check(bool(path), f"model.path is empty; set it to {expected}")
     folder = Path(path).expanduser()
     if folder.is_dir():
         return folder
     if folder.exists() or path.count("/") != 1 or path.startswith((".", "/", "~")):
-        raise AssetMissing(f"model.path={path} is not a directory; expected {EXPECTED}")
+        raise AssetMissing(f"model.path={path} is not a directory; expected {expected}")
     from huggingface_hub import snapshot_download
 
     from diffbench.assetstore import ALLOW_DOWNLOAD_ENV, download_allowed
 
     try:
-        return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES, local_files_only=True))
+        return Path(snapshot_download(path, revision=revision, allow_patterns=list(patterns), local_files_only=True))
     except FileNotFoundError:  # LocalEntryNotFoundError: not in the Hugging Face cache
         pass
     if not download_allowed():
@@ -82,7 +83,7 @@ def local_folder(path: str, revision: str | None = None) -> Path:
                            f"{ALLOW_DOWNLOAD_ENV}=1 to download it from the hub, or set model.path to a local "
                            "save_pretrained folder")
     try:
-        return Path(snapshot_download(path, revision=revision, allow_patterns=HUB_FILES))
+        return Path(snapshot_download(path, revision=revision, allow_patterns=list(patterns)))
     except Exception as e:  # network, auth and not-found errors of huggingface_hub share no base class
         raise AssetMissing(f"model.path={path}: download from the Hugging Face hub failed ({first_line(e)})") from None
 
