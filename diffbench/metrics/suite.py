@@ -146,7 +146,7 @@ class MetricContext:
 def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
     """Metric choices that cannot work with this model or sample count (UsageError naming the fix)."""
     feature, paired = parse_metrics(list(cfg.metrics.names))
-    shape: tuple[int, ...] = getattr(model, "image_shape", None) or getattr(model, "shape", ())  # latent: decoded
+    shape: tuple[int, ...] = getattr(model, "image_shape", getattr(model, "shape", ()))  # latent models: decoded
     if feature or "lpips" in paired:
         check(len(shape) == 3 and shape[0] in (1, 3),
               f"metrics {', '.join(feature or paired)} need image samples [1 or 3, H, W] but the model's shape "

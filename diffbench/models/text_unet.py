@@ -86,29 +86,29 @@ class TextEncoders:
         return PromptTable(tensors["hidden"], tensors.get("pooled"))
 
     def _encode(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        """Encode the prompts and the empty prompt in batches, on a GPU when there is one."""
+        """Encode the prompts, then the empty prompt (the last row), in batches on a GPU when there is one."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         pairs = [self._load(enc, tok, device) for enc, tok in self.classes]
-        parts = [self._encode_batch(pairs, list(texts[i:i + ENCODE_BATCH])) for i in range(0, len(texts), ENCODE_BATCH)]
-        empty = self._encode_batch(pairs, [""])
+        batches = [list(texts[i:i + ENCODE_BATCH]) for i in range(0, len(texts), ENCODE_BATCH)] + [[""]]
+        parts = [self._encode_batch(pairs, batch) for batch in batches]
         if self.zeros_for_empty:
-            empty = tuple(torch.zeros_like(t) if t is not None else None for t in empty)  # type: ignore[assignment]
-        hidden = torch.cat([p[0] for p in parts] + [empty[0]])
-        if not self.xl:
-            return {"hidden": hidden}
-        return {"hidden": hidden, "pooled": torch.cat([p[1] for p in parts] + [empty[1]])}  # type: ignore[misc]
+            parts[-1] = {name: torch.zeros_like(t) for name, t in parts[-1].items()}
+        return {name: torch.cat([part[name] for part in parts]) for name in parts[-1]}
 
     @torch.inference_mode()
-    def _encode_batch(self, pairs: list[tuple[Any, Any]], texts: list[str]) -> tuple[Tensor, Tensor | None]:
-        """(hidden states, pooled or None) of a batch of prompts, as the pipeline computes them."""
-        hidden, pooled = [], None
+    def _encode_batch(self, pairs: list[tuple[Any, Any]], texts: list[str]) -> dict[str, Tensor]:
+        """{"hidden": hidden states[, "pooled": SDXL's pooled projection]} of a batch, as the pipeline computes them."""
+        hidden: list[Tensor] = []
+        out: Any = None
         for encoder, tokenizer in pairs:
             ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                             return_tensors="pt").input_ids.to(encoder.device)
             out = encoder(ids, output_hidden_states=self.xl)
             hidden.append(out.hidden_states[-2] if self.xl else out[0])
-            pooled = out[0] if self.xl else None  # SDXL: the last encoder's projected pooled output
-        return torch.cat(hidden, dim=-1).cpu(), pooled.cpu() if pooled is not None else None
+        tensors = {"hidden": torch.cat(hidden, dim=-1)}
+        if self.xl:
+            tensors["pooled"] = out[0]  # the last encoder's projected pooled output
+        return {name: t.cpu() for name, t in tensors.items()}
 
     def _load(self, encoder: str, tokenizer: str, device: torch.device) -> tuple[Any, Any]:
         """(text encoder on `device`, tokenizer) of the pipeline folder; UsageError when unloadable."""
@@ -153,8 +153,9 @@ class ConditionalUNet(nn.Module):
         self.register_buffer("time_ids", time_ids if time_ids is not None else torch.zeros(0), persistent=False)
 
     def forward(self, x_t: Tensor, t: Tensor, hidden: Tensor, pooled: Tensor | None = None) -> Tensor:
-        added = None if pooled is None else {"text_embeds": pooled,
-                                              "time_ids": self.time_ids.to(pooled).expand(len(x_t), -1)}
+        time_ids: Tensor = self.time_ids  # type: ignore[assignment]
+        added = (None if pooled is None
+                 else {"text_embeds": pooled, "time_ids": time_ids.to(pooled).expand(len(x_t), -1)})
         return self.unet(x_t, t, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False)[0]
 
 
