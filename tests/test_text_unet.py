@@ -35,11 +35,20 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
 
 
+@pytest.fixture(scope="module", params=["v_prediction", "sdxl"])
+def variant_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SD 2.x's v-prediction, and SDXL's two text encoders, pooled embedding, time ids and zero empty prompt."""
+    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "sdxl":
+        return save_tiny_pipeline(folder, xl=True)
+    return save_tiny_pipeline(folder, prediction=request.param)
+
+
 def pipeline_run(folder: Path, scheduler: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(final latents, their images, the sigma grid) of StableDiffusionPipeline in float64 with `scheduler`."""
+    """(final latents, their images, the sigma grid) of the folder's pipeline in float64 with `scheduler`."""
     import diffusers
 
-    pipe = diffusers.StableDiffusionPipeline.from_pretrained(folder).to(torch.float64)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(folder).to(torch.float64)  # the folder's pipeline class
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
     z = NoiseSource(SEED, range(len(PROMPTS))).randn((4, 8, 8), torch.float64)  # diffbench's draw 0 per sample
@@ -76,6 +85,12 @@ def test_euler_matches_pipeline(pipeline_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc_bh2_o2"])
 def test_multistep_matches_pipeline(pipeline_dir: Path, tmp_path: Path, solver: str) -> None:
     check_parity(pipeline_dir, tmp_path, solver)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", ["euler", "dpmpp_2m"])
+def test_variants_match_pipeline(variant_dir: Path, tmp_path: Path, solver: str) -> None:
+    check_parity(variant_dir, tmp_path, solver)
 
 
 def test_missing_weights_offline_is_one_line(tmp_path: Path) -> None:
