@@ -103,8 +103,8 @@ class ResultRow:
     time_metrics_s: float | None = _col("seconds spent computing metrics")
     time_decode_s: float | None = _col("seconds spent decoding samples to images (latent models' VAE; ~0 for pixel "
                                        "models), the slowest rank's")
-    time_text_encoder_s: float | None = _col("seconds the prompt set's text embeddings took (encoded, or read from "
-                                             "the cache), once per process; None without prompts")
+    time_text_encoder_s: float | None = _col("seconds the text encoder(s) took on the prompt set when it was encoded "
+                                             "(kept with the cached embeddings); None without prompts")
     time_per_nfe_s: float | None = _col("time_sampling_s / nfe_measured")
     time_total_s: float | None = _col("seconds for the whole point, reference solutions and metrics included")
     samples_path: str | None = _col("the first samples (.npz, relative to the table) for the sample grid")

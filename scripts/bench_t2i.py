@@ -1,4 +1,4 @@
-"""Text-to-image throughput without weights: a random-weight Stable Diffusion pipeline through one diffbench sweep point.
+"""Text-to-image throughput without weights: a random-weight Stable Diffusion pipeline through one sweep point.
 
 Builds (once, into --folder) a random pipeline of SD 1.5's sizes (860M-param UNet, 512 px) or the tests'
 tiny one, samples the shipped smoke prompts with CFG through `diffbench sweep`, and reports samples/s and
@@ -7,7 +7,8 @@ time_sampling_s, time_decode_s and time_metrics_s. Prints a table and writes JSO
 
     PYTHONPATH=. python scripts/bench_t2i.py --size sd15 --device cuda --dtype bfloat16 --compile \\
         --n-samples 512 --out results/bench/t2i_sd15_h200.json
-    PYTHONPATH=. python scripts/bench_t2i.py --size tiny --device cpu --n-samples 8 --out results/bench/t2i_tiny_cpu.json
+    PYTHONPATH=. python scripts/bench_t2i.py --size tiny --device cpu --dtype float32 --n-samples 8 \\
+        --batch-size 4 --out results/bench/t2i_tiny_cpu.json
 """
 from __future__ import annotations
 

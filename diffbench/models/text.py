@@ -16,7 +16,7 @@ from diffbench.models.conditions import ConditionSet
 
 
 class TextConditional(ConditionalDenoiser):
-    """A text-to-image denoiser; `text_seconds` is the time its prompt set's embeddings took (encode or read)."""
+    """A text-to-image denoiser; `text_seconds`: how long its text encoder(s) took on its prompt set (when encoded)."""
 
     classes = 0
     text_seconds: float | None = None
@@ -40,6 +40,6 @@ def with_conditions(model: Denoiser, conditions: ConditionSet) -> Denoiser:
 
 
 def text_seconds(model: Denoiser) -> float | None:
-    """Seconds the model's (or a guided model's inner model's) prompt embeddings took; None without prompts."""
+    """Seconds the text encoder(s) of the model (or a guided model's inner model) took on its prompts; None without."""
     inner = getattr(model, "model", model)
     return inner.text_seconds if isinstance(inner, TextConditional) else None

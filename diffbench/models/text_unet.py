@@ -53,6 +53,7 @@ class PromptTable:
 
     hidden: Tensor  # [P + 1, tokens, width]: encoder_hidden_states
     pooled: Tensor | None  # [P + 1, width_2]: SDXL's pooled text embeddings, else None
+    seconds: float  # how long encoding took, when it ran (the cache keeps it with the embeddings)
 
     def context(self, labels: Tensor) -> tuple[Tensor, ...]:
         """The condition tensors of rows with these labels."""
@@ -83,17 +84,20 @@ class TextEncoders:
         """The prompts' table (and the empty prompt's), from the cache's text/ folder or encoded and stored there."""
         path = cache_dir() / "text" / f"{self.identity}-{texts_digest(texts)[:16]}.pt"
         tensors = tensorcache.load_or_build(path, lambda: self._encode(texts), "text embeddings")
-        return PromptTable(tensors["hidden"], tensors.get("pooled"))
+        return PromptTable(tensors["hidden"], tensors.get("pooled"), float(tensors["seconds"]))
 
     def _encode(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        """Encode the prompts, then the empty prompt (the last row), in batches on a GPU when there is one."""
+        """Encode the prompts, then the empty prompt (the last row), in batches on a GPU when there is one; with the
+        encoding's seconds (loading the encoders excluded), stored with the embeddings."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         pairs = [self._load(enc, tok, device) for enc, tok in self.classes]
         batches = [list(texts[i:i + ENCODE_BATCH]) for i in range(0, len(texts), ENCODE_BATCH)] + [[""]]
+        start = time.perf_counter()
         parts = [self._encode_batch(pairs, batch) for batch in batches]
+        seconds = torch.tensor(time.perf_counter() - start, dtype=torch.float64)
         if self.zeros_for_empty:
             parts[-1] = {name: torch.zeros_like(t) for name, t in parts[-1].items()}
-        return {name: torch.cat([part[name] for part in parts]) for name in parts[-1]}
+        return {"seconds": seconds, **{name: torch.cat([part[name] for part in parts]) for name in parts[-1]}}
 
     @torch.inference_mode()
     def _encode_batch(self, pairs: list[tuple[Any, Any]], texts: list[str]) -> dict[str, Tensor]:
@@ -178,10 +182,9 @@ class StableDiffusionDenoiser(TextConditional, PredictionDenoiser):
     def with_prompts(self, texts: Sequence[str]) -> StableDiffusionDenoiser:
         key = texts_digest(texts)
         if key not in self._prompted:
-            start = time.perf_counter()
             model = copy.copy(self)
             model.table, model.classes, model._prompted = self.encoders.table(texts), len(texts), {}
-            model.text_seconds = time.perf_counter() - start
+            model.text_seconds = model.table.seconds
             self._prompted[key] = model
         return self._prompted[key]
 

@@ -66,8 +66,8 @@ def save_tiny_pipeline(folder: Path, prediction: str = "epsilon", xl: bool = Fal
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        timestep_spacing="leading", steps_offset=1, prediction_type=prediction)
     parts = dict(vae=vae, tokenizer=tokenizer, unet=unet(xl), scheduler=scheduler, **encoders)
-    pipe = (StableDiffusionXLPipeline(**parts) if xl else
-            StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False))
+    pipe = (StableDiffusionXLPipeline(**parts) if xl else StableDiffusionPipeline(
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False))
     pipe.save_pretrained(folder)
     return folder
 
