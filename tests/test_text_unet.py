@@ -101,6 +101,17 @@ def test_missing_weights_offline_is_one_line(tmp_path: Path) -> None:
         make_model("stable_diffusion", {"path": str(tmp_path)})
 
 
+def test_pipeline_without_text_encoder_is_a_usage_error(pipeline_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    folder = Path(shutil.copytree(pipeline_dir, tmp_path / "no_text"))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "text_encoder": [None, None]}))
+    with pytest.raises(UsageError, match="model_index.json names no text_encoder"):
+        make_model("stable_diffusion", {"path": str(folder)})
+
+
 @pytest.mark.slow
 def test_sweep_end_to_end(pipeline_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A tiny text-to-image sweep: prompts, CFG, decoded 3x16x16 samples, the new timing and prompt columns."""

@@ -67,14 +67,18 @@ class TextEncoders:
     def __init__(self, root: Path, xl: bool, dtype: torch.dtype):
         self.root, self.xl, self.dtype = root, xl, dtype
         index = read_json(root / "model_index.json")
-        self.classes = {(enc, tok): (index[enc][1], index[tok][1]) for enc, tok in ENCODERS[:2 if xl else 1]}
-        self.zeros_for_empty = bool(index.get("force_zeros_for_empty_prompt", False))
+        needed = ENCODERS[:2 if xl else 1]
+        missing = [name for pair in needed for name in pair if not (index.get(name) or [None, None])[1]]
+        check(not missing, f"{root}/model_index.json names no {', '.join(missing)}; expected {EXPECTED}")
+        # (encoder folder, tokenizer folder) -> their transformers class names
+        self.parts = {(enc, tok): (index[enc][1], index[tok][1]) for enc, tok in needed}
+        self.zeros_for_empty = bool(index.get("force_zeros_for_empty_prompt", False))  # SDXL: the empty prompt is zeros
         self.identity = self._identity()
 
     def _identity(self) -> str:
         """SHA-256 (16 hex) of the encoders' and tokenizers' files and the encoding settings."""
         h = hashlib.sha256(json.dumps([self.xl, self.zeros_for_empty, str(self.dtype)]).encode())
-        for enc, tok in self.classes:
+        for enc, tok in self.parts:
             for file in sorted((self.root / enc).glob("*")) + sorted((self.root / tok).glob("*")):
                 if file.is_file():
                     h.update(f"{file.name}:{file_digest(file)};".encode())
@@ -90,7 +94,7 @@ class TextEncoders:
         """Encode the prompts, then the empty prompt (the last row), in batches on a GPU when there is one; with the
         encoding's seconds (loading the encoders excluded), stored with the embeddings."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        pairs = [self._load(enc, tok, device) for enc, tok in self.classes]
+        pairs = [self._load(enc, tok, device) for enc, tok in self.parts]
         batches = [list(texts[i:i + ENCODE_BATCH]) for i in range(0, len(texts), ENCODE_BATCH)] + [[""]]
         start = time.perf_counter()
         parts = [self._encode_batch(pairs, batch) for batch in batches]
@@ -118,7 +122,7 @@ class TextEncoders:
         """(text encoder on `device`, tokenizer) of the pipeline folder; UsageError when unloadable."""
         import transformers
 
-        enc_class, tok_class = self.classes[(encoder, tokenizer)]
+        enc_class, tok_class = self.parts[(encoder, tokenizer)]
         try:
             model = getattr(transformers, enc_class).from_pretrained(self.root / encoder)
             tok = getattr(transformers, tok_class).from_pretrained(self.root / tokenizer)
