@@ -228,7 +228,7 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     with assetstore.cache_root(cfg.cache_dir), Reporter(not quiet) as reporter, \
             reporter.task(point.label, len(indices)) as advance:
         for batch, dt in sample_points(model, point.plan, point.run, indices, advance):
-            xs.append(batch.x.cpu())
+            xs.append(model.decode(batch.x).cpu())  # latent models: images from their VAE
             seconds, nfe = seconds + dt, batch.nfe_measured
     x = torch.cat(xs)
     reason = first_nonfinite(x)

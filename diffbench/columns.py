@@ -41,6 +41,8 @@ NFE_NETWORK = "nfe_network"
 N_STEPS = "n_steps"
 TIME_SAMPLING = "time_sampling_s"
 TIME_METRICS = "time_metrics_s"
+TIME_DECODE = "time_decode_s"
+TIME_TEXT_ENCODER = "time_text_encoder_s"
 TIME_TOTAL = "time_total_s"
 SAMPLES_PATH = "samples_path"
 METRIC_NAMES = "metric_names"
@@ -105,6 +107,10 @@ class ResultRow:
     world_size: int = _col("processes that sampled the point (torchrun)")
     time_sampling_s: float | None = _col("seconds spent sampling (the slowest rank's)")
     time_metrics_s: float | None = _col("seconds spent computing metrics")
+    time_decode_s: float | None = _col("seconds spent decoding samples to images (latent models' VAE; ~0 for pixel "
+                                       "models), the slowest rank's")
+    time_text_encoder_s: float | None = _col("seconds the text encoder(s) took on the prompt set when it was encoded "
+                                             "(kept with the cached embeddings); None without prompts")
     time_per_nfe_s: float | None = _col("time_sampling_s / nfe_measured")
     time_total_s: float | None = _col("seconds for the whole point, reference solutions and metrics included")
     samples_path: str | None = _col("the first samples (.npz, relative to the table) for the sample grid")

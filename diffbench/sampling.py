@@ -126,6 +126,15 @@ def _timed_batch(model: Denoiser, plan: Plan, run: RunSettings, idx: list[int]) 
     return batch, time.perf_counter() - start
 
 
+def decode_timed(model: Denoiser, x: Tensor, device: torch.device) -> tuple[Tensor, float]:
+    """(the images of samples x: model.decode, the VAE of latent models; seconds it took, CUDA synchronised)."""
+    start = time.perf_counter()
+    images = model.decode(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return images, time.perf_counter() - start
+
+
 def set_tf32(enabled: bool) -> None:
     """TF32 tensor-core maths for float32 matmuls and convolutions (Ampere+ GPUs); off = true float32."""
     torch.backends.cuda.matmul.allow_tf32 = enabled

@@ -32,6 +32,7 @@ from diffbench.metrics.suite import check_metrics
 from diffbench.models import Denoiser, make_model
 from diffbench.models.conditions import make_conditions
 from diffbench.models.guidance import NONE, GuidedModel, conditional, make_guidance, max_passes
+from diffbench.models.text import with_conditions
 from diffbench.sampling import Plan, make_plan
 from diffbench.solvers import SolverSpec, get_solver
 
@@ -98,7 +99,7 @@ class ModelCache:
             model, rule = self.get(cfg.model), make_guidance(guidance)
             guide = self.get(guide_config(guidance)) if rule.autoguide else None
             labels = make_conditions(conditions, n_samples, conditional(model).classes)
-            self._models[key] = GuidedModel(model, labels, rule, guide)
+            self._models[key] = GuidedModel(with_conditions(model, labels), labels, rule, guide)
         return self._models[key]
 
 
@@ -127,7 +128,7 @@ def feasible_nfe(spec: SolverSpec, budget: int, final_zero: bool, policy: str) -
 
 
 def step_options(cfg: DictConfig) -> dict[str, Any]:
-    """A step-schedule config's own options (everything but its name and span)."""
+    """A step-grid config's own options (everything but its name and span)."""
     return {k: v for k, v in to_dict(cfg.steps).items() if k not in ("name", "sigma_min", "sigma_max", "final_zero")}
 
 

@@ -35,6 +35,7 @@ class Share:
     network_total: float = 0.0  # network forward passes summed over the samples
     time_sampling_s: float = 0.0
     time_metrics_s: float = 0.0
+    time_decode_s: float = 0.0  # latent models: the VAE decode of the samples
     reason: str | None = None
     failed_at: int | None = None  # first sample index of the batch that failed
     kept: list[tuple[list[int], Tensor]] = field(default_factory=list)
@@ -100,7 +101,8 @@ def merge_shares(shares: Sequence[Share], suite: MetricSuite, keep: int, batch_s
     (`replay`), so they equal one process's bit for bit, not only up to summation order.
     """
     slowest: dict[str, Any] = {"time_sampling_s": max(s.time_sampling_s for s in shares),
-               "time_metrics_s": max(s.time_metrics_s for s in shares)}
+               "time_metrics_s": max(s.time_metrics_s for s in shares),
+               "time_decode_s": max(s.time_decode_s for s in shares)}
     failed = [s for s in shares if s.reason is not None]
     if failed:
         first = min(failed, key=lambda s: cast(int, s.failed_at))

@@ -32,7 +32,8 @@ from diffbench.engine.shares import Share, merge_shares
 from diffbench.errors import check
 from diffbench.metrics.suite import MetricContext, MetricFeed, MetricSuite
 from diffbench.models import Denoiser
-from diffbench.sampling import Plan, first_nonfinite, sample_points, set_tf32
+from diffbench.models.text import text_seconds
+from diffbench.sampling import Plan, decode_timed, first_nonfinite, sample_points, set_tf32
 
 GRID_SAMPLES = 16  # samples kept per point for the sample-grid figures
 
@@ -146,7 +147,8 @@ class Runner:
         model = self.models.for_point(cfg, run.n_samples)  # with its conditions and guidance bound, if any
         suite = MetricSuite(cfg, self.models.get(cfg.model), run, self.metrics, getattr(model, "conditions", None))
         n_err = min(run.n_samples, int(cfg.metrics.error_samples or run.n_samples))
-        solutions = self.solutions.get(cfg, model, plan, run, n_err) if suite.needs_solutions else None
+        solutions = (model.decode(self.solutions.get(cfg, model, plan, run, n_err)) if suite.needs_solutions
+                     else None)  # compared as images: latent models' references decoded like their samples
         sizer = BatchSizer(run.batch_size, run.device)  # its columns: rank 0's batches under torchrun
         gathered = distributed.gather(distributed.guarded(
             lambda: self._sample_share(point, model, suite, solutions, sizer), POINT_ERRORS))
@@ -155,7 +157,7 @@ class Runner:
         share = merge_shares(distributed.unwrap(gathered), suite, GRID_SAMPLES, sizer.size)
         t_sample, nfe_measured = share.time_sampling_s, share.nfe_measured
         row.update(nfe_measured=nfe_measured, nfe_network=share.nfe_network, time_sampling_s=t_sample,
-                   **sizer.columns())
+                   time_decode_s=share.time_decode_s, time_text_encoder_s=text_seconds(model), **sizer.columns())
         if share.reason:
             row.update(status=col.FAILED, reason=share.reason)
             return {}, None
@@ -176,11 +178,13 @@ class Runner:
         with self.reporter.task(point.label, len(indices)) as advance, \
                 MetricFeed(suite, solutions, background=run.device.type == "cuda") as feed:
             for batch, seconds in sample_points(model, point.plan, run, indices, advance, sizer):
-                share.add(batch.indices, batch.x, seconds, batch.nfe_measured, GRID_SAMPLES, batch.nfe_network)
-                reason = first_nonfinite(batch.x)
+                images, decode_seconds = decode_timed(model, batch.x, run.device)  # latent models: their VAE
+                share.time_decode_s += decode_seconds
+                share.add(batch.indices, images, seconds, batch.nfe_measured, GRID_SAMPLES, batch.nfe_network)
+                reason = first_nonfinite(images)
                 if reason:
                     share.fail(batch.indices, reason)
                     return share
-                feed.submit(batch.x, batch.indices)
+                feed.submit(images, batch.indices)
         share.time_metrics_s = feed.seconds
         return share.capture(suite)

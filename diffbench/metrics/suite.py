@@ -160,7 +160,7 @@ def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings, conditions
     """Metric choices that cannot work with this model, its conditions or sample count (UsageError naming the fix)."""
     feature, paired = parse_metrics(list(cfg.metrics.names))
     text_image = text_image_metrics(list(cfg.metrics.names))
-    shape: tuple[int, ...] = getattr(model, "shape", ())
+    shape: tuple[int, ...] = getattr(model, "image_shape", getattr(model, "shape", ()))  # latent models: decoded
     images = feature + text_image + [m for m in paired if m == "lpips"]
     if images:
         check(len(shape) == 3 and shape[0] in (1, 3),

@@ -20,7 +20,8 @@ from diffbench.errors import AssetMissing, UsageError, check, first_line
 from diffbench.models.unet import build_from_checkpoint, is_checkpoint
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}
 EXTRA_FILE = "diffbench.json"
 FORMATS = ("a TorchScript archive of F(x, c) (torch.jit.save)", "a diffbench-unet checkpoint (scripts/train.py)")
 

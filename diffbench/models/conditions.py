@@ -1,12 +1,14 @@
-"""Condition sets: each sample's class label as a pure function of its index, like its noise.
+"""Condition sets: each sample's class label (or prompt) as a pure function of its index, like its noise.
 
 Sample i gets the same label in every point, batch size and rank: a set is built once for the
-point's samples 0 .. n-1 and sliced by index. Its name and content hash (of those n labels) go in
-the row. `none` is the default: the model runs unconditionally and nothing is recorded.
+point's samples 0 .. n-1 and sliced by index. Its name and content hash (of those n labels, and the
+prompts they index) go in the row. `none` is the default: the model runs unconditionally and nothing
+is recorded. `prompts` reads text prompts (a .txt file, one a line, or a CSV/Parquet column).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +17,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffbench.assetstore import PACKAGE_ASSETS
 from diffbench.errors import UsageError, check
 from diffbench.registries import registrar
 
 NONE = "none"
 ORDERS = ("cyclic", "shuffled")
+SMOKE_PROMPTS = "prompts_smoke.txt"  # shipped in diffbench/assets/
+PROMPT_SUFFIXES = (".txt", ".csv", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -36,14 +41,23 @@ class ConditionSet:
 
     @property
     def content_hash(self) -> str:
-        """SHA-256 (16 hex digits) of the labels: two sets with one hash condition every sample alike."""
-        return hashlib.sha256(self.labels.numpy().astype("<i8").tobytes()).hexdigest()[:16]
+        """SHA-256 (16 hex digits) of the labels and texts: two sets with one hash condition every sample alike."""
+        h = hashlib.sha256(self.labels.numpy().astype("<i8").tobytes())
+        if self.texts:
+            h.update(texts_digest(self.texts).encode())
+        return h.hexdigest()[:16]
 
     def check_classes(self, classes: int) -> None:
-        """Every label names one of the model's classes (UsageError otherwise)."""
+        """Every label names one of the model's classes, or of the set's texts (UsageError otherwise)."""
+        classes = len(self.texts) if self.texts else classes
         low, high = int(self.labels.min()), int(self.labels.max())
         check(low >= 0 and high < classes,
               f"conditions={self.name}: labels span {low}..{high} but the model has classes 0..{classes - 1}")
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """SHA-256 of a prompt list (order and content): the key of its cached text embeddings."""
+    return hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()
 
 
 ConditionFactory = Callable[..., Callable[[int, int], ConditionSet]]
@@ -80,6 +94,8 @@ def balanced(order: str = "cyclic", seed: int = 0) -> Callable[[int, int], Condi
     check(order in ORDERS, f"conditions.order={order} is unknown; use one of: {', '.join(ORDERS)}")
 
     def build(n: int, classes: int) -> ConditionSet:
+        check(classes >= 1, "conditions=balanced needs a class-conditional model; text-to-image models take "
+                            "conditions=prompts")
         blocks = -(-n // classes)
         if order == "cyclic":
             labels = torch.arange(n) % classes
@@ -111,3 +127,46 @@ def file(path: str = "") -> Callable[[int, int], ConditionSet]:
 
     return build
 
+
+
+@register_conditions("prompts")
+def prompts(path: str = SMOKE_PROMPTS, column: str = "caption") -> Callable[[int, int], ConditionSet]:
+    """Text prompts, sample i the (i mod P)-th of P: a .txt file (one a line) or a CSV/Parquet file's `column`.
+
+    A bare name that is not a file is looked up in diffbench/assets/ (default: the shipped 16-prompt smoke list).
+    """
+    texts = read_prompts(prompt_file(path), column)
+
+    def build(n: int, classes: int) -> ConditionSet:
+        return ConditionSet(f"prompts:{Path(path).name}", torch.arange(n) % len(texts), texts)
+
+    return build
+
+
+def prompt_file(path: str) -> Path:
+    """conditions.path as given, else the shipped asset of that name; UsageError when neither exists."""
+    given = Path(path).expanduser()
+    for candidate in (given, PACKAGE_ASSETS / path):
+        if path and candidate.is_file():
+            return candidate
+    raise UsageError(f"conditions.path={path!r}: no such file; give a .txt (one prompt a line), .csv or .parquet file")
+
+
+def read_prompts(file: Path, column: str) -> tuple[str, ...]:
+    """The non-empty prompts of a .txt file's lines or of a CSV/Parquet column (UsageError if none or unreadable)."""
+    check(file.suffix in PROMPT_SUFFIXES, f"conditions.path={file}: use a {', '.join(PROMPT_SUFFIXES)} file")
+    if file.suffix == ".txt":
+        lines = file.read_text(encoding="utf-8").splitlines()
+    else:
+        import pandas as pd
+
+        try:
+            frame = pd.read_csv(file) if file.suffix == ".csv" else pd.read_parquet(file)
+        except (ValueError, OSError, ImportError) as e:
+            raise UsageError(f"conditions.path={file}: unreadable ({str(e).splitlines()[0]})") from None
+        check(column in frame.columns, f"conditions.column={column} is not a column of {file}; it has: "
+              f"{', '.join(map(str, frame.columns))}")
+        lines = [str(v) for v in frame[column].dropna()]
+    texts = tuple(line.strip() for line in lines if line.strip())
+    check(bool(texts), f"conditions.path={file} holds no prompts")
+    return texts

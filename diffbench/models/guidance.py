@@ -154,6 +154,9 @@ class GuidedModel(Denoiser):
     def describe(self) -> dict[str, object]:
         return self.model.describe()
 
+    def decode(self, x: Tensor) -> Tensor:
+        return self.model.decode(x)
+
 
 class GuidedDenoiser(Denoiser):
     """A GuidedModel bound to one batch's labels: the two-argument denoiser a solver sees."""
