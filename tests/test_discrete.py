@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -124,6 +125,22 @@ def test_float32_gumbel_truncates_rare_categories():
     u = torch.tensor([[1.0 - 1e-12, 0.5]], dtype=torch.float64)
     assert int(sample_categorical(probs, u, "float64")) == 0
     assert int(sample_categorical(probs, u, "float32")) == 1
+
+
+def test_float32_draws_a_rare_category_at_the_truncated_rate():
+    """Against a weight-1 category, one of weight w wins in float32 at r / (e^r - 1) of its float64 rate, r = 2^-24 / w.
+
+    It wins only when its uniform is within ~64 w of 1, so uniforms are drawn there (rates are per unit of that band).
+    """
+    w, band, n = 2.0**-24, 64 * 2.0**-24, 400_000
+    gen = torch.Generator().manual_seed(0)
+    u = torch.stack([1 - band * torch.rand(n, generator=gen, dtype=torch.float64),
+                     torch.rand(n, generator=gen, dtype=torch.float64)], 1)
+    probs = torch.tensor([w, 1.0], dtype=torch.float64).expand(n, 2)
+    wins = {p: float((sample_categorical(probs, u, p) == 0).double().mean()) for p in ("float64", "float32")}
+    assert wins["float64"] * band == pytest.approx(w, rel=0.05)  # the exact rate w / (1 + w)
+    r = 2.0**-24 / w
+    assert wins["float32"] / wins["float64"] == pytest.approx(r / math.expm1(r), rel=0.05)
 
 
 def remasked_positions(chain, eta: float) -> int:
