@@ -193,7 +193,11 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
                                                                               "goes next to it).")] = None,
            json_out: Annotated[Path | None, typer.Option("--json", help="Also write NFE, time and paths (discrete: "
                                                                         "exact entropy and NLL) to this JSON "
-                                                                        "file.")] = None) -> None:
+                                                                        "file.")] = None,
+           lm: Annotated[str | None, typer.Option("--lm", help="Discrete samplers: also report the samples' "
+                                                               "generative perplexity under this causal LM (a "
+                                                               "local folder or a hub id; offline by "
+                                                               "default).")] = None) -> None:
     """Draw samples with one model + solver + schedule + NFE, save them (.npz) and a PNG grid.
 
     Prints the measured NFE and the time. Sample i's noise depends only on (seed, i). Discrete samplers
@@ -202,7 +206,7 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     ```
     diffbench sample solver=heun nfe=9 --seeds 0-15
     diffbench sample model=image_mixture_32 solver=euler nfe=20 schedule=uniform_logsnr -o euler.npz
-    diffbench sample experiment=discrete_markov solver=first_hitting nfe=5 --json fhs.json
+    diffbench sample experiment=discrete_markov solver=first_hitting nfe=5 --json fhs.json --lm gpt2
     ```
     """
     from diffbench.atomicio import check_output_file, check_writable
@@ -220,9 +224,11 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     if json_out:
         check_output_file(json_out, "--json")
     check_writable(path.parent, "--output")
-    draw = _sample_tokens if is_discrete(point) else _sample_images
+    check(lm is None or is_discrete(point), "--lm scores token samples: use it with a discrete sampler")
+    fields = (_sample_tokens(cfg, point, models, indices, path, lm) if is_discrete(point)
+              else _sample_images(cfg, point, models, indices, path, quiet))
     summary = {"samples": str(path), "n": len(indices), "solver": str(cfg.solver.name),
-               "schedule": str(cfg.schedule.name), "seed": cfg.seed, **draw(cfg, point, models, indices, path, quiet)}
+               "schedule": str(cfg.schedule.name), "seed": cfg.seed, **fields}
     if json_out:
         _write_json(json_out, summary)
 
@@ -261,14 +267,16 @@ def _sample_images(cfg: Any, point: Any, models: Any, indices: list[int], path: 
             "grid": str(png) if x.ndim == 4 else None}
 
 
-def _sample_tokens(cfg: Any, point: Any, models: Any, indices: list[int], path: Path, quiet: bool) -> dict[str, Any]:
-    """`diffbench sample` with a discrete sampler: tokens .npz, exact entropy and NLL; returns the summary's fields."""
+def _sample_tokens(cfg: Any, point: Any, models: Any, indices: list[int], path: Path, lm: str | None) -> dict[str, Any]:
+    """`diffbench sample`, discrete: tokens .npz, exact entropy and NLL, perplexity under `lm`; the summary's fields."""
     import numpy as np
 
     from diffbench import results
     from diffbench.discrete.metrics import TokenQuality
+    from diffbench.discrete.perplexity import generative_perplexity, load_causal_lm
     from diffbench.engine.discrete import sample_discrete
 
+    scorer = load_causal_lm(lm, point.run.device) if lm else None  # a missing LM fails before sampling
     model = models.get(cfg.model)
     tokens, passes, seconds = sample_discrete(point, model, indices)
     nfe = float(passes.double().mean())
@@ -279,6 +287,9 @@ def _sample_tokens(cfg: Any, point: Any, models: Any, indices: list[int], path: 
               f"{seconds:.3f} s sampling", highlight=False)
     out.print(f"unigram entropy {quality['unigram_entropy']:.4f} nats (true {quality['unigram_entropy_true']:.4f}), "
               f"NLL {quality['nll']:.4f} (true entropy {quality['entropy_true']:.4f})", highlight=False)
+    if scorer is not None:
+        quality["gen_ppl"] = generative_perplexity(tokens, scorer, point.run.batch_size)
+        out.print(f"generative perplexity {quality['gen_ppl']:.4g} under {lm}", highlight=False)
     out.print(f"samples: {path}")
     return {"nfe_measured": nfe, "nfe_declared": point.plan.nfe_declared, "seconds": seconds, **quality}
 

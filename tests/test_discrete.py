@@ -156,3 +156,20 @@ def test_remdm_remasks_only_with_eta(chain):
     assert remasked_positions(chain, 0.5) > 0
     with pytest.raises(UsageError, match="eta"):
         make_plan(SAMPLERS["remdm"], 6, 5, {"eta": 2.0})
+
+
+@pytest.mark.slow
+def test_float32_ancestral_sampling_moves_samples_to_likelier_tokens():
+    """Many ancestral steps on a chain with a flat tail (each tail token ~3e-4): float32 drops rare tokens.
+
+    Same noise in both runs, so every sample float32 changes was changed by the truncation: it must
+    gain log-likelihood, and the float32 samples must hold fewer tokens of probability < 1e-3.
+    """
+    chain = make_model("markov_chain", {"vocab": 32, "length": 4, "concentration": 0.02, "tail": 0.01})
+    runs = {p: sample_tokens(chain, make_plan(SAMPLERS["mdlm_ancestral_cache"], 20_000, 4, {"precision": p}),
+                             range(128), seed=0).tokens for p in ("float64", "float32")}
+    changed = (runs["float64"] != runs["float32"]).any(1)
+    gain = chain.log_prob(runs["float32"][changed]) - chain.log_prob(runs["float64"][changed])
+    rare = {p: int((chain.transition[tokens[:, :-1], tokens[:, 1:]] < 1e-3).sum()) for p, tokens in runs.items()}
+    assert int(changed.sum()) >= 2 and bool((gain > 0).all())
+    assert rare["float32"] < rare["float64"]

@@ -70,6 +70,14 @@ class MarkovChain:
         logp = self.initial.log()[tokens[:, 0]]
         return logp + self.transition.log()[tokens[:, :-1], tokens[:, 1:]].sum(1)
 
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n exact draws [n, L] from the chain (training data for the network model)."""
+        x = torch.empty(n, self.length, dtype=torch.int64)
+        x[:, 0] = torch.multinomial(self.initial.cpu(), n, replacement=True, generator=generator)
+        for i in range(1, self.length):
+            x[:, i] = torch.multinomial(self.transition.cpu()[x[:, i - 1]], 1, generator=generator)[:, 0]
+        return x
+
     def marginals(self) -> Tensor:
         """Exact per-position marginals [L, V]."""
         rows = [self.initial]
