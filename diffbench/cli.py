@@ -190,40 +190,60 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
            seeds: Annotated[str | None, typer.Option(help="Sample indices, e.g. 0-63 or 0,5,9 "
                                                           "(default: 0..n_samples-1).")] = None,
            output: Annotated[Path | None, typer.Option("--output", "-o", help="The .npz to write (a PNG grid "
-                                                                              "goes next to it).")] = None) -> None:
+                                                                              "goes next to it).")] = None,
+           json_out: Annotated[Path | None, typer.Option("--json", help="Also write NFE, time and paths (discrete: "
+                                                                        "exact entropy and NLL) to this JSON "
+                                                                        "file.")] = None,
+           lm: Annotated[str | None, typer.Option("--lm", help="Discrete samplers: also report the samples' "
+                                                               "generative perplexity under this causal LM (a "
+                                                               "local folder or a hub id; offline by "
+                                                               "default).")] = None) -> None:
     """Draw samples with one model + solver + step grid + NFE, save them (.npz) and a PNG grid.
 
-    Prints the measured NFE and the time. Sample i's noise depends only on (seed, i):
+    Prints the measured NFE and the time. Sample i's noise depends only on (seed, i). Discrete samplers
+    save tokens (.npz key `tokens`) and print their exact unigram entropy and NLL under the model:
 
     ```
     diffbench sample solver=heun nfe=9 --seeds 0-15
     diffbench sample model=image_mixture_32 solver=euler nfe=20 steps=uniform_logsnr -o euler.npz
+    diffbench sample experiment=discrete_markov solver=first_hitting nfe=5 --json fhs.json --lm gpt2
     ```
     """
-    import numpy as np
-    import torch
-
-    from diffbench import plots, results
-    from diffbench.atomicio import check_writable
+    from diffbench.atomicio import check_output_file, check_writable
     from diffbench.config import compose
     from diffbench.engine.discrete import is_discrete
     from diffbench.engine.points import ModelCache, resolve_point
-    from diffbench.engine.progress import Reporter
-    from diffbench.sampling import Plan, first_nonfinite, sample_points
 
     cfg = compose(overrides or [])
     models = ModelCache()
     point = resolve_point(cfg, models, policy="exact")
-    check(not is_discrete(point), f"diffbench sample runs continuous solvers only; run discrete sampler "
-                                  f"'{point.spec.name}' with diffbench sweep (its samples/*.npz hold the tokens)")
     indices = _parse_seeds(seeds) if seeds else list(range(point.run.n_samples))
     path = output or Path(cfg.out) / "samples" / (f"{cfg.solver.name}_{cfg.steps.name}"
                                                   f"_nfe{cfg.nfe}_seed{cfg.seed}.npz")
     check(path.suffix == ".npz", f"--output {path}: give a .npz path")
+    if json_out:
+        check_output_file(json_out, "--json")
     check_writable(path.parent, "--output")
+    check(lm is None or is_discrete(point), "--lm scores token samples: use it with a discrete sampler")
+    fields = (_sample_tokens(cfg, point, models, indices, path, lm) if is_discrete(point)
+              else _sample_images(cfg, point, models, indices, path, quiet))
+    summary = {"samples": str(path), "n": len(indices), "solver": str(cfg.solver.name),
+               "steps": str(cfg.steps.name), "seed": cfg.seed, **fields}
+    if json_out:
+        _write_json(json_out, summary)
+
+
+def _sample_images(cfg: Any, point: Any, models: Any, indices: list[int], path: Path, quiet: bool) -> dict[str, Any]:
+    """`diffbench sample` with a continuous solver: samples .npz and PNG grid; returns the JSON summary's fields."""
+    import numpy as np
+    import torch
+
+    from diffbench import plots, results
+    from diffbench.engine.progress import Reporter
+    from diffbench.sampling import Plan, first_nonfinite, sample_points
+
     model = models.for_point(cfg, max(indices) + 1)  # labels bound by index (as far as --seeds reaches), if any
-    # policy "exact" always gives a plan or raises, and a continuous one (is_discrete was refused above)
-    assert isinstance(point.plan, Plan)
+    assert isinstance(point.plan, Plan)  # policy "exact" always gives a plan or raises
     xs, seconds, nfe = [], 0.0, None
     with assetstore.cache_root(cfg.cache_dir), Reporter(not quiet) as reporter, \
             reporter.task(point.label, len(indices)) as advance:
@@ -243,6 +263,35 @@ def sample(overrides: Overrides = None, quiet: Quiet = False,
     out.print(f"{len(indices)} samples, NFE measured {nfe} (declared {point.plan.nfe_declared}), "
               f"{seconds:.3f} s sampling ({seconds / max(nfe or 1, 1):.4f} s per NFE)")
     out.print(f"samples: {path}" + (f"\ngrid:    {png}" if x.ndim == 4 else ""))
+    return {"nfe_measured": nfe, "nfe_declared": point.plan.nfe_declared, "seconds": seconds,
+            "grid": str(png) if x.ndim == 4 else None}
+
+
+def _sample_tokens(cfg: Any, point: Any, models: Any, indices: list[int], path: Path, lm: str | None) -> dict[str, Any]:
+    """`diffbench sample`, discrete: tokens .npz, exact entropy and NLL, perplexity under `lm`; the summary's fields."""
+    import numpy as np
+
+    from diffbench import results
+    from diffbench.discrete.metrics import TokenQuality
+    from diffbench.discrete.perplexity import generative_perplexity, load_causal_lm
+    from diffbench.engine.discrete import sample_discrete
+
+    scorer = load_causal_lm(lm, point.run.device) if lm else None  # a missing LM fails before sampling
+    model = models.get(cfg.model)
+    tokens, passes, seconds = sample_discrete(point, model, indices)
+    nfe = float(passes.double().mean())
+    results.save_npz(path, tokens=tokens.cpu().numpy(), passes=passes.cpu().numpy(), indices=np.asarray(indices),
+                     seed=cfg.seed, nfe=nfe, solver=str(cfg.solver.name), steps=str(cfg.steps.name))
+    quality = TokenQuality(model, tokens).extra()
+    out.print(f"{len(indices)} sequences, NFE measured {nfe:g} per sample (declared {point.plan.nfe_declared}), "
+              f"{seconds:.3f} s sampling", highlight=False)
+    out.print(f"unigram entropy {quality['unigram_entropy']:.4f} nats (true {quality['unigram_entropy_true']:.4f}), "
+              f"NLL {quality['nll']:.4f} (true entropy {quality['entropy_true']:.4f})", highlight=False)
+    if scorer is not None:
+        quality["gen_ppl"] = generative_perplexity(tokens, scorer, point.run.batch_size)
+        out.print(f"generative perplexity {quality['gen_ppl']:.4g} under {lm}", highlight=False)
+    out.print(f"samples: {path}")
+    return {"nfe_measured": nfe, "nfe_declared": point.plan.nfe_declared, "seconds": seconds, **quality}
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -615,8 +664,8 @@ def _json_text(data: Any) -> str:
 # list / doctor --------------------------------------------------------------------------------------
 
 @app.command("list")
-def list_cmd(what: Annotated[str, typer.Argument(help="solvers | steps | models | datasets | metrics | "
-                                                     "conditions | guidance | all")] = "all",
+def list_cmd(what: Annotated[str, typer.Argument(help="solvers | discrete | steps | models | datasets | "
+                                                     "metrics | conditions | guidance | all")] = "all",
              as_json: Annotated[bool, typer.Option("--json", help="Print the tables "
                                                                   "as JSON (one object per row).")] = False,
              details: Annotated[bool, typer.Option("--details", help="solvers: paper, reference implementation "
@@ -624,14 +673,17 @@ def list_cmd(what: Annotated[str, typer.Argument(help="solvers | steps | models 
              ) -> None:
     """List what configs can name: solvers (order, stochastic, min NFE, default options), step grids, models, ...
 
+    `discrete` lists the masked-diffusion samplers (solver=... with steps=linear_mask, e.g. experiment=discrete_markov).
+
     ```
     diffbench list solvers
+    diffbench list discrete --json
     diffbench list solvers --json      # options: the typed config defaults; fixed: those the name fixes
     diffbench list solvers --details   # paper, reference implementation, parity (docs/PARITY.md)
     diffbench list            # everything
     ```
     """
-    tables = {"solvers": _solver_rows, "steps": _step_rows, "models": _model_rows,
+    tables = {"solvers": _solver_rows, "discrete": _discrete_rows, "steps": _step_rows, "models": _model_rows,
               "datasets": _dataset_rows, "metrics": _metric_rows,
               "conditions": lambda: _input_rows("conditions"), "guidance": lambda: _input_rows("guidance")}
     check(what in (*tables, "all"), f"list {what}: choose one of: {', '.join(tables)}, all")
@@ -700,6 +752,21 @@ def _solver_rows() -> tuple[list[str], list[list[Any]]]:
     return columns, rows
 
 
+def _discrete_rows() -> tuple[list[str], list[list[Any]]]:
+    """Masked-diffusion samplers: passes per sample for n steps on sequences of length L, options, paper."""
+    from diffbench.discrete import SAMPLERS
+
+    def passes(spec: Any) -> str:
+        if spec.adaptive:
+            return "adaptive (<= steps: cached passes skipped)"
+        if spec.one_pass_per_token:
+            return "= L (one per token)"
+        return "steps" + (" (<= L)" if spec.at_most_length else "")
+
+    rows = [[name, passes(spec), spec.options(), spec.summary] for name, spec in sorted(SAMPLERS.items())]
+    return ["sampler", "NFE", "options", "paper"], rows
+
+
 def _parity_text(ref: Any) -> str:
     """A reference entry's status in words (the note says what differs, or how correctness is shown)."""
     head = {"parity": "equal to the reference to <= 1e-10 (docs/PARITY.md)", "differs": "differs from the reference",
@@ -734,12 +801,14 @@ def _step_rows() -> tuple[list[str], list[list[Any]]]:
 
 def _model_rows() -> tuple[list[str], list[list[Any]]]:
     from diffbench.config import group_config, group_options
+    from diffbench.discrete import MODELS as DISCRETE_MODELS
     from diffbench.models import MODELS
 
+    factories = {**MODELS, **DISCRETE_MODELS}
     rows = []
     for name in group_options("model"):
         kind = group_config("model", name).get("kind", name)
-        rows.append([name, kind, _summary(MODELS[kind]) if kind in MODELS else "(kind not registered)"])
+        rows.append([name, kind, _summary(factories[kind]) if kind in factories else "(kind not registered)"])
     return ["model", "kind", "description"], rows
 
 

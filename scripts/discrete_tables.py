@@ -5,12 +5,13 @@ KL(empirical || true), per-position marginal TV, |NLL - H|, chi-square p-values
 against the true distribution and against first-hitting samples (disjoint sample indices), and the
 passes per sample (the cached ancestral sampler gives the ancestral sampler's very samples).
 precision: the cached ancestral and first-hitting samplers with float32 vs float64 Gumbel-max
-categorical sampling on the same noise (a Dirichlet(0.1) chain over V=32): unigram entropy and NLL as steps grow,
-how many samples float32 changes (same noise, so only the truncation changes one) and the mean log p gained by them.
+categorical sampling on the same noise (V=32 chain with a flat tail of rare tokens, model=markov_tail): the
+paired entropy drop per token as steps grow, the share of rare tokens, how many samples float32 changes
+(same noise, so only the truncation changes one) and the log p they gained.
 Writes results/discrete/<table>.{md,json} with the command.
 
     python scripts/discrete_tables.py convergence --vocab 3 --length 4 --n 20000 --steps 2 4 8 16 32 64 128 256
-    python scripts/discrete_tables.py precision --vocab 32 --length 1 --n 4096 --steps 100 1000 3000
+    python scripts/discrete_tables.py precision --vocab 32 --length 8 --n 512 --steps 100 1000 3000 10000
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ from diffbench.discrete.markov import MarkovChain
 from diffbench.discrete.metrics import METRICS, TokenQuality, chi_square_fit, chi_square_two_sample
 from diffbench.discrete.sampling import make_plan, sample_tokens
 
-RARE = 1e-3  # a token this unlikely is revealed with probability < 6e-8 per step at 10^4 steps: fp32 truncates it
+# A token of probability p at the ancestral step of move 1/j is drawn at r / (e^r - 1) of its rate in float32,
+# r = 2^-24 j / p (24-bit uniforms): at p = 1e-3, 0.7 at j = 10^4 and 0.2 at j = 5 * 10^4.
+RARE = 2e-3
 CONVERGENCE = ("mdlm_ancestral_cache", "tau_leaping", "remdm", "llada_confidence", "entropy_unmask", "first_hitting")
 
 
@@ -66,25 +69,57 @@ def convergence(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def precision(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Rows also count rare tokens (true unigram probability < RARE) against their expected count."""
-    model = make_model("markov_chain", {"vocab": args.vocab, "length": args.length, "concentration": 0.1})
-    model = model.to(args.device)
-    rare = model.marginals().mean(0) < RARE
-    expected = float(model.marginals()[:, rare].sum()) * args.n
+    """One row per sampler and steps: float64 and float32 runs on the same noise, and their paired differences."""
+    options = {"vocab": args.vocab, "length": args.length, "concentration": args.concentration, "tail": args.tail}
+    model = make_model("markov_chain", options).to(args.device)
     rows = []
     for name, steps_list in (("first_hitting", (model.length,)), ("mdlm_ancestral_cache", args.steps)):
         for steps in steps_list:
-            exact = point(model, name, steps, args.n, 0, {"precision": "float64"})
-            truncated = point(model, name, steps, args.n, 0, {"precision": "float32"})
-            changed = (exact["_tokens"] != truncated["_tokens"]).any(1)  # same noise: only truncation changes a sample
-            gain = model.log_prob(truncated["_tokens"][changed]) - model.log_prob(exact["_tokens"][changed])
-            for row in (exact, truncated):
-                tokens = row.pop("_tokens")
-                rows.append(row | {"rare_tokens": int(rare[tokens].sum()), "rare_expected": expected,
-                                   "changed_vs_float64": int(changed.sum()),
-                                   "logp_gain_of_changed": float(gain.mean()) if len(gain) else 0.0})
-                print(json.dumps(rows[-1]), flush=True)
+            runs = {p: point(model, name, steps, args.n, 0, {"precision": p}) for p in ("float64", "float32")}
+            rows.append(paired_row(model, runs["float64"], runs["float32"]))
+            print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def paired_row(model: MarkovChain, exact: dict[str, Any], truncated: dict[str, Any]) -> dict[str, Any]:
+    """float32 against float64 on the same noise: only the truncation changes a sample, so differences are paired.
+
+    entropy_drop_per_token is the mean of log p(float32 sample) - log p(float64 sample) per token: how much
+    float32 lowers the samples' cross-entropy under the exact model (their entropy, for an exact sampler).
+    """
+    a, b = exact["_tokens"], truncated["_tokens"]
+    changed = (a != b).any(1)
+    drop = (model.log_prob(b) - model.log_prob(a)) / model.length
+    per_token = {p: run["nll"] / model.length for p, run in (("float64", exact), ("float32", truncated))}
+    return {"sampler": exact["sampler"], "steps": exact["steps"], "nfe_per_sample": exact["nfe_per_sample"],
+            "seconds_float64": exact["seconds"], "seconds_float32": truncated["seconds"],
+            "nll_per_token_float64": per_token["float64"], "nll_per_token_float32": per_token["float32"],
+            "entropy_drop_per_token": float(drop.mean()), "drop_se": float(drop.std() / len(drop) ** 0.5),
+            "changed_samples": int(changed.sum()),
+            "logp_gain_of_changed": float(drop[changed].mean() * model.length) if changed.any() else 0.0,
+            "rare_share_float64": float(rare(model, a).double().mean()),
+            "rare_share_float32": float(rare(model, b).double().mean()), "rare_share_true": rare_share_true(model),
+            "unigram_entropy_float64": exact["unigram_entropy"],
+            "unigram_entropy_float32": truncated["unigram_entropy"],
+            "entropy_true": exact["entropy_true"], "unigram_entropy_true": exact["unigram_entropy_true"]}
+
+
+def rare(model: MarkovChain, tokens: torch.Tensor) -> torch.Tensor:
+    """[N, L]: whether each token had probability < RARE given the previous one (the initial row at position 0)."""
+    step = torch.cat([model.initial[tokens[:, :1]], model.transition[tokens[:, :-1], tokens[:, 1:]]], 1)
+    return step < RARE
+
+
+def rare_share_true(model: MarkovChain) -> float:
+    """The exact share of positions holding a rare token (probability < RARE given the previous one)."""
+    first = rare_mass(model.initial)
+    rest = model.marginals()[:-1] @ rare_mass(model.transition)
+    return float((first + rest.sum()) / model.length)
+
+
+def rare_mass(p: torch.Tensor) -> torch.Tensor:
+    """Probability mass of the rare entries (< RARE) of each row of p."""
+    return (p * (p < RARE)).sum(-1)
 
 
 def markdown(rows: list[dict[str, Any]], command: str, device: str) -> str:
@@ -104,6 +139,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000, help="samples per point")
     parser.add_argument("--vocab", type=int, default=3)
     parser.add_argument("--length", type=int, default=4)
+    parser.add_argument("--concentration", type=float, default=0.02, help="precision: Dirichlet concentration of rows")
+    parser.add_argument("--tail", type=float, default=0.03, help="precision: row share spread uniformly (rare tokens)")
     parser.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64, 128, 256])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("results/discrete"))

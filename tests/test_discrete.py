@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -126,6 +127,22 @@ def test_float32_gumbel_truncates_rare_categories():
     assert int(sample_categorical(probs, u, "float32")) == 1
 
 
+def test_float32_draws_a_rare_category_at_the_truncated_rate():
+    """Against a weight-1 category, one of weight w wins in float32 at r / (e^r - 1) of its float64 rate, r = 2^-24 / w.
+
+    It wins only when its uniform is within ~64 w of 1, so uniforms are drawn there (rates are per unit of that band).
+    """
+    w, band, n = 2.0**-24, 64 * 2.0**-24, 400_000
+    gen = torch.Generator().manual_seed(0)
+    u = torch.stack([1 - band * torch.rand(n, generator=gen, dtype=torch.float64),
+                     torch.rand(n, generator=gen, dtype=torch.float64)], 1)
+    probs = torch.tensor([w, 1.0], dtype=torch.float64).expand(n, 2)
+    wins = {p: float((sample_categorical(probs, u, p) == 0).double().mean()) for p in ("float64", "float32")}
+    assert wins["float64"] * band == pytest.approx(w, rel=0.05)  # the exact rate w / (1 + w)
+    r = 2.0**-24 / w
+    assert wins["float32"] / wins["float64"] == pytest.approx(r / math.expm1(r), rel=0.05)
+
+
 def remasked_positions(chain, eta: float) -> int:
     """How often a revealed token was masked again between consecutive ReMDM steps."""
     model = Recording(chain)
@@ -139,3 +156,20 @@ def test_remdm_remasks_only_with_eta(chain):
     assert remasked_positions(chain, 0.5) > 0
     with pytest.raises(UsageError, match="eta"):
         make_plan(SAMPLERS["remdm"], 6, 5, {"eta": 2.0})
+
+
+@pytest.mark.slow
+def test_float32_ancestral_sampling_moves_samples_to_likelier_tokens():
+    """Many ancestral steps on a chain with a flat tail (each tail token ~3e-4): float32 drops rare tokens.
+
+    Same noise in both runs, so every sample float32 changes was changed by the truncation: it must
+    gain log-likelihood, and the float32 samples must hold fewer tokens of probability < 1e-3.
+    """
+    chain = make_model("markov_chain", {"vocab": 32, "length": 4, "concentration": 0.02, "tail": 0.01})
+    runs = {p: sample_tokens(chain, make_plan(SAMPLERS["mdlm_ancestral_cache"], 20_000, 4, {"precision": p}),
+                             range(128), seed=0).tokens for p in ("float64", "float32")}
+    changed = (runs["float64"] != runs["float32"]).any(1)
+    gain = chain.log_prob(runs["float32"][changed]) - chain.log_prob(runs["float64"][changed])
+    rare = {p: int((chain.transition[tokens[:, :-1], tokens[:, 1:]] < 1e-3).sum()) for p, tokens in runs.items()}
+    assert int(changed.sum()) >= 2 and bool((gain > 0).all())
+    assert rare["float32"] < rare["float64"]

@@ -1,14 +1,20 @@
-"""`diffbench sweep` over discrete samplers: tidy rows, batch-size invariance, `check` on them, bad input."""
+"""`diffbench sweep`, `sample` and `list` on discrete samplers: tidy rows, batch-size invariance, `check`, bad input."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
 
 from diffbench import columns as col
 from diffbench import regression
+from diffbench.discrete import SAMPLERS, make_model
+from diffbench.discrete.sampling import make_plan, sample_tokens
 from diffbench.engine.points import prepare
 from diffbench.engine.sweep import run_sweep
 from diffbench.errors import UsageError
+from tests.helpers.cli import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,11 +60,35 @@ def test_bad_discrete_input_is_one_usage_error(tmp_path, sweep_cache, extra, mes
         prepare(args(tmp_path, sweep_cache, "nfe=4", *extra))
 
 
-def test_sample_command_refuses_discrete_samplers_in_one_line(tmp_path, capsys):
-    from diffbench.cli import main
+def test_sample_command_saves_tokens_and_their_exact_quality(tmp_path, capsys):
+    """`diffbench sample` on a discrete sampler: the sweep's tokens for those indices, its passes, NLL in --json."""
+    chain = make_model("markov_chain", {"vocab": 4, "length": 5})
+    path, summary = tmp_path / "fhs.npz", tmp_path / "fhs.json"
+    code, printed, _ = run_cli(capsys, "sample", "experiment=discrete_markov", "solver=first_hitting", "nfe=5",
+                               "batch_size=3", "--seeds", "4-11", "-o", str(path), "--json", str(summary),
+                               f"out={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}")
+    assert code == 0 and "NFE measured 5 per sample" in printed
+    saved, values = np.load(path), json.loads(summary.read_text())
+    expected = sample_tokens(chain, make_plan(SAMPLERS["first_hitting"], 5, 5), range(4, 12), seed=0).tokens
+    np.testing.assert_array_equal(saved["tokens"], expected.numpy())  # batch size 3 vs 8: same samples
+    assert saved["passes"].tolist() == [5] * 8 and values["nfe_measured"] == 5.0 and values["n"] == 8
+    assert values["nll"] == pytest.approx(float(-chain.log_prob(expected).mean()))
+    assert values["entropy_true"] == pytest.approx(chain.entropy())
 
-    code = main(["sample", "experiment=discrete_markov", "solver=first_hitting", "nfe=5", f"out={tmp_path / 'out'}",
-                 f"cache_dir={tmp_path / 'cache'}"])
-    err = capsys.readouterr().err
-    assert code == 2 and "diffbench sweep" in err and len(err.strip().splitlines()) == 1
+
+def test_sample_command_refuses_a_bad_json_path_before_sampling(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_cli(capsys, "sample", "experiment=discrete_markov", "solver=first_hitting", "nfe=5",
+                           "--json", str(blocker / "x.json"), f"out={tmp_path / 'out'}", f"cache_dir={tmp_path / 'c'}")
+    assert code == 2 and "--json" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_list_discrete_names_every_sampler_with_its_nfe_rule(capsys):
+    code, printed, _ = run_cli(capsys, "list", "discrete", "--json")
+    rows = {row["sampler"]: row for row in json.loads(printed)}
+    assert code == 0 and set(rows) == set(SAMPLERS)
+    assert rows["first_hitting"]["NFE"].startswith("= L") and rows["mdlm_ancestral_cache"]["NFE"].startswith("adaptive")
+    assert rows["remdm"]["options"] == {"precision": "float64", "eta": 0.05}
+    assert "Zheng" in rows["first_hitting"]["paper"]

@@ -20,16 +20,21 @@ MAX_ENUMERABLE = 2**16  # sequences a table of exact probabilities may hold
 
 
 class MarkovChain:
-    """x_0 ~ initial, x_i | x_{i-1} ~ transition[x_{i-1}]: Dirichlet(concentration) rows drawn from `seed`."""
+    """x_0 ~ initial, x_i | x_{i-1} ~ transition[x_{i-1}]: Dirichlet(concentration) rows drawn from `seed`.
 
-    def __init__(self, vocab: int, length: int, concentration: float, seed: int):
+    `tail` > 0 mixes every row with the uniform distribution (weight `tail`): a flat tail of rare
+    tokens of probability >= tail / vocab, where float32 Gumbel-max truncation acts (discrete_tables.py).
+    """
+
+    def __init__(self, vocab: int, length: int, concentration: float, seed: int, tail: float = 0.0):
         check(2 <= vocab <= MAX_VOCAB, f"model.vocab must be in 2..{MAX_VOCAB} (got {vocab})")
         check(1 <= length <= MAX_LENGTH, f"model.length must be in 1..{MAX_LENGTH} (got {length})")
         check(concentration > 0, f"model.concentration must be > 0 (got {concentration})")
+        check(0 <= tail < 1, f"model.tail must be in [0, 1) (got {tail})")
         rng = np.random.default_rng(seed)
         self.vocab, self.length = vocab, length
-        self.initial = torch.from_numpy(rng.dirichlet([concentration] * vocab))
-        self.transition = torch.from_numpy(rng.dirichlet([concentration] * vocab, size=vocab))
+        self.initial = _with_tail(rng.dirichlet([concentration] * vocab), tail)
+        self.transition = _with_tail(rng.dirichlet([concentration] * vocab, size=vocab), tail)
 
     @property
     def device(self) -> torch.device:
@@ -65,6 +70,14 @@ class MarkovChain:
         logp = self.initial.log()[tokens[:, 0]]
         return logp + self.transition.log()[tokens[:, :-1], tokens[:, 1:]].sum(1)
 
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n exact draws [n, L] from the chain (training data for the network model)."""
+        x = torch.empty(n, self.length, dtype=torch.int64)
+        x[:, 0] = torch.multinomial(self.initial.cpu(), n, replacement=True, generator=generator)
+        for i in range(1, self.length):
+            x[:, i] = torch.multinomial(self.transition.cpu()[x[:, i - 1]], 1, generator=generator)[:, 0]
+        return x
+
     def marginals(self) -> Tensor:
         """Exact per-position marginals [L, V]."""
         rows = [self.initial]
@@ -95,12 +108,18 @@ class MarkovChain:
         return (tokens * powers).sum(1)
 
 
+def _with_tail(rows: np.ndarray, tail: float) -> Tensor:
+    """Probability rows mixed with the uniform distribution (weight `tail`), as a float64 tensor."""
+    return torch.from_numpy((1 - tail) * rows + tail / rows.shape[-1])
+
+
 def _normalise(p: Tensor) -> Tensor:
     """Rows of the last axis scaled to sum to one."""
     return p / p.sum(-1, keepdim=True)
 
 
 @register_model("markov_chain")
-def markov_chain(vocab: int = 4, length: int = 5, concentration: float = 0.5, seed: int = 0) -> MarkovChain:
-    """The exact Markov-chain test model (model=markov_chain)."""
-    return MarkovChain(int(vocab), int(length), float(concentration), int(seed))
+def markov_chain(vocab: int = 4, length: int = 5, concentration: float = 0.5, seed: int = 0,
+                 tail: float = 0.0) -> MarkovChain:
+    """The exact Markov-chain test model (model=markov_chain; model=markov_tail has a flat tail of rare tokens)."""
+    return MarkovChain(int(vocab), int(length), float(concentration), int(seed), float(tail))

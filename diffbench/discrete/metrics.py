@@ -29,10 +29,16 @@ def entropy(p: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-class TokenQuality:
-    """The exact metrics of token samples [N, L] under `model`, each a statistic of sample indices."""
+def exact_model(model: Any) -> MarkovChain:
+    """The chain samples are measured against: the model itself, or the chain a network was trained on (`truth`)."""
+    return model if isinstance(model, MarkovChain) else model.truth
 
-    def __init__(self, model: MarkovChain, tokens: Tensor):
+
+class TokenQuality:
+    """The exact metrics of token samples [N, L] under `model` (or its `truth`), each a statistic of sample indices."""
+
+    def __init__(self, model: Any, tokens: Tensor):
+        model = exact_model(model)
         self.model, self.n = model, len(tokens)
         tokens = tokens.to(model.device)
         self.tokens = tokens.cpu().numpy()
@@ -91,8 +97,9 @@ class TokenQuality:
                 "nll": float(self.nll.mean()), "entropy_true": self.entropy_true}
 
 
-def check_names(names: Sequence[str], model: MarkovChain) -> None:
+def check_names(names: Sequence[str], model: Any) -> None:
     """Metric names a discrete point can compute (UsageError naming the valid ones)."""
+    model = exact_model(model)
     unknown = [n for n in names if n not in METRICS]
     check(not unknown, f"metrics {', '.join(unknown)} do not apply to discrete models; use metrics=discrete "
                        f"(names from: {', '.join(METRICS)})")

@@ -7,7 +7,7 @@ counted against the sampler's declared NFE, and measures the samples exactly aga
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +29,26 @@ def is_discrete(point: Point) -> bool:
     return isinstance(point.spec, DiscreteSpec)
 
 
-def measure_discrete(point: Point, model: Any, row: ResultRow) -> tuple[dict[str, Any], Mapping[str, MetricValue]]:
-    """Sample and measure one discrete point: sets the row's measured columns, returns (extra columns, metrics)."""
+def sample_discrete(point: Point, model: Any, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Tokens [N, L] of samples `indices` in batches, passes per sample [N] and seconds; passes checked vs declared."""
     run, plan = point.run, point.plan
     assert isinstance(plan, DiscretePlan)
     model.to(run.device)
     start = time.perf_counter()
-    batches = [sample_tokens(model, plan, range(i, min(i + run.batch_size, run.n_samples)), run.seed)
-               for i in range(0, run.n_samples, run.batch_size)]
+    batches = [sample_tokens(model, plan, indices[i:i + run.batch_size], run.seed)
+               for i in range(0, len(indices), run.batch_size)]
     seconds = time.perf_counter() - start
-    tokens = torch.cat([b.tokens for b in batches])
     passes = torch.cat([b.passes for b in batches])
     if plan.nfe_declared is not None and bool((passes != plan.nfe_declared).any()):
         raise RuntimeError(f"'{point.spec.name}' made {passes.unique().tolist()} passes per sample, "
                            f"declared {plan.nfe_declared}")
+    return torch.cat([b.tokens for b in batches]), passes, seconds
+
+
+def measure_discrete(point: Point, model: Any, row: ResultRow) -> tuple[dict[str, Any], Mapping[str, MetricValue]]:
+    """Sample and measure one discrete point: sets the row's measured columns, returns (extra columns, metrics)."""
+    run = point.run
+    tokens, passes, seconds = sample_discrete(point, model, range(run.n_samples))
     start = time.perf_counter()
     quality = TokenQuality(model, tokens)
     m = point.cfg.metrics
