@@ -24,11 +24,15 @@ from diffbench.metrics.uncertainty import Interval, fd_interval, kid_interval
 
 FEATURE_METRICS = ("fd", "kid", "is", "prdc")
 PAIRED_METRICS = ("solver_error", "lpips")
+LABEL_METRICS = ("class_accuracy",)  # samples vs their class labels (metrics.classifier): the suite reads these
 ALIASES = {"fid": "fd", "inception_score": "is", "pr": "prdc", "precision_recall": "prdc"}
 
 
 def parse_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split metric names into (feature metrics, paired metrics), resolving aliases; UsageError if unknown."""
+    """Split metric names into (feature metrics, paired metrics), resolving aliases; UsageError if unknown.
+
+    Label metrics (LABEL_METRICS) are valid names in neither list: MetricSuite reads them from the names.
+    """
     feature, paired = [], []
     for raw in names:
         name = ALIASES.get(raw, raw)
@@ -36,8 +40,8 @@ def parse_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
             feature.append(name)
         elif name in PAIRED_METRICS:
             paired.append(name)
-        else:
-            valid = ", ".join([*FEATURE_METRICS, *PAIRED_METRICS, *ALIASES])
+        elif name not in LABEL_METRICS:
+            valid = ", ".join([*FEATURE_METRICS, *PAIRED_METRICS, *LABEL_METRICS, *ALIASES])
             raise UsageError(f"metrics.names: '{raw}' is unknown; choose from: {valid}")
     return list(dict.fromkeys(feature)), list(dict.fromkeys(paired))
 
