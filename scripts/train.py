@@ -170,7 +170,7 @@ def build(args: argparse.Namespace, images: Tensor) -> tuple[UNet, dict[str, Any
 
 def train(net: UNet, images: Tensor, labels: Tensor | None,
           args: argparse.Namespace) -> tuple[UNet, list[dict[str, float]], int, float]:
-    """Adam on EDM's loss (with labels: their dropout) until --steps or --minutes; (EMA network, log, steps, seconds)."""
+    """Adam on EDM's loss (labels: with dropout) until --steps or --minutes; (EMA network, log, steps, seconds)."""
     device = images.device
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)

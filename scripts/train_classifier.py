@@ -5,7 +5,8 @@ shifted by up to --shift pixels (so slightly off-centre samples still classify),
 accuracy; writes the fp16 checkpoint (< 2 MB) whose meta records the command, steps and accuracy.
 
     python scripts/make_dataset.py --train .data/mnist_train.npz
-    nice -n 10 python scripts/train_classifier.py --data .data/mnist_train.npz --out diffbench/assets/mnist-classifier.pt
+    nice -n 10 python scripts/train_classifier.py --data .data/mnist_train.npz \
+        --out diffbench/assets/mnist-classifier.pt
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     test_acc = accuracy(net, *load(args.test))
     meta = {"command": "python scripts/train_classifier.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "steps": steps, "batch": args.batch, "train_seconds": round(seconds, 1), "test_accuracy": test_acc,
-            "params": sum(q.numel() for q in net.parameters()), "torch": torch.__version__}
+            "params": sum(q.numel() for q in net.parameters()), "torch": str(torch.__version__)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_classifier(args.out, net, arch, meta)
     print(f"done: {steps} steps in {seconds:.0f} s, test accuracy {test_acc:.4f}; "

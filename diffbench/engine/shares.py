@@ -41,7 +41,7 @@ class Share:
     stats: StreamingStats | None = None
     mse: np.ndarray | None = None
     lpips: np.ndarray | None = None
-    correct: np.ndarray | None = None  # class_accuracy: each sample's prediction equals its label
+    correct: np.ndarray | None = None  # class_accuracy: each sample's prediction equals its label (empty: off)
 
     def add(self, indices: Sequence[int], x: Tensor, seconds: float, nfe_measured: float, keep: int,
             nfe_network: float | None = None) -> None:
@@ -74,7 +74,7 @@ class Share:
             self.stats.merge(suite.stats)
         self.mse = suite.error.per_sample_mse
         self.lpips = suite.lpips.per_sample if suite.lpips is not None else None
-        self.correct = suite.accuracy.per_sample if suite.accuracy is not None else None
+        self.correct = suite.accuracy.per_sample
         return self
 
     @property
@@ -129,8 +129,8 @@ def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int],
     suite.error.mse = [np.concatenate([s.mse for s in shares])[order]]
     if suite.lpips is not None:
         suite.lpips.scores = [np.concatenate([s.lpips for s in shares])[order]]
-    if suite.accuracy is not None:
-        suite.accuracy.correct = [np.concatenate([s.correct for s in shares])[np.argsort(indices, kind="stable")]]
+    hits = np.concatenate([s.correct for s in shares])  # empty while class_accuracy is off
+    suite.accuracy.correct = [hits[np.argsort(indices, kind="stable")] if len(hits) else hits]
 
 
 def replay(rows: Tensor, logits: Tensor | None, batch_size: int, device: torch.device) -> StreamingStats:

@@ -1,9 +1,8 @@
 """The metric suite of a point: extractors and dataset statistics shared across points, streamed updates.
 
-Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; paired metrics
-(solver_error, lpips) compare the first samples with their same-noise reference solutions. The
-engine hands batches to a MetricFeed, which can overlap a batch's metric work with the sampling of
-the next one; progress goes to any object with `task(description, total)` (diffbench.engine.progress).
+Feature metrics (fd, kid, is, prdc) share one extractor pass over uint8 images; paired ones (solver_error, lpips)
+compare the first samples with their same-noise references; class_accuracy checks samples against their labels.
+Batches arrive through a MetricFeed; progress goes to any object with `task(description, total)` (engine.progress).
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from diffbench.columns import MetricValue
 from diffbench.config import RunSettings, to_dict
 from diffbench.data import make_dataset, to_uint8
 from diffbench.errors import check
-from diffbench.metrics.classifier import ClassAccuracy, load_classifier
+from diffbench.metrics.classifier import class_accuracy
 from diffbench.metrics.error import ErrorStats
 from diffbench.metrics.evaluate import MetricOptions, compute_metrics, parse_metrics
 from diffbench.metrics.features import INCEPTION_EXTRACTORS, FeatureExtractor, make_extractor
@@ -35,8 +34,6 @@ from diffbench.metrics.refs import RefStats, load_or_build_reference, load_publi
 from diffbench.metrics.stats import StreamingStats
 from diffbench.metrics.uncertainty import bootstrap
 from diffbench.models import Denoiser
-from diffbench.models.conditions import NONE, make_conditions
-from diffbench.models.guidance import conditional
 
 
 class Tasks(Protocol):
@@ -156,23 +153,7 @@ def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
               f"is {tuple(shape)}; use metrics=error_only for this model")
     if feature:
         check(run.n_samples >= 2, f"metrics {', '.join(feature)} need n_samples >= 2 (got {run.n_samples})")
-    if CLASS_ACCURACY in cfg.metrics.names:
-        class_accuracy(cfg, model, run)
-
-
-CLASS_ACCURACY = "class_accuracy"
-
-
-def class_accuracy(cfg: DictConfig, model: Denoiser, run: RunSettings) -> ClassAccuracy:
-    """The class_accuracy metric of a point: its classifier and samples 0 .. n-1's labels (UsageError if unfit)."""
-    conditions = to_dict(cfg.conditions) if "conditions" in cfg else {"name": NONE}
-    check(conditions["name"] != NONE, "metrics class_accuracy compares samples with their class labels; "
-                                      "set conditions=balanced (or conditions=file) on a class-conditional model")
-    classes = conditional(model).classes
-    accuracy = ClassAccuracy(*load_classifier(cfg.metrics.get("classifier"), run.device),
-                             make_conditions(conditions, run.n_samples, classes).labels)
-    accuracy.check_fits(getattr(model, "shape", ()), classes)
-    return accuracy
+    class_accuracy(cfg, model, run)  # loads its classifier when metrics.names asks for it: UsageError if unfit
 
 
 class MetricSuite:
@@ -195,7 +176,7 @@ class MetricSuite:
         self.dataset_stats = (context.dataset_statistics(cfg, model, self.extractor, run.batch_size)
                               if self.extractor else None)
         self.stats = StreamingStats(keep_features=True, device=self.extractor.device) if self.extractor else None
-        self.accuracy = class_accuracy(cfg, model, run) if CLASS_ACCURACY in cfg.metrics.names else None
+        self.accuracy = class_accuracy(cfg, model, run)
 
     def update(self, x: Tensor, indices: Sequence[int], solutions: Tensor | None) -> None:
         """Add one batch of samples (indices: their sample indices) to every metric."""
@@ -204,8 +185,7 @@ class MetricSuite:
             for part in x.split(FEATURE_BATCH):  # batch_size=auto may hand over thousands of samples
                 out = self.extractor(to_uint8(part))
                 self.stats.update(out.features, out.logits)
-        if self.accuracy is not None:
-            self.accuracy.update(to_uint8(x), indices)
+        self.accuracy.update(x, indices)
         if solutions is not None:
             keep = [k for k, i in enumerate(indices) if i < len(solutions)]
             if keep:
@@ -230,8 +210,7 @@ class MetricSuite:
         if self.lpips is not None:
             values["lpips_ref"] = MetricValue(self.lpips.result()["lpips"])
             extra["lpips_weights_check"] = self.lpips.weights_check
-        if self.accuracy is not None:
-            values[CLASS_ACCURACY] = self.accuracy.result(float(self.cfg.metrics.get("ci_level", 0.95)))
+        values.update(self.accuracy.values(float(self.cfg.metrics.get("ci_level", 0.95))))
         return values, extra
 
     def _feature_metrics(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:

@@ -58,7 +58,7 @@ class EDMDenoiser(Denoiser):
 @register_model("edm")
 def edm(path: str = "", shape: Sequence[int] | None = None, sigma_data: float | None = None,
         sigma_min: float | None = None, sigma_max: float | None = None, dtype: str = "float32",
-        channels_last: bool = False, compile: bool | str = False) -> EDMDenoiser:
+        channels_last: bool = False, compile: bool | str = False) -> EDMDenoiser | ClassEDMDenoiser:
     """An EDM-preconditioned network from a file; unset options come from the checkpoint, else EDM's defaults.
 
     Args:
@@ -98,8 +98,8 @@ class ClassEDMDenoiser(ConditionalDenoiser):
         return expand_as(c_skip, x) * x + expand_as(c_out, x) * f_x
 
     def describe(self) -> dict[str, object]:
-        loaded = {"model_kind": "edm", "model_path": self.source} if self.source else {"model_kind": "random_class_unet"}
-        return {**super().describe(), **loaded, "classes": self.classes}
+        kind = {"model_kind": "edm", "model_path": self.source} if self.source else {"model_kind": "random_class_unet"}
+        return {**super().describe(), **kind, "classes": self.classes}
 
 
 @register_model("random_class_unet")
