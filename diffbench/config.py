@@ -49,7 +49,9 @@ NOT_HASHED = ("out", "batch_size", "device", "cache_dir", "sweep")
 # Groups left out of the resume key while off, so points that predate them keep their hash.
 HASHED_UNLESS = {"conditions": {"name": "none"}, "guidance": {"name": "none"}}
 # Metrics whose options are a metrics sub-node of their name: hashed only while the metric is in metrics.names.
-OPTIONAL_METRICS = ("clip_score", "fd_dinov2", "cmmd")
+# Metrics-group fields -> the metric that reads them: hashed only while that metric is in metrics.names.
+OPTIONAL_METRICS = {"clip_score": "clip_score", "fd_dinov2": "fd_dinov2", "cmmd": "cmmd",
+                    "classifier": "class_accuracy"}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -379,12 +381,15 @@ def expand_grid(overrides: Sequence[str] = ()) -> list[list[str]]:
     """Expand sweep.params and command-line sweeps into one override list per grid point.
 
     A command-line override of a key that sweep.params lists replaces that axis; other plain
-    overrides apply to every point.
+    overrides apply to every point. The base config that holds sweep.params is composed without group
+    options (`guidance.scale=2`): their group may be an axis (`guidance=cfg,interval`) whose option the
+    base does not choose; each point's composition checks them.
     """
     parsed = parse_overrides(overrides)
-    plain = [cast(str, o.input_line) for o in parsed if not o.is_sweep_override() and not _lists_axis(o)]
+    shaping = [cast(str, o.input_line) for o in parsed
+               if not (o.is_sweep_override() or _group_option(o) or _lists_axis(o))]
     with _hydra():
-        base = _compose(plain)
+        base = _compose(shaping)
         axes: dict[str, tuple[str, list[str]]] = {}
         for key, value in (base.sweep.get("params") or {}).items():
             o = parse_overrides([_axis_override(key, value)])[0]
@@ -400,6 +405,12 @@ def expand_grid(overrides: Sequence[str] = ()) -> list[list[str]]:
             for combo in itertools.product(*(values for _, values in axes.values()))]
 
 
+def _group_option(o: Override) -> bool:
+    """Whether `o` sets an option inside a config group (`guidance.scale=2`), not `sweep.*` or a top-level field."""
+    head, dot, _ = o.key_or_group.partition(".")
+    return bool(dot) and head != "sweep"
+
+
 def compose_grid(overrides: Sequence[str] = ()) -> list[DictConfig]:
     """Every grid point's composed config, in grid order."""
     return compose_points(expand_grid(overrides))
@@ -407,8 +418,19 @@ def compose_grid(overrides: Sequence[str] = ()) -> list[DictConfig]:
 
 def compose_points(points: Sequence[Sequence[str]]) -> list[DictConfig]:
     """The composed config of each override list (one per grid point), in one Hydra session."""
+    common = set.intersection(*(set(p) for p in points)) if points else set()
     with _hydra():
-        return [_compose(list(p)) for p in points]
+        return [_compose_point(list(p), [o for o in p if o not in common]) for p in points]
+
+
+def _compose_point(overrides: list[str], axes: list[str]) -> DictConfig:
+    """One grid point's config; an error names the point by its axis values (`guidance=cfg`)."""
+    try:
+        return _compose(overrides)
+    except UsageError as e:
+        if not axes:
+            raise
+        raise UsageError(f"grid point {' '.join(axes)}: {e}") from None
 
 
 def to_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -427,7 +449,8 @@ def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
         data[RENAMED_GROUP] = data.pop("steps")
     if isinstance(data.get("metrics"), Mapping):  # options of metrics the point does not compute change nothing
         names = data["metrics"].get("names") or []
-        data["metrics"] = {k: v for k, v in data["metrics"].items() if k not in OPTIONAL_METRICS or k in names}
+        data["metrics"] = {k: v for k, v in data["metrics"].items()
+                           if k not in OPTIONAL_METRICS or OPTIONAL_METRICS[k] in names}
     if isinstance(data.get("solver"), Mapping):  # options at their pre-existing behaviour keep old keys
         data["solver"] = {k: v for k, v in data["solver"].items()
                           if k not in UNHASHED_DEFAULTS or v != UNHASHED_DEFAULTS[k]}

@@ -43,6 +43,8 @@ METRIC_NOTES = {
                 f"{plots.STOCHASTIC_MARK} stochastic solver: its distance to the ODE solution, not a convergence "
                 "error.",
     "lpips_ref": "LPIPS between each sample and its same-noise reference solution (lower is better).",
+    "class_accuracy": "share of class-conditional samples that metrics.classifier assigns to their own label, with "
+                      "a Wilson interval (higher is better).",
 }
 
 

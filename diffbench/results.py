@@ -42,7 +42,7 @@ FIRST = (col.CONFIG_HASH, col.STATUS, col.REASON, col.MODEL_KIND, col.SOLVER, co
          col.NFE_DECLARED, col.NFE_MEASURED, col.N_STEPS, col.SEED, col.N_SAMPLES)
 PACKAGES = ("diffbench", "torch", "numpy", "hydra-core", "clean-fid", "torchmetrics")
 LOCK_TIMEOUT_S = 600
-HIGHER_IS_BETTER = frozenset({"is", "inception_score", "precision", "recall", "density", "coverage"})
+HIGHER_IS_BETTER = frozenset({"is", "inception_score", "precision", "recall", "density", "coverage", "class_accuracy"})
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,7 @@ class Metrics:
     lpips_weights: str | None = None  # explicit path to the LPIPS backbone weights
     error_samples: int | None = 256  # samples compared with the reference solution (the first indices)
     reference: ReferenceSolution = field(default_factory=ReferenceSolution)
+    classifier: str | None = None  # class_accuracy's classifier file (null: the shipped mnist-classifier.pt)
     # Text-to-image metrics: their nodes count in the config hash only while the metric is in names.
     clip_score: ClipScore = field(default_factory=ClipScore)
     fd_dinov2: FdDinov2 = field(default_factory=FdDinov2)

@@ -8,6 +8,10 @@ Recipe (EDM's, scaled down; Karras et al. 2022, Table 1 and Sec. 5):
   images seen, capped at --ema-halflife-kimg; bf16 autocast and channels-last on CUDA, float32 on CPU.
 Training stops after --steps steps or --minutes of wall-clock time, whichever comes first; --init
 continues from a checkpoint's EMA weights (with a fresh optimiser), so short runs can be chained.
+Class-conditional (--classes N, labels from the npz's ``labels``): the UNet adds a label embedding, and
+--label-dropout of the training labels become the null label, so one network is also the unconditional
+model that classifier-free guidance needs (Ho & Salimans 2022: p_uncond 0.1-0.2); its samples use CFG
+at --sample-guidance, labels cycling 0 .. N-1.
 
 Writes to --out: ``checkpoint.pt`` (EMA weights, fp16, the diffbench-unet format that model kind
 ``edm`` loads), ``samples.png`` (an 8x8 grid from diffbench's Heun sampler), ``samples.npz``
@@ -15,6 +19,7 @@ Writes to --out: ``checkpoint.pt`` (EMA weights, fp16, the diffbench-unet format
 
     python scripts/make_dataset.py --train .data/mnist_train.npz
     python scripts/train.py --data .data/mnist_train.npz --out runs/train-mnist --minutes 7
+    python scripts/train.py --data .data/mnist_train.npz --out runs/train-cond --classes 10 --label-dropout 0.1
 """
 from __future__ import annotations
 
@@ -34,7 +39,10 @@ from torch import Tensor
 
 from diffbench.data import to_uint8
 from diffbench.models import make_model
+from diffbench.models.base import NO_LABEL
+from diffbench.models.conditions import ConditionSet
 from diffbench.models.edm import edm_coefficients
+from diffbench.models.guidance import GuidedModel, make_guidance
 from diffbench.models.unet import UNet, build_from_checkpoint, save_checkpoint
 from diffbench.sampling import make_plan, sample_batch
 
@@ -52,18 +60,34 @@ def load_images(path: Path, device: torch.device) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).to(device).float() / 127.5 - 1
 
 
-def denoise(net: UNet, x: Tensor, sigma: Tensor) -> Tensor:
+def load_labels(path: Path, classes: int, device: torch.device) -> Tensor:
+    """The npz's int64 `labels` [N] on `device`, each in 0 .. classes-1 (exits otherwise)."""
+    with np.load(path) as npz:
+        if "labels" not in npz:
+            raise SystemExit(f"{path}: --classes needs a `labels` array next to the images")
+        labels = torch.from_numpy(npz["labels"].astype(np.int64))
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise SystemExit(f"{path}: labels span {int(labels.min())}..{int(labels.max())}, outside --classes {classes}")
+    return labels.to(device)
+
+
+def denoise(net: UNet, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
     """EDM's preconditioned denoiser around the raw network (the same coefficients model kind `edm` uses)."""
     c_skip, c_out, c_in, c_noise = (c.reshape(-1, 1, 1, 1) for c in edm_coefficients(sigma, SIGMA_DATA))
-    return c_skip * x + c_out * net(c_in * x, c_noise.flatten()).float()
+    return c_skip * x + c_out * net(c_in * x, c_noise.flatten(), labels).float()
 
 
-def edm_loss(net: UNet, images: Tensor) -> Tensor:
-    """EDM's weighted denoising loss at log-normally drawn noise levels (Karras et al. 2022, eq. 8)."""
+def edm_loss(net: UNet, images: Tensor, labels: Tensor | None = None, dropout: float = 0.0) -> Tensor:
+    """EDM's weighted denoising loss at log-normally drawn noise levels (Karras et al. 2022, eq. 8).
+
+    With labels, a `dropout` share of them (drawn per row) becomes the null label (classifier-free training).
+    """
     sigma = (torch.randn(len(images), device=images.device) * P_STD + P_MEAN).exp()
     weight = (sigma**2 + SIGMA_DATA**2) / (sigma * SIGMA_DATA) ** 2
     noisy = images + sigma.reshape(-1, 1, 1, 1) * torch.randn_like(images)
-    return (weight.reshape(-1, 1, 1, 1) * (denoise(net, noisy, sigma) - images) ** 2).mean()
+    if labels is not None:
+        labels = torch.where(torch.rand(len(labels), device=labels.device) < dropout, NO_LABEL, labels)
+    return (weight.reshape(-1, 1, 1, 1) * (denoise(net, noisy, sigma, labels) - images) ** 2).mean()
 
 
 def update_ema(ema: UNet, net: UNet, images_seen: int, batch: int, halflife_kimg: float) -> None:
@@ -84,9 +108,16 @@ def save_grid(images: Tensor, path: Path, columns: int = 8) -> None:
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
 
 
-def sample(checkpoint: Path, n: int, nfe: int, device: torch.device) -> Tensor:
-    """n samples (uint8 [n, 3, H, W]) from the saved checkpoint through diffbench's EDM adapter and Heun solver."""
+def sample(checkpoint: Path, n: int, nfe: int, device: torch.device, guidance: float = 1.0) -> Tensor:
+    """n samples (uint8 [n, 3, H, W]) from the saved checkpoint through diffbench's EDM adapter and Heun solver.
+
+    A class-conditional checkpoint samples labels i mod classes with CFG at scale `guidance`.
+    """
     model = make_model("edm", {"path": str(checkpoint)})
+    classes = getattr(model, "classes", 0)
+    if classes:
+        labels = ConditionSet("cyclic", torch.arange(n) % classes)
+        model = GuidedModel(model, labels, make_guidance({"name": "cfg", "scale": guidance}))
     plan = make_plan("heun", nfe, model.schedule, step_grid="karras")
     x = sample_batch(model, plan, range(n), seed=0, shape=model.shape, device=device, dtype=torch.float32).x
     return to_uint8(x)
@@ -110,6 +141,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--samples", type=int, default=1000, help="samples written to samples.npz after training")
     p.add_argument("--sample-nfe", type=int, default=35, help="Heun NFE for those samples (EDM: 35)")
+    p.add_argument("--classes", type=int, default=0, help="class-conditional on the npz's labels (0: unconditional)")
+    p.add_argument("--label-dropout", type=float, default=0.1, help="share of training labels set to the null label")
+    p.add_argument("--sample-guidance", type=float, default=2.0, help="CFG scale of a conditional model's samples")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -127,15 +161,16 @@ def build(args: argparse.Namespace, images: Tensor) -> tuple[UNet, dict[str, Any
     else:
         arch = {"in_channels": channels, "resolution": height, "channels": args.channels,
                 "channel_mult": args.channel_mult, "num_blocks": args.num_blocks,
-                "attn_resolutions": args.attn_resolutions, "dropout": args.dropout}
+                "attn_resolutions": args.attn_resolutions, "dropout": args.dropout, "classes": args.classes}
         net = UNet(**arch)
     # channels_last lets cuDNN use its NHWC kernels for these narrow convolutions.
     fmt = torch.channels_last if images.device.type == "cuda" else torch.contiguous_format
     return net.requires_grad_(True).train().to(images.device, memory_format=fmt), arch, init
 
 
-def train(net: UNet, images: Tensor, args: argparse.Namespace) -> tuple[UNet, list[dict[str, float]], int, float]:
-    """Adam on EDM's loss until --steps or --minutes; returns (EMA network, loss log, steps, seconds)."""
+def train(net: UNet, images: Tensor, labels: Tensor | None,
+          args: argparse.Namespace) -> tuple[UNet, list[dict[str, float]], int, float]:
+    """Adam on EDM's loss (labels: with dropout) until --steps or --minutes; (EMA network, log, steps, seconds)."""
     device = images.device
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
@@ -145,9 +180,9 @@ def train(net: UNet, images: Tensor, args: argparse.Namespace) -> tuple[UNet, li
         # One Adam step on a random batch (with EDM's guard against non-finite gradients).
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
-        batch = images[torch.randint(len(images), (args.batch,), device=device)]
+        rows = torch.randint(len(images), (args.batch,), device=device)
         with autocast:
-            loss = edm_loss(net, batch)
+            loss = edm_loss(net, images[rows], None if labels is None else labels[rows], args.label_dropout)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for p in net.parameters():
@@ -174,9 +209,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.backends.cudnn.benchmark = True
     images = load_images(args.data, device)
     net, arch, init = build(args, images)
+    labels = load_labels(args.data, net.classes, device) if net.classes else None
     print(f"UNet {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M params, {len(images)} images "
           f"{tuple(images.shape[1:])}, device {device}", flush=True)
-    ema, log, steps, seconds = train(net, images, args)
+    ema, log, steps, seconds = train(net, images, labels, args)
 
     # Save the EMA network, then sample from the saved file through diffbench itself.
     args.out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     precond = {"kind": "edm", "sigma_data": SIGMA_DATA, "sigma_min": 0.002, "sigma_max": 80.0}
     save_checkpoint(checkpoint, ema, arch, precond, tuple(images.shape[1:]), meta)
-    pixels = sample(checkpoint, args.samples, args.sample_nfe, device)
+    pixels = sample(checkpoint, args.samples, args.sample_nfe, device, args.sample_guidance)
     save_grid(pixels[:64], args.out / "samples.png")
     native = pixels[:, :images.shape[1]].permute(0, 2, 3, 1).cpu().numpy()  # [N, H, W, C] in the data's channels
     np.savez_compressed(args.out / "samples.npz", images=native)

@@ -50,6 +50,24 @@ def test_plain_override_of_an_axis_replaces_it_and_lists_sweep():
         n for n in group_options("solver") if n.startswith("euler")}
 
 
+def test_group_option_applies_across_a_swept_group():
+    """guidance.scale set once (or swept) with guidance=cfg,interval: the base config does not choose the group."""
+    guided = [*DEBUG, "model=class_gmm", "conditions=balanced", "guidance=cfg,interval"]
+    cfgs = compose_grid([*guided, "guidance.scale=3"])
+    assert {(c.guidance.name, c.guidance.scale) for c in cfgs} == {("cfg", 3.0), ("interval", 3.0)}
+    cfgs = compose_grid([*guided, "guidance.scale=1,2"])
+    assert sorted({(c.guidance.name, c.guidance.scale) for c in cfgs}) == [
+        ("cfg", 1.0), ("cfg", 2.0), ("interval", 1.0), ("interval", 2.0)]
+    assert all(c.guidance.sigma_lo == 0.5 for c in compose_grid([*DEBUG, "model=class_gmm", "conditions=balanced",
+                                                                 "guidance=interval", "guidance.sigma_lo=0.5"]))
+
+
+def test_group_option_missing_from_one_choice_names_the_grid_point():
+    with pytest.raises(UsageError, match=r"grid point .*guidance=cfg: guidance.sigma_lo: no such config field"):
+        compose_grid([*DEBUG, "model=class_gmm", "conditions=balanced", "guidance=cfg,interval",
+                      "guidance.sigma_lo=0.5"])
+
+
 def test_empty_sweep_list_is_a_usage_error():
     with pytest.raises(UsageError, match="nfe: the sweep list is empty"):
         expand_grid([*DEBUG, "nfe=[]"])

@@ -22,6 +22,7 @@ from diffbench.engine.shares import Share, merge_shares
 from diffbench.engine.sweep import GRID_SAMPLES, run_sweep
 from diffbench.errors import UsageError
 from diffbench.metrics import ErrorStats, StreamingStats
+from diffbench.metrics.classifier import ClassAccuracy
 from diffbench.solvers import SOLVERS
 
 WORLD = 2
@@ -82,21 +83,26 @@ def test_cuda_points_must_not_pin_one_gpu_under_torchrun(monkeypatch):
 
 # Merging ----------------------------------------------------------------------------------------
 
-def _suite(stats: StreamingStats, mse: np.ndarray) -> SimpleNamespace:
-    """The parts of a MetricSuite that shares read and write."""
+def _suite(stats: StreamingStats, mse: np.ndarray, correct: np.ndarray | None = None) -> SimpleNamespace:
+    """The parts of a MetricSuite that shares read and write (class_accuracy's per-sample hits: `correct`)."""
     error = ErrorStats()
     error.mse = [mse]
-    return SimpleNamespace(stats=stats, error=error, lpips=None, text_image=SimpleNamespace(own={}, clip_scores=[]))
+    accuracy = ClassAccuracy(None, {}, torch.zeros(0, dtype=torch.long))
+    accuracy.correct = [np.zeros(0, dtype=bool) if correct is None else correct]
+    return SimpleNamespace(stats=stats, error=error, lpips=None, accuracy=accuracy,
+                           text_image=SimpleNamespace(own={}, clip_scores=[]))
 
 
-def _share(indices: list[int], features: torch.Tensor, mse: np.ndarray, n_paired: int) -> Share:
+def _share(indices: list[int], features: torch.Tensor, mse: np.ndarray, n_paired: int,
+           correct: np.ndarray | None = None) -> Share:
     share = Share()
     stats = StreamingStats()
     for batch in range(0, len(indices), BATCH):
         idx = indices[batch:batch + BATCH]
         share.add(idx, torch.as_tensor(idx, dtype=torch.float64)[:, None], 0.0, 10, GRID_SAMPLES)
         stats.update(features[idx])
-    return share.capture(_suite(stats, mse[[i for i in indices if i < n_paired]]))
+    return share.capture(_suite(stats, mse[[i for i in indices if i < n_paired]],
+                                None if correct is None else correct[indices]))
 
 
 def test_merged_shares_equal_one_process():
@@ -106,8 +112,10 @@ def test_merged_shares_equal_one_process():
     mse = np.random.default_rng(0).random(n_paired)
     whole = _share(list(range(N_SAMPLES)), features, mse, n_paired)
     suite = _suite(StreamingStats(), np.zeros(0))
-    ranks = [_share(shard_indices(N_SAMPLES, BATCH, r, WORLD), features, mse, n_paired) for r in range(WORLD)]
+    correct = np.random.default_rng(1).random(N_SAMPLES) < 0.5
+    ranks = [_share(shard_indices(N_SAMPLES, BATCH, r, WORLD), features, mse, n_paired, correct) for r in range(WORLD)]
     merged = merge_shares(ranks, suite, GRID_SAMPLES, BATCH)
+    np.testing.assert_array_equal(suite.accuracy.per_sample, correct)  # class_accuracy's hits in index order
     np.testing.assert_array_equal(torch.cat(suite.stats.rows).numpy(), features.numpy())
     # Moments are replayed in one process's order and chunks: equal bit for bit.
     np.testing.assert_array_equal(suite.stats.mean.numpy(), whole.stats.mean.numpy())

@@ -12,6 +12,7 @@ from diffbench.engine.points import prepare
 from diffbench.engine.sweep import run_sweep
 from diffbench.errors import UsageError
 from diffbench.models.conditions import make_conditions
+from tests.helpers.cli import run_cli
 from tests.helpers.sweeps import sweep_args
 
 GUIDED = ["model=class_gmm", "conditions=balanced", "solver=euler", "nfe=8"]
@@ -113,3 +114,17 @@ def test_class_conditional_unet_end_to_end(tmp_path, sweep_cache):
     df = run_sweep(args, progress=False).frame()
     assert list(df[col.STATUS]) == ["ok"], df[col.REASON].tolist()
     assert (df[col.NFE_MEASURED].iloc[0], df[col.NFE_NETWORK].iloc[0]) == (4, 8)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["model=class_gmm", "conditions=file", "conditions.path={labels}"],
+     "labels span 0..9 but the model has classes 0..3"),
+    (["model=gmm", "conditions=balanced", "guidance=cfg"], "this model takes no labels"),
+])
+def test_bad_conditions_are_one_line_exit_2_with_nothing_written(tmp_path, capsys, extra, message):
+    """Labels outside the model's classes, guidance on an unconditional model: `diffbench sweep` exits 2 first."""
+    np.save(tmp_path / "labels.npy", np.arange(16) % 10)
+    out = tmp_path / "out"
+    args = [a.format(labels=tmp_path / "labels.npy") for a in extra]
+    code, _, err = run_cli(capsys, "sweep", "debug=default", "metrics=error_only", f"out={out}", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out.exists()

@@ -88,3 +88,36 @@ def test_make_dataset_converts_pixels_losslessly(tmp_path):
     assert train["images"].shape == (8, 28, 28, 1) and test["images"].shape == (4, 28, 28, 1)
     assert np.array_equal(test["images"].reshape(4, -1), (splits[2][0] * 256).astype(np.uint8))
     assert np.array_equal(train["labels"], np.concatenate([splits[0][1], splits[1][1]]).astype(np.uint8))
+
+
+def test_train_script_class_conditional_run(tmp_path):
+    """--classes: labels from the npz, a label embedding in the checkpoint, loaded as a conditional model."""
+    rng = np.random.default_rng(0)
+    np.savez_compressed(tmp_path / "data.npz", images=rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8),
+                        labels=rng.integers(0, 3, 12).astype(np.uint8))
+    out = tmp_path / "run"
+    summary = script("train").main(["--data", str(tmp_path / "data.npz"), "--out", str(out), "--steps", "2",
+                                    "--batch", "4", "--channels", "8", "--channel-mult", "1", "2",
+                                    "--attn-resolutions", "--classes", "3", "--label-dropout", "0.5",
+                                    "--samples", "3", "--sample-nfe", "3", "--device", "cpu"])
+    assert summary["train"]["classes"] == 3 and summary["train"]["label_dropout"] == 0.5
+    model = make_model("edm", {"path": str(out / "checkpoint.pt")})
+    assert model.classes == 3 and model.shape == (1, 8, 8) and model.describe()["model_kind"] == "edm"
+    x, sigma = torch.randn(2, 1, 8, 8), torch.full((2,), 1.0)
+    assert model.denoise_cond(x, sigma, torch.tensor([0, 1])).shape == x.shape
+    with pytest.raises(SystemExit, match="outside --classes 2"):
+        script("train").main(["--data", str(tmp_path / "data.npz"), "--out", str(out), "--steps", "1",
+                              "--classes", "2", "--device", "cpu"])
+
+
+def test_label_dropout_trains_only_the_null_label():
+    """With dropout 1 every label is the null label: only its embedding row gets a gradient."""
+    net = UNet(in_channels=1, resolution=8, channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(),
+               classes=3)
+    for module in net.modules():  # the zero-initialised output layer would block every gradient to the embedding
+        if isinstance(module, torch.nn.Conv2d) and not bool(module.weight.any()):
+            torch.nn.init.normal_(module.weight, std=0.05)
+    images = torch.rand(4, 1, 8, 8) * 2 - 1
+    script("train").edm_loss(net, images, torch.tensor([0, 1, 2, 0]), dropout=1.0).backward()
+    grad = net.label_embed.weight.grad
+    assert float(grad[:3].abs().max()) == 0.0 and float(grad[3].abs().max()) > 0

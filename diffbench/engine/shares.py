@@ -44,6 +44,7 @@ class Share:
     clip_scores: list[tuple[list[int], Tensor]] = field(default_factory=list)
     mse: np.ndarray | None = None
     lpips: np.ndarray | None = None
+    correct: np.ndarray | None = None  # class_accuracy: each sample's prediction equals its label (empty: off)
 
     def add(self, indices: Sequence[int], x: Tensor, seconds: float, nfe_measured: float, keep: int,
             nfe_network: float | None = None) -> None:
@@ -77,6 +78,7 @@ class Share:
         self.clip_scores = list(suite.text_image.clip_scores)
         self.mse = suite.error.per_sample_mse
         self.lpips = suite.lpips.per_sample if suite.lpips is not None else None
+        self.correct = suite.accuracy.per_sample
         return self
 
     @property
@@ -138,6 +140,8 @@ def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int],
     suite.error.mse = [np.concatenate([s.mse for s in shares])[paired]]
     if suite.lpips is not None:
         suite.lpips.scores = [np.concatenate([s.lpips for s in shares])[paired]]
+    hits = np.concatenate([s.correct for s in shares])  # empty while class_accuracy is off
+    suite.accuracy.correct = [hits[order.numpy()] if len(hits) else hits]
 
 
 def _merged(stats: Sequence[StreamingStats], order: Tensor, batch_size: int, device: torch.device) -> StreamingStats:

@@ -27,13 +27,15 @@ from diffbench.metrics.uncertainty import Interval, fd_interval, kid_interval
 FEATURE_METRICS = ("fd", "kid", "is", "prdc")
 PAIRED_METRICS = ("solver_error", "lpips")
 TEXT_IMAGE_METRICS = ("clip_score", "fd_dinov2", "cmmd")  # on their own networks (diffbench.metrics.suite)
+LABEL_METRICS = ("class_accuracy",)  # samples vs their class labels (metrics.classifier): the suite reads these
 ALIASES = {"fid": "fd", "inception_score": "is", "pr": "prdc", "precision_recall": "prdc"}
 
 
 def parse_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split metric names into (feature metrics, paired metrics), resolving aliases; UsageError if unknown.
 
-    Text-to-image metrics (TEXT_IMAGE_METRICS) are valid names and in neither list (``text_image_metrics``)."""
+    Text-to-image metrics (TEXT_IMAGE_METRICS, ``text_image_metrics``) and label metrics (LABEL_METRICS, read by
+    MetricSuite from the names) are valid names in neither list."""
     feature, paired = [], []
     for raw in names:
         name = ALIASES.get(raw, raw)
@@ -41,8 +43,8 @@ def parse_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
             feature.append(name)
         elif name in PAIRED_METRICS:
             paired.append(name)
-        elif name not in TEXT_IMAGE_METRICS:
-            valid = ", ".join([*FEATURE_METRICS, *PAIRED_METRICS, *TEXT_IMAGE_METRICS, *ALIASES])
+        elif name not in (*TEXT_IMAGE_METRICS, *LABEL_METRICS):
+            valid = ", ".join([*FEATURE_METRICS, *PAIRED_METRICS, *TEXT_IMAGE_METRICS, *LABEL_METRICS, *ALIASES])
             raise UsageError(f"metrics.names: '{raw}' is unknown; choose from: {valid}")
     return list(dict.fromkeys(feature)), list(dict.fromkeys(paired))
 

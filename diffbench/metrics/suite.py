@@ -1,10 +1,8 @@
 """The metric suite of a point: extractors and dataset statistics shared across points, streamed updates.
 
-Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; paired metrics
-(solver_error, lpips) compare the first samples with their same-noise reference solutions; text-to-image
-metrics (clip_score, fd_dinov2, cmmd) run on their own networks (diffbench.metrics.text_image). The
-engine hands batches to a MetricFeed, which can overlap a batch's metric work with the sampling of
-the next one; progress goes to any object with `task(description, total)` (diffbench.engine.progress).
+Feature metrics (fd, kid, is, prdc: one extractor pass), paired ones (solver_error, lpips: vs the reference solutions),
+text-to-image ones (metrics.text_image) and class_accuracy (metrics.classifier) take batches through a MetricFeed;
+progress goes to any object with `task(description, total)` (engine.progress).
 """
 from __future__ import annotations
 
@@ -26,14 +24,9 @@ from diffbench.columns import MetricValue
 from diffbench.config import RunSettings, to_dict
 from diffbench.data import make_dataset, to_uint8
 from diffbench.errors import check
+from diffbench.metrics.classifier import class_accuracy
 from diffbench.metrics.error import ErrorStats
-from diffbench.metrics.evaluate import (
-    MetricOptions,
-    compute_metrics,
-    feature_values,
-    parse_metrics,
-    text_image_metrics,
-)
+from diffbench.metrics.evaluate import MetricOptions, compute_metrics, feature_values, parse_metrics, text_image_metrics
 from diffbench.metrics.features import INCEPTION_EXTRACTORS, FeatureExtractor, make_extractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.lpips import LPIPS
@@ -166,10 +159,10 @@ def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings, conditions
         check(len(shape) == 3 and shape[0] in (1, 3),
               f"metrics {', '.join(images)} need image samples [1 or 3, H, W] but the model's shape "
               f"is {tuple(shape)}; use metrics=error_only for this model")
-    if feature or text_image:
-        check(run.n_samples >= 2,
-              f"metrics {', '.join(feature + text_image)} need n_samples >= 2 (got {run.n_samples})")
+    counted = feature + text_image
+    check(not counted or run.n_samples >= 2, f"metrics {', '.join(counted)} need n_samples >= 2 (got {run.n_samples})")
     check_prompts(text_image, conditions)
+    class_accuracy(cfg, model, run)  # loads its classifier when metrics.names asks for it: UsageError if unfit
 
 
 class MetricSuite:
@@ -197,6 +190,7 @@ class MetricSuite:
         self.dataset_stats = (context.dataset_statistics(cfg, model, self.extractor, run.batch_size)
                               if self.extractor else None)
         self.stats = StreamingStats(keep_features=True, device=self.extractor.device) if self.extractor else None
+        self.accuracy = class_accuracy(cfg, model, run)
 
     def update(self, x: Tensor, indices: Sequence[int], solutions: Tensor | None) -> None:
         """Add one batch of samples (indices: their sample indices) to every metric."""
@@ -208,6 +202,7 @@ class MetricSuite:
                 out = self.extractor(images)
                 self.stats.update(out.features, out.logits)
             self.text_image.update(images, indices[start:start + FEATURE_BATCH])
+        self.accuracy.update(x, indices)
         if solutions is not None:
             keep = [k for k, i in enumerate(indices) if i < len(solutions)]
             if keep:
@@ -233,6 +228,7 @@ class MetricSuite:
         if self.lpips is not None:
             values["lpips_ref"] = MetricValue(self.lpips.result()["lpips"])
             extra["lpips_weights_check"] = self.lpips.weights_check
+        values.update(self.accuracy.values(float(self.cfg.metrics.ci_level)))
         return values, extra
 
     def _feature_metrics(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:

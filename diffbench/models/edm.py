@@ -58,7 +58,7 @@ class EDMDenoiser(Denoiser):
 @register_model("edm")
 def edm(path: str = "", shape: Sequence[int] | None = None, sigma_data: float | None = None,
         sigma_min: float | None = None, sigma_max: float | None = None, dtype: str = "float32",
-        channels_last: bool = False, compile: bool | str = False) -> EDMDenoiser:
+        channels_last: bool = False, compile: bool | str = False) -> EDMDenoiser | ClassEDMDenoiser:
     """An EDM-preconditioned network from a file; unset options come from the checkpoint, else EDM's defaults.
 
     Args:
@@ -74,6 +74,11 @@ def edm(path: str = "", shape: Sequence[int] | None = None, sigma_data: float | 
     precond = precond_of(fields, "edm", "EDM-preconditioned", path)
     schedule = EDM(option(sigma_min, precond, "sigma_min", 0.002), option(sigma_max, precond, "sigma_max", 80.0))
     net_dtype = parse_dtype(dtype)
+    if isinstance(module, UNet) and module.classes:  # a class-conditional diffbench-unet checkpoint
+        check(net_dtype == torch.float32 and not channels_last and not compile,
+              "model: a class-conditional checkpoint runs in float32, unchanged (leave dtype, channels_last, compile)")
+        return ClassEDMDenoiser(module.requires_grad_(False), option(sigma_data, precond, "sigma_data", 0.5), schedule,
+                                checkpoint_shape(fields, shape, path), path)
     return EDMDenoiser(TorchNet(module, net_dtype, channels_last, compile),
                        option(sigma_data, precond, "sigma_data", 0.5), schedule,
                        checkpoint_shape(fields, shape, path), net_dtype, path)
@@ -82,9 +87,9 @@ def edm(path: str = "", shape: Sequence[int] | None = None, sigma_data: float | 
 class ClassEDMDenoiser(ConditionalDenoiser):
     """D(x, sigma, labels) = c_skip x + c_out F(c_in x, c_noise, labels): a class-conditional EDM network."""
 
-    def __init__(self, net: UNet, sigma_data: float, schedule: EDM, shape: Sequence[int]):
+    def __init__(self, net: UNet, sigma_data: float, schedule: EDM, shape: Sequence[int], source: str = ""):
         self.net, self.sigma_data, self.schedule, self.shape = net, float(sigma_data), schedule, tuple(shape)
-        self.classes, self.dtype = net.classes, torch.float32
+        self.classes, self.dtype, self.source = net.classes, torch.float32, source
 
     def denoise_cond(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
@@ -93,7 +98,8 @@ class ClassEDMDenoiser(ConditionalDenoiser):
         return expand_as(c_skip, x) * x + expand_as(c_out, x) * f_x
 
     def describe(self) -> dict[str, object]:
-        return {**super().describe(), "model_kind": "random_class_unet", "classes": self.classes}
+        kind = {"model_kind": "edm", "model_path": self.source} if self.source else {"model_kind": "random_class_unet"}
+        return {**super().describe(), **kind, "classes": self.classes}
 
 
 @register_model("random_class_unet")
