@@ -78,7 +78,8 @@ def grid_gradient(solve: Solve, start: Tensor, reference: Tensor, xi: Tensor, sp
         for k in range(len(xi)):
             moved = xi.clone()
             moved[k] += DIFF_STEP
-            gradient[k] = (float(loss(solve, start, reference, search.grid(positions(moved), span))) - value) / DIFF_STEP
+            moved_value = float(loss(solve, start, reference, search.grid(positions(moved), span)))
+            gradient[k] = (moved_value - value) / DIFF_STEP
     return gradient
 
 

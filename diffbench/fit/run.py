@@ -3,7 +3,8 @@
 Calibration noise is sample indices 0..calibration_n-1 of noise seed calibration_seed; a sweep using
 the grid must run another seed (diffbench.fit.artefacts.fill_fitted checks it). Each fit is timed and
 its denoiser evaluations counted (fit_nfe, summed over calibration samples). The RK45 reference solutions of
-the calibration samples (what `search` fits to; adaptive, shared by every fit of one calibration set) are
+the calibration samples (what `search` and `ld3` fit to and `ays` takes as model samples; adaptive, shared by every
+fit of one calibration set) are
 timed in the fit that first solves them but not counted in fit_nfe. The grid's and Karras' RMSE against
 them are stored beside the grid.
 """
