@@ -10,6 +10,7 @@ from diffbench.fit.artefacts import FIT_NFE, FIT_SECONDS
 from diffbench.fit.run import fit_all
 from diffbench.models.analytic import GaussianDenoiser
 from diffbench.schedules import EDM
+from diffbench.steps import make_sigmas, resolve_span
 from tests.helpers.sweeps import sweep_args
 
 
@@ -60,3 +61,15 @@ def test_ays_klub_vanishes_for_a_point_mass_and_grows_with_the_step():
     assert ays.klub_costs(point_mass, x0, eps, fine).triu(1).nan_to_num(posinf=0).max() < 1e-30
     cost = ays.klub_costs(GaussianDenoiser(torch.zeros(3), torch.tensor(1.0), EDM()), x0, eps, fine)
     assert 0 < cost[1, 2] < cost[1, 3] and cost[0, 1] < cost[0, 2]
+
+
+def test_ld3_and_ays_left_at_their_start_are_the_karras_grid(monkeypatch):
+    """No LD3 iteration, or an AYS stopping error that ties every round (the first, Karras, is kept)."""
+    monkeypatch.setattr(ld3, "ITERATIONS", 0)
+    model = GaussianDenoiser(torch.zeros(4), torch.tensor(0.5), EDM())
+    x, reference = 80.0 * torch.randn(3, 4, dtype=torch.float64), torch.zeros(3, 4, dtype=torch.float64)
+    for final_zero in (True, False):
+        span = resolve_span(EDM(), 0.002, 80.0, final_zero)
+        karras = make_sigmas("karras", 6, EDM(), sigma_min=0.002, sigma_max=80.0, final_zero=final_zero)
+        assert torch.equal(ld3.fit(lambda start, grid: start, x, reference, span, 6), karras)
+        assert torch.equal(ays.fit(model, reference, x.shape, 1000, span, 6, lambda grid: 0.0), karras)
