@@ -23,7 +23,7 @@ from diffbench.steps import Span
 ITERATIONS = 24
 LR_GRID = 0.1  # Adam step on the logits xi
 LR_SLACK = 0.02  # Adam step on the starts' offsets, in units of sigma_max
-SLACK = 0.05  # ball radius / (sigma_max * sqrt(dim))
+SLACK = 0.003  # ball radius / (sigma_max * sqrt(dim))
 DIFF_STEP = 1e-3  # forward-difference step in xi
 OPTIONS = {"warp": "karras", "rho": search.RHO, "iterations": ITERATIONS, "lr_grid": LR_GRID, "lr_slack": LR_SLACK,
            "slack": SLACK, "diff_step": DIFF_STEP, "loss": "l2", "optimizer": "adam", "teacher": "rk45 reference"}
