@@ -3,10 +3,9 @@
 Calibration noise is sample indices 0..calibration_n-1 of noise seed calibration_seed; a sweep using
 the grid must run another seed (diffbench.fit.artefacts.fill_fitted checks it). Each fit is timed and
 its denoiser evaluations counted (fit_nfe, summed over calibration samples). The RK45 reference solutions of
-the calibration samples (what `search` and `ld3` fit to and `ays` takes as model samples; adaptive, shared by every
-fit of one calibration set) are
-timed in the fit that first solves them but not counted in fit_nfe. The grid's and Karras' RMSE against
-them are stored beside the grid.
+the calibration samples (what `search` and `ld3` fit to and `ays` takes as model samples; adaptive, shared by
+every fit of one calibration set) are timed in the fit that first solves them but not counted in fit_nfe. The
+grid's and Karras' RMSE against them are stored beside the grid.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -103,8 +102,8 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
     x = initial_noise(NoiseSource(calib["seed"], range(calib["n"]), run.device), sample_shape(model),
                       model.schedule.prior_std(span.sigma_max), run.dtype)
     rmse = partial(calibration_rmse, calib_cfg, spec, options, calib_run, solutions, span)
-    reference = cache(lambda: solutions.get(calib_cfg, model, karras_plan(spec, options, calib_run, span, model),
-                                            calib_run, calib_run.n_samples))
+    reference = partial(solutions.get, calib_cfg, model, karras_plan(spec, options, calib_run, span, model),
+                        calib_run, calib_run.n_samples)  # solved once per calibration set, when a method asks
     fit, method_options = METHODS[method]
     start = time.perf_counter()
     sigmas = fit(Calibration(counter, x, calib["seed"], span, spec.steps_for_nfe(run.nfe, span.final_zero, options),
