@@ -3,9 +3,9 @@
 Calibration noise is sample indices 0..calibration_n-1 of noise seed calibration_seed; a sweep using
 the grid must run another seed (diffbench.fit.artefacts.fill_fitted checks it). Each fit is timed and
 its denoiser evaluations counted (fit_nfe, summed over calibration samples). The RK45 reference solutions of
-the calibration samples (what `search` fits to; adaptive, shared by every fit of one calibration set) are
-timed in the fit that first solves them but not counted in fit_nfe. The grid's and Karras' RMSE against
-them are stored beside the grid.
+the calibration samples (what `search` and `ld3` fit to and `ays` takes as model samples; adaptive, shared by
+every fit of one calibration set) are timed in the fit that first solves them but not counted in fit_nfe. The
+grid's and Karras' RMSE against them are stored beside the grid.
 """
 from __future__ import annotations
 
@@ -26,29 +26,37 @@ from diffbench.engine.points import ModelCache, model_identity
 from diffbench.engine.progress import Reporter
 from diffbench.engine.references import ReferenceSolutions
 from diffbench.errors import check
-from diffbench.fit import artefacts, gits, search
+from diffbench.fit import artefacts, ays, gits, ld3, oss, search
 from diffbench.models.base import CountingDenoiser, Denoiser
 from diffbench.noise import NoiseSource
-from diffbench.sampling import initial_noise, make_plan, sample_batch, sample_shape
+from diffbench.sampling import Plan, initial_noise, make_plan, sample_batch, sample_shape
 from diffbench.solvers import SolverSpec, get_solver
 from diffbench.steps import Span, resolve_span
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """What a fit method may use: the counted denoiser, calibration noise at sigma_max, span, step count, and
-    `error(sigmas)`: the run solver's RMSE against the RK45 reference on the calibration samples."""
+    """What a fit method may use: the counted denoiser, calibration noise at sigma_max (sample indices 0..n-1 of
+    noise seed `seed`), span, step count, `error(sigmas)`: the run solver's RMSE against the RK45 reference on
+    the calibration samples, `reference()`: those reference solutions, and `solve(x, sigmas)`: the run solver
+    from x on a grid (counted, differentiable in x)."""
 
     denoiser: CountingDenoiser
     x: Tensor
+    seed: int
     span: Span
     steps: int
     error: Callable[[Tensor], float]
+    reference: Callable[[], Tensor]
+    solve: Callable[[Tensor, Tensor], Tensor]
 
 
 METHODS: dict[str, tuple[Callable[[Calibration], Tensor], dict[str, Any]]] = {
     "gits": (lambda c: gits.fit(c.denoiser, c.x, c.span, c.steps), gits.OPTIONS),
     "search": (lambda c: search.fit(c.error, c.span, c.steps), search.OPTIONS),
+    "ld3": (lambda c: ld3.fit(c.solve, c.x, c.reference(), c.span, c.steps), ld3.OPTIONS),
+    "ays": (lambda c: ays.fit(c.denoiser, c.reference(), c.x.shape, c.seed, c.span, c.steps, c.error), ays.OPTIONS),
+    "oss": (lambda c: oss.fit(c.denoiser, c.x, c.span, c.steps), oss.OPTIONS),
 }
 
 
@@ -94,10 +102,13 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
     x = initial_noise(NoiseSource(calib["seed"], range(calib["n"]), run.device), sample_shape(model),
                       model.schedule.prior_std(span.sigma_max), run.dtype)
     rmse = partial(calibration_rmse, calib_cfg, spec, options, calib_run, solutions, span)
+    reference = partial(solutions.get, calib_cfg, model, karras_plan(spec, options, calib_run, span, model),
+                        calib_run, calib_run.n_samples)  # solved once per calibration set, when a method asks
     fit, method_options = METHODS[method]
     start = time.perf_counter()
-    sigmas = fit(Calibration(counter, x, span, spec.steps_for_nfe(run.nfe, span.final_zero, options),
-                             lambda grid: rmse(counter, grid)))
+    sigmas = fit(Calibration(counter, x, calib["seed"], span, spec.steps_for_nfe(run.nfe, span.final_zero, options),
+                             lambda grid: rmse(counter, grid), reference,
+                             lambda x0, grid: spec.fn(counter, x0, grid, noise=solver_noise(calib, run), **options)))
     seconds = time.perf_counter() - start
     artefact = {"key": key, "request": request, "sigmas": sigmas.tolist(), artefacts.FIT_SECONDS: seconds,
                 artefacts.FIT_NFE: counter.sample_evals, "method_options": method_options,
@@ -109,14 +120,27 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
 def calibration_rmse(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], run: RunSettings,
                      solutions: ReferenceSolutions, span: Span, model: Denoiser, sigmas: Tensor | None) -> float:
     """RMSE vs the RK45 reference on the calibration samples of a grid (Karras when sigmas is None)."""
-    grid: dict[str, Any]
-    grid = {"step_grid": "explicit", "step_options": {"sigmas": sigmas.tolist()}} if sigmas is not None else {}
-    plan = make_plan(spec, run.nfe, model.schedule, solver_options=options, sigma_min=span.sigma_min,
-                     sigma_max=span.sigma_max, final_zero=span.final_zero, **grid)
+    plan = karras_plan(spec, options, run, span, model, sigmas)
     base = unwrap(model)
     reference = solutions.get(cfg, base, plan, run, run.n_samples)
     x = sample_batch(model, plan, range(run.n_samples), run.seed, sample_shape(base), run.device, run.dtype).x
     return float((x.cpu() - reference).pow(2).mean().sqrt())
+
+
+def solver_noise(calib: dict[str, int], run: RunSettings) -> NoiseSource:
+    """The calibration samples' solver noise as sample_batch draws it: after the draw of the initial noise."""
+    noise = NoiseSource(calib["seed"], range(calib["n"]), run.device)
+    noise.draws = 1
+    return noise
+
+
+def karras_plan(spec: SolverSpec, options: dict[str, Any], run: RunSettings, span: Span, model: Denoiser,
+                sigmas: Tensor | None = None) -> Plan:
+    """The run solver's plan on an explicit grid, or on the Karras grid when sigmas is None."""
+    grid: dict[str, Any]
+    grid = {"step_grid": "explicit", "step_options": {"sigmas": sigmas.tolist()}} if sigmas is not None else {}
+    return make_plan(spec, run.nfe, model.schedule, solver_options=options, sigma_min=span.sigma_min,
+                     sigma_max=span.sigma_max, final_zero=span.final_zero, **grid)
 
 
 def unwrap(model: Denoiser) -> Denoiser:
