@@ -144,7 +144,7 @@ class Runner:
             return measure_discrete(point, self.models.get(cfg.model), row)
         assert isinstance(plan, Plan)  # a continuous solver spec always gets a Plan
         model = self.models.for_point(cfg, run.n_samples)  # with its conditions and guidance bound, if any
-        suite = MetricSuite(cfg, self.models.get(cfg.model), run, self.metrics)
+        suite = MetricSuite(cfg, self.models.get(cfg.model), run, self.metrics, plan)
         n_err = min(run.n_samples, int(cfg.metrics.get("error_samples") or run.n_samples))
         solutions = self.solutions.get(cfg, model, plan, run, n_err) if suite.needs_solutions else None
         sizer = BatchSizer(run.batch_size, run.device)  # its columns: rank 0's batches under torchrun

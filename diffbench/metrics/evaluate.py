@@ -23,7 +23,7 @@ from diffbench.metrics.stats import FeatureStats, Progress, extract
 from diffbench.metrics.uncertainty import Interval, fd_interval, kid_interval
 
 FEATURE_METRICS = ("fd", "kid", "is", "prdc")
-PAIRED_METRICS = ("solver_error", "lpips")
+PAIRED_METRICS = ("solver_error", "lpips", "exact")  # on the samples themselves (exact: metrics/exact.py)
 ALIASES = {"fid": "fd", "inception_score": "is", "pr": "prdc", "precision_recall": "prdc"}
 
 
