@@ -41,8 +41,7 @@ class Share:
     stats: StreamingStats | None = None
     mse: np.ndarray | None = None
     lpips: np.ndarray | None = None
-    samples: np.ndarray | None = None  # float64 rows [n, d] for the exact metrics (metrics/exact.py)
-    solutions: np.ndarray | None = None  # their reference solutions
+    exact: tuple[np.ndarray, np.ndarray | None] | None = None  # exact metrics' (sample rows, reference rows)
 
     def add(self, indices: Sequence[int], x: Tensor, seconds: float, nfe_measured: float, keep: int,
             nfe_network: float | None = None) -> None:
@@ -75,8 +74,7 @@ class Share:
             self.stats.merge(suite.stats)
         self.mse = suite.error.per_sample_mse
         self.lpips = suite.lpips.per_sample if suite.lpips is not None else None
-        if suite.exact is not None and suite.exact.rows:
-            self.samples, self.solutions = suite.exact.matrix, suite.exact.solutions
+        self.exact = suite.exact.state()
         return self
 
     @property
@@ -131,11 +129,7 @@ def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int],
     suite.error.mse = [np.concatenate([s.mse for s in shares])[order]]
     if suite.lpips is not None:
         suite.lpips.scores = [np.concatenate([s.lpips for s in shares])[order]]
-    if suite.exact is not None:
-        with_rows = [s for s in shares if s.samples is not None]
-        rows = np.concatenate([cast(np.ndarray, s.samples) for s in with_rows])
-        suite.exact.rows = [rows[np.argsort([i for s in with_rows for i in s.indices], kind="stable")]]
-        suite.exact.solutions = next((s.solutions for s in with_rows if s.solutions is not None), None)
+    suite.exact.load([(s.indices, *s.exact) for s in shares if s.exact is not None])
 
 
 def replay(rows: Tensor, logits: Tensor | None, batch_size: int, device: torch.device) -> StreamingStats:

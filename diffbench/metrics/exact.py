@@ -25,10 +25,12 @@ bounds square-rooted.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from scipy.stats import chi2
 from torch import Tensor
 
@@ -71,7 +73,7 @@ def affine_pushforward(model: Denoiser, plan: Plan) -> tuple[Tensor, Tensor] | N
 
     Runs the solver on z = 0, z = 1 and a random z (float64); the third checks the fitted map.
     """
-    shape = tuple(getattr(model, "shape"))
+    shape = tuple(model.shape)  # type: ignore[attr-defined]
     z = torch.stack([torch.zeros(shape), torch.ones(shape),
                      torch.randn(shape, generator=torch.Generator().manual_seed(0))]).double()
     x = z * model.schedule.prior_std(float(plan.sigmas[0]))
@@ -126,24 +128,6 @@ def ode_w2(rows: np.ndarray, solutions: np.ndarray, boot: BootstrapSettings) -> 
     return root_interval(fd_interval(rows, target, boot.n_boot, boot.level, ref_features=reference))
 
 
-class ExactSamples:
-    """Keeps a point's samples (float64 rows [n, d], in the order seen) and its reference solutions."""
-
-    def __init__(self) -> None:
-        self.rows: list[np.ndarray] = []
-        self.solutions: np.ndarray | None = None
-
-    def update(self, x: Tensor, solutions: Tensor | None) -> None:
-        self.rows.append(x.detach().reshape(len(x), -1).double().cpu().numpy())
-        if solutions is not None and self.solutions is None:
-            self.solutions = solutions.detach().reshape(len(solutions), -1).double().cpu().numpy()
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """All rows kept, [n, d]."""
-        return np.concatenate(self.rows)
-
-
 def exact_metrics(model: Denoiser, plan: Plan | None, rows: np.ndarray, solutions: np.ndarray | None,
                   boot: BootstrapSettings) -> dict[str, MetricValue]:
     """Every exact metric the model allows, for samples rows [n, d] (module docstring)."""
@@ -158,3 +142,40 @@ def exact_metrics(model: Denoiser, plan: Plan | None, rows: np.ndarray, solution
     if solutions is not None and len(solutions) >= 2:
         values["w2_ode"] = ode_w2(rows, solutions, boot)
     return values
+
+
+class ExactSamples:
+    """A point's samples (float64 rows [n, d]) and reference solutions, kept for the exact metrics when enabled."""
+
+    def __init__(self, model: Denoiser, plan: Plan | None, metrics: DictConfig, enabled: bool):
+        self.model, self.plan, self.enabled = model, plan, enabled
+        self.boot = BootstrapSettings(int(metrics.get("error_n_boot", 200)), float(metrics.get("ci_level", 0.95)),
+                                      bool(metrics.get("ci_includes_reference", False)))
+        self.rows: list[np.ndarray] = []
+        self.solutions: np.ndarray | None = None
+
+    def update(self, x: Tensor, solutions: Tensor | None) -> None:
+        """Keep a batch of samples (and the reference solutions, once)."""
+        if not self.enabled:
+            return
+        self.rows.append(x.detach().reshape(len(x), -1).double().cpu().numpy())
+        if solutions is not None and self.solutions is None:
+            self.solutions = solutions.detach().reshape(len(solutions), -1).double().cpu().numpy()
+
+    def state(self) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(rows in the order seen, reference rows) for a rank's share; None when nothing is kept."""
+        return (np.concatenate(self.rows), self.solutions) if self.rows else None
+
+    def load(self, shares: Sequence[tuple[Sequence[int], np.ndarray, np.ndarray | None]]) -> None:
+        """Set the state to the union of ranks' (sample indices, rows, reference rows), rows in index order."""
+        if not shares:
+            return
+        order = np.argsort([i for indices, _, _ in shares for i in indices], kind="stable")
+        self.rows = [np.concatenate([rows for _, rows, _ in shares])[order]]
+        self.solutions = next((ref for _, _, ref in shares if ref is not None), None)
+
+    def compute(self) -> dict[str, MetricValue]:
+        """The exact metrics of the kept samples ({} when disabled)."""
+        if not self.enabled:
+            return {}
+        return exact_metrics(self.model, self.plan, np.concatenate(self.rows), self.solutions, self.boot)

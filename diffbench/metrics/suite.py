@@ -1,9 +1,8 @@
 """The metric suite of a point: extractors and dataset statistics shared across points, streamed updates.
 
-Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; paired metrics
-(solver_error, lpips) compare the first samples with their same-noise reference solutions. The
-engine hands batches to a MetricFeed, which can overlap a batch's metric work with the sampling of
-the next one; progress goes to any object with `task(description, total)` (diffbench.engine.progress).
+Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; paired metrics (solver_error,
+lpips) compare the first samples with their same-noise reference solutions. The engine hands batches to a MetricFeed,
+which can overlap them with the next batch's sampling; progress goes to `task(description, total)` (engine.progress).
 """
 from __future__ import annotations
 
@@ -26,8 +25,8 @@ from diffbench.config import RunSettings, to_dict
 from diffbench.data import make_dataset, to_uint8
 from diffbench.errors import check
 from diffbench.metrics.error import ErrorStats
-from diffbench.metrics.exact import BootstrapSettings, ExactSamples, exact_metrics
 from diffbench.metrics.evaluate import MetricOptions, compute_metrics, parse_metrics
+from diffbench.metrics.exact import ExactSamples
 from diffbench.metrics.features import INCEPTION_EXTRACTORS, FeatureExtractor, make_extractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.lpips import LPIPS
@@ -160,20 +159,18 @@ def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings) -> None:
 class MetricSuite:
     """Streams one point's sample batches into its metrics (diffbench.metrics' public API).
 
-    Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; they are
-    named after the extractor unless it is Inception (fid, kid, ...), so a Frechet distance on
-    random_conv features reads `fd_random_conv`, never FID. solver_error compares the first
-    metrics.error_samples samples with their same-noise reference solutions (`rmse_ref`). exact keeps
-    the samples for the exact metrics of an analytic model (metrics/exact.py; `plan`: the solver run).
+    Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass, named after the extractor
+    unless it is Inception (fid, kid, ...; `fd_random_conv` is never FID). solver_error: the first error_samples
+    samples vs their same-noise reference solutions (`rmse_ref`); exact: metrics/exact.py (analytic models, `plan`).
     """
 
     def __init__(self, cfg: DictConfig, model: Denoiser, run: RunSettings, context: MetricContext,
                  plan: Plan | None = None):
-        self.cfg, self.context, self.model, self.plan = cfg, context, model, plan
+        self.cfg, self.context = cfg, context
         self.feature, self.paired = parse_metrics(list(cfg.metrics.names))
         self.needs_solutions = bool(self.paired)
         self.error = ErrorStats()
-        self.exact = ExactSamples() if "exact" in self.paired else None
+        self.exact = ExactSamples(model, plan, cfg.metrics, enabled="exact" in self.paired)
         self.lpips = (LPIPS(str(cfg.metrics.get("lpips_net", "alex")), run.device, cfg.metrics.get("lpips_weights"))
                       if "lpips" in self.paired else None)
         self.extractor = context.extractor(cfg, run.device) if self.feature else None
@@ -188,8 +185,7 @@ class MetricSuite:
             for part in x.split(FEATURE_BATCH):  # batch_size=auto may hand over thousands of samples
                 out = self.extractor(to_uint8(part))
                 self.stats.update(out.features, out.logits)
-        if self.exact is not None:
-            self.exact.update(x, solutions)
+        self.exact.update(x, solutions)
         if solutions is not None:
             keep = [k for k, i in enumerate(indices) if i < len(solutions)]
             if keep:
@@ -214,11 +210,7 @@ class MetricSuite:
         if self.lpips is not None:
             values["lpips_ref"] = MetricValue(self.lpips.result()["lpips"])
             extra["lpips_weights_check"] = self.lpips.weights_check
-        if self.exact is not None:
-            m = self.cfg.metrics
-            boot = BootstrapSettings(int(m.get("error_n_boot", 200)), float(m.get("ci_level", 0.95)),
-                                     bool(m.get("ci_includes_reference", False)))
-            values.update(exact_metrics(self.model, self.plan, self.exact.matrix, self.exact.solutions, boot))
+        values.update(self.exact.compute())
         return values, extra
 
     def _feature_metrics(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:
