@@ -57,7 +57,7 @@ def test_sampling_runs_from_the_pfgmpp_prior_and_tends_to_edm_sampling():
     # From one x_T, PFGM++'s ODE solution tends to EDM's as D grows (the denoisers differ by O(1/D)).
     edm = plan.solver.fn(points(None), x_T, plan.sigmas)
     gaps = [float((plan.solver.fn(points(d), x_T, plan.sigmas) - edm).abs().max()) for d in (10**2, 10**4, 10**6)]
-    assert gaps[2] < 1e-5 and gaps[0] > 90 * gaps[1] > 9000 * gaps[2]  # measured 7.3e-3, 7.6e-5, 7.6e-7
+    assert gaps[2] < 1e-5 and gaps[0] > 50 * gaps[1] > 2500 * gaps[2]  # measured 7.3e-3, 7.6e-5, 7.6e-7
 
 
 @pytest.mark.parametrize("build", [lambda: PFGMPP(augment_dim=0),
