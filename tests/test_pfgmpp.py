@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffbench.errors import UsageError
-from diffbench.models.analytic import MixtureDenoiser
+from diffbench.models.analytic import MixtureDenoiser, gaussian
 from diffbench.noise import NoiseSource
 from diffbench.sampling import make_plan, sample_batch
 from diffbench.schedules import EDM, PFGMPP
@@ -61,7 +61,8 @@ def test_sampling_runs_from_the_pfgmpp_prior_and_tends_to_edm_sampling():
 
 
 @pytest.mark.parametrize("build", [lambda: PFGMPP(augment_dim=0),
-                                   lambda: MixtureDenoiser(POINTS, 0.1, schedule=PFGMPP(augment_dim=8))])
+                                   lambda: MixtureDenoiser(POINTS, 0.1, schedule=PFGMPP(augment_dim=8)),
+                                   lambda: gaussian(schedule="pfgmpp")])
 def test_bad_pfgmpp_input_is_a_usage_error(build):
     with pytest.raises(UsageError):
         build()

@@ -28,6 +28,8 @@ class GaussianDenoiser(Denoiser):
         self.mean, self.std = mean.double(), std.double().expand_as(mean.double()).clone()
         check(bool((self.std > 0).all()), "model.std must be > 0")
         self.schedule = schedule or EDM()
+        check(not isinstance(self.schedule, PFGMPP), "model: the pfgmpp schedule's exact denoiser needs points "
+              "(image_mixture with std 0), not a Gaussian")
         self.shape = tuple(self.mean.shape)
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
