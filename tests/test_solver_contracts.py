@@ -22,7 +22,7 @@ from tests.helpers.convergence import SPAN, error_at
 FIXED = sorted(n for n, s in SOLVERS.items() if not s.adaptive)
 DETERMINISTIC = sorted(n for n in FIXED if not SOLVERS[n].is_stochastic())
 # Stochastic cases: always-stochastic solvers, plus those made stochastic by an option (eta, churn).
-_SWITCH = {"s_churn": 40.0, "eta": 0.5}
+_SWITCH = {"s_churn": 40.0, "eta": 0.5, "eps": 1.0}
 STOCHASTIC = sorted([(n, {}) for n, s in SOLVERS.items() if s.is_stochastic()]
                     + [(n, {s.stochastic: _SWITCH[s.stochastic]}) for n, s in SOLVERS.items()
                        if isinstance(s.stochastic, str) and not s.is_stochastic()], key=lambda c: c[0])

@@ -93,6 +93,8 @@ REFERENCES: dict[str, Reference] = {
     "ts_s_pndm": Reference("none", "none", "without shift equals s_pndm (tests/test_time_shift_pndm.py)"),
     "evodiff": Reference("none", "none", "authors' EDM code (ShiguiLi/EVODiff, not on PyPI), ported line by line; "
                          "first order on grids ending at 0 " + ORDER_TEST[ORDER_TEST.index("("):]),
+    "si_euler_maruyama": Reference("none", "none", "Euler-Maruyama on the interpolant SDE; sample moments on "
+                                   "Gaussian data for every eps (tests/test_solver_contracts.py, test_interpolant.py)"),
 }
 
 
