@@ -76,9 +76,11 @@ class Batch:
     nfe_network: float  # network forward passes per sample (guidance makes two per guided call)
 
 
-def initial_noise(noise: NoiseSource, shape: Sequence[int], scale: float, dtype: torch.dtype) -> Tensor:
-    """x_T = scale * z_i, z_i the first draw of sample i's generator."""
-    return noise.randn(shape, dtype) * scale
+def initial_noise(noise: NoiseSource, shape: Sequence[int], schedule: NoiseSchedule, sigma_max: float,
+                  dtype: torch.dtype) -> Tensor:
+    """x_T of the samples at sigma_max: the schedule's prior (prior_std(sigma_max) * z_i, z_i the first draw of
+    sample i's generator; PFGM++ draws its heavy-tailed prior)."""
+    return schedule.prior(noise, shape, sigma_max, dtype)
 
 
 def sample_batch(denoiser: Denoiser, plan: Plan, indices: Sequence[int], seed: int, shape: Sequence[int],
@@ -86,7 +88,7 @@ def sample_batch(denoiser: Denoiser, plan: Plan, indices: Sequence[int], seed: i
     """Run the plan's solver on the samples `indices`; the state is kept in `dtype` (float64 default)."""
     noise = NoiseSource(seed, indices, device)
     sigma_max = float(plan.sigmas[0])
-    x = initial_noise(noise, shape, denoiser.schedule.prior_std(sigma_max), dtype)
+    x = initial_noise(noise, shape, denoiser.schedule, sigma_max, dtype)
     counter = CountingDenoiser(denoiser.bind(indices), budget=plan.nfe_declared)  # conditions bound by index
     out = plan.solver.fn(counter, x, plan.sigmas, noise=noise, **plan.options)
     if plan.nfe_declared is not None and counter.calls != plan.nfe_declared:

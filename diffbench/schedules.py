@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from diffbench.errors import UsageError, check
+from diffbench.noise import NoiseSource
 
 Array = Tensor | float
 
@@ -73,6 +74,10 @@ class NoiseSchedule(ABC):
     def prior_std(self, sigma: float) -> float:
         """Std of the initial noise x_T in EDM coordinates: the native prior N(0, 1), over alpha."""
         return 1.0 / float(self.alpha_of_sigma(sigma))
+
+    def prior(self, noise: NoiseSource, shape: Sequence[int], sigma: float, dtype: torch.dtype) -> Tensor:
+        """Initial samples x_T [B, *shape] at noise level sigma: prior_std(sigma) times each sample's first draw."""
+        return noise.randn(shape, dtype) * self.prior_std(sigma)
 
     def describe(self) -> dict[str, float | str]:
         """The fields that identify this schedule in a results row."""
@@ -225,6 +230,34 @@ class EDM(NoiseSchedule):
         return sigma
 
 
+class PFGMPP(EDM):
+    """PFGM++ (Xu et al. 2023) with augmented dimension D: EDM's noise levels sigma = r / sqrt(D).
+
+    Its perturbation kernel p_r(x | y) ~ (|x - y|^2 + r^2)^(-(N + D) / 2) (N: the data dimension) tends to EDM's
+    Gaussian N(y, sigma^2 I) as D -> infinity at fixed sigma; its ODE in sigma is EDM's, dx/dsigma = (x - D(x,
+    sigma)) / sigma, with D the posterior mean under that kernel (an analytic model reads augment_dim from here).
+    The prior is the kernel around 0: x_T = r z / |w| with z ~ N(0, I_N) (the EDM draw) and w ~ N(0, I_D), so
+    |x_T|^2 / r^2 = chi2_N / chi2_D is the paper's inverse-beta law and x_T -> sigma_max z as D grows.
+    """
+
+    name = "pfgmpp"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, augment_dim: int = 128):
+        super().__init__(sigma_min, sigma_max)
+        check(isinstance(augment_dim, int) and augment_dim >= 1,
+              f"schedule.augment_dim must be an integer >= 1 (got {augment_dim})")
+        self.augment_dim = augment_dim
+
+    def prior(self, noise: NoiseSource, shape: Sequence[int], sigma: float, dtype: torch.dtype) -> Tensor:
+        z = noise.randn(shape, torch.float64)
+        w = noise.randn((self.augment_dim,), torch.float64)
+        scale = sigma * math.sqrt(self.augment_dim) / w.norm(dim=1)
+        return (z * scale.reshape(-1, *[1] * len(shape))).to(dtype)
+
+    def describe(self) -> dict[str, float | str]:
+        return {**super().describe(), "augment_dim": self.augment_dim}
+
+
 class RectifiedFlow(NoiseSchedule):
     """Linear interpolant x_t = (1 - t) x0 + t eps (rectified flow / flow matching), t in (0, 1).
 
@@ -254,6 +287,7 @@ SCHEDULES: dict[str, Callable[..., NoiseSchedule]] = {
     "vp_discrete": VPDiscrete,
     "ve": VE,
     "edm": EDM,
+    "pfgmpp": PFGMPP,
     "rectified_flow": RectifiedFlow,
 }
 

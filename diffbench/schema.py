@@ -78,7 +78,8 @@ class Metrics:
     """Metrics of every point (`metrics=default`; presets such as error_only inherit and change `names`)."""
 
     # fd (alias fid), kid, is, prdc (precision/recall/density/coverage), solver_error (RMSE vs the same-noise
-    # reference solution), lpips (vs that reference); for text-to-image models also clip_score (needs a prompt
+    # reference solution), lpips (vs that reference), exact (analytic models' exact distribution metrics: w2_gauss,
+    # w2_exact, mode_tv, hallucination, w2_ode; metrics/exact.py); for text-to-image also clip_score (needs a prompt
     # set), fd_dinov2 and cmmd, each with its options in the node of its name. Feature metrics are named after
     # their extractor unless it is Inception: `fid` is FID proper, `fd_random_conv` a Frechet distance on the
     # offline random-conv features.
@@ -96,7 +97,7 @@ class Metrics:
     # ~1/sqrt(2 n_boot): ~17% at 20, 5% at 200 (measured, metrics/uncertainty.py).
     n_boot: int = 20
     kid_n_boot: int = 0  # bootstrap replicates for the KID interval (0: none; each costs a full KID)
-    error_n_boot: int = 200  # bootstrap replicates for the solver-error interval (cheap)
+    error_n_boot: int = 200  # bootstrap replicates for the solver-error and exact-metric intervals (cheap)
     ci_level: float = 0.95
     ci_includes_reference: bool = False  # true: bootstraps resample the dataset side too (its noise in the interval)
     kid_subsets: int = 100

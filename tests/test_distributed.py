@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from diffbench import results
 from diffbench.distributed import backend, shard_indices
@@ -23,6 +24,7 @@ from diffbench.engine.sweep import GRID_SAMPLES, run_sweep
 from diffbench.errors import UsageError
 from diffbench.metrics import ErrorStats, StreamingStats
 from diffbench.metrics.classifier import ClassAccuracy
+from diffbench.metrics.exact import ExactSamples
 from diffbench.solvers import SOLVERS
 
 WORLD = 2
@@ -83,13 +85,17 @@ def test_cuda_points_must_not_pin_one_gpu_under_torchrun(monkeypatch):
 
 # Merging ----------------------------------------------------------------------------------------
 
-def _suite(stats: StreamingStats, mse: np.ndarray, correct: np.ndarray | None = None) -> SimpleNamespace:
-    """The parts of a MetricSuite that shares read and write (class_accuracy's per-sample hits: `correct`)."""
+def _suite(stats: StreamingStats, mse: np.ndarray, correct: np.ndarray | None = None,
+           rows: np.ndarray | None = None) -> SimpleNamespace:
+    """The parts of a MetricSuite that shares read and write (class_accuracy's hits: `correct`; the exact metrics'
+    samples: `rows`)."""
     error = ErrorStats()
     error.mse = [mse]
     accuracy = ClassAccuracy(None, {}, torch.zeros(0, dtype=torch.long))
     accuracy.correct = [np.zeros(0, dtype=bool) if correct is None else correct]
-    return SimpleNamespace(stats=stats, error=error, lpips=None, accuracy=accuracy,
+    exact = ExactSamples(None, None, OmegaConf.create({}), enabled=True)
+    exact.rows = [] if rows is None else [rows]
+    return SimpleNamespace(stats=stats, error=error, lpips=None, accuracy=accuracy, exact=exact,
                            text_image=SimpleNamespace(own={}, clip_scores=[]))
 
 
@@ -102,7 +108,7 @@ def _share(indices: list[int], features: torch.Tensor, mse: np.ndarray, n_paired
         share.add(idx, torch.as_tensor(idx, dtype=torch.float64)[:, None], 0.0, 10, GRID_SAMPLES)
         stats.update(features[idx])
     return share.capture(_suite(stats, mse[[i for i in indices if i < n_paired]],
-                                None if correct is None else correct[indices]))
+                                None if correct is None else correct[indices], features[indices].double().numpy()))
 
 
 def test_merged_shares_equal_one_process():
@@ -121,6 +127,7 @@ def test_merged_shares_equal_one_process():
     np.testing.assert_array_equal(suite.stats.mean.numpy(), whole.stats.mean.numpy())
     np.testing.assert_array_equal(suite.stats.scatter.numpy(), whole.stats.scatter.numpy())
     np.testing.assert_array_equal(suite.error.per_sample_mse, mse)
+    np.testing.assert_array_equal(suite.exact.rows[0], features.double().numpy())  # exact metrics' samples
     assert merged.indices == list(range(N_SAMPLES)) and merged.nfe_measured == 10
     np.testing.assert_array_equal(merged.grid[:, 0].numpy(), np.arange(GRID_SAMPLES))
 

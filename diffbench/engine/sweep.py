@@ -145,7 +145,8 @@ class Runner:
             return measure_discrete(point, self.models.get(cfg.model), row)
         assert isinstance(plan, Plan)  # a continuous solver spec always gets a Plan
         model = self.models.for_point(cfg, run.n_samples)  # with its conditions and guidance bound, if any
-        suite = MetricSuite(cfg, self.models.get(cfg.model), run, self.metrics, getattr(model, "conditions", None))
+        suite = MetricSuite(cfg, self.models.get(cfg.model), run, self.metrics, getattr(model, "conditions", None),
+                            plan)
         n_err = min(run.n_samples, int(cfg.metrics.error_samples or run.n_samples))
         solutions = (model.decode(self.solutions.get(cfg, model, plan, run, n_err)) if suite.needs_solutions
                      else None)  # compared as images: latent models' references decoded like their samples

@@ -100,7 +100,7 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
     calib_cfg = cast(DictConfig, OmegaConf.merge(cfg, {"seed": calib["seed"], "n_samples": calib["n"]}))
     counter = CountingDenoiser(model)
     x = initial_noise(NoiseSource(calib["seed"], range(calib["n"]), run.device), sample_shape(model),
-                      model.schedule.prior_std(span.sigma_max), run.dtype)
+                      model.schedule, span.sigma_max, run.dtype)
     rmse = partial(calibration_rmse, calib_cfg, spec, options, calib_run, solutions, span)
     reference = partial(solutions.get, calib_cfg, model, karras_plan(spec, options, calib_run, span, model),
                         calib_run, calib_run.n_samples)  # solved once per calibration set, when a method asks

@@ -1,8 +1,8 @@
 """The metric suite of a point: extractors and dataset statistics shared across points, streamed updates.
 
-Feature metrics (fd, kid, is, prdc: one extractor pass), paired ones (solver_error, lpips: vs the reference solutions),
-text-to-image ones (metrics.text_image) and class_accuracy (metrics.classifier) take batches through a MetricFeed;
-progress goes to any object with `task(description, total)` (engine.progress).
+Feature metrics (fd, kid, is, prdc: one extractor pass), paired ones (solver_error, lpips, exact: vs the reference
+solutions), text-to-image ones (metrics.text_image) and class_accuracy (metrics.classifier) take batches through a
+MetricFeed; progress goes to any object with `task(description, total)` (engine.progress).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from diffbench.errors import check
 from diffbench.metrics.classifier import class_accuracy
 from diffbench.metrics.error import ErrorStats
 from diffbench.metrics.evaluate import MetricOptions, compute_metrics, feature_values, parse_metrics, text_image_metrics
+from diffbench.metrics.exact import ExactSamples
 from diffbench.metrics.features import INCEPTION_EXTRACTORS, FeatureExtractor, make_extractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.lpips import LPIPS
@@ -36,6 +37,7 @@ from diffbench.metrics.text_image import TextImageMetrics, check_prompts
 from diffbench.metrics.uncertainty import bootstrap
 from diffbench.models import Denoiser
 from diffbench.models.conditions import ConditionSet
+from diffbench.sampling import Plan
 
 
 class Tasks(Protocol):
@@ -168,15 +170,14 @@ def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings, conditions
 class MetricSuite:
     """Streams one point's sample batches into its metrics (diffbench.metrics' public API).
 
-    Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass; they are
-    named after the extractor unless it is Inception (fid, kid, ...), so a Frechet distance on
-    random_conv features reads `fd_random_conv`, never FID. solver_error compares the first
-    metrics.error_samples samples with their same-noise reference solutions (`rmse_ref`); `text_image`:
-    clip_score (prompts from `conditions`), fd_dinov2, cmmd.
+    Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass, named after the extractor
+    unless it is Inception (fid, kid, ...; `fd_random_conv` is never FID). solver_error: the first error_samples
+    samples vs their same-noise reference solutions (`rmse_ref`); exact: metrics/exact.py (analytic models, `plan`);
+    `text_image`: clip_score (prompts from `conditions`), fd_dinov2, cmmd.
     """
 
     def __init__(self, cfg: DictConfig, model: Denoiser, run: RunSettings, context: MetricContext,
-                 conditions: ConditionSet | None = None):
+                 conditions: ConditionSet | None = None, plan: Plan | None = None):
         self.cfg, self.context = cfg, context
         self.feature, self.paired = parse_metrics(list(cfg.metrics.names))
         self.run_device = run.device
@@ -184,6 +185,7 @@ class MetricSuite:
                                            lambda e: context.dataset_statistics(cfg, model, e, run.batch_size))
         self.needs_solutions = bool(self.paired)
         self.error = ErrorStats()
+        self.exact = ExactSamples(model, plan, cfg.metrics, enabled="exact" in self.paired)
         self.lpips = (LPIPS(str(cfg.metrics.get("lpips_net", "alex")), run.device, cfg.metrics.get("lpips_weights"))
                       if "lpips" in self.paired else None)
         self.extractor = context.extractor(cfg, run.device) if self.feature else None
@@ -203,6 +205,7 @@ class MetricSuite:
                 self.stats.update(out.features, out.logits)
             self.text_image.update(images, indices[start:start + FEATURE_BATCH])
         self.accuracy.update(x, indices)
+        self.exact.update(x, solutions)
         if solutions is not None:
             keep = [k for k, i in enumerate(indices) if i < len(solutions)]
             if keep:
@@ -229,6 +232,7 @@ class MetricSuite:
             values["lpips_ref"] = MetricValue(self.lpips.result()["lpips"])
             extra["lpips_weights_check"] = self.lpips.weights_check
         values.update(self.accuracy.values(float(self.cfg.metrics.ci_level)))
+        values.update(self.exact.compute())
         return values, extra
 
     def _feature_metrics(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:

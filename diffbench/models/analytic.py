@@ -16,7 +16,7 @@ from torch import Tensor
 from diffbench.errors import check
 from diffbench.models.base import Denoiser, expand_as
 from diffbench.models.registry import register_model
-from diffbench.schedules import EDM, NoiseSchedule, make_schedule
+from diffbench.schedules import EDM, PFGMPP, NoiseSchedule, make_schedule
 
 
 class GaussianDenoiser(Denoiser):
@@ -28,6 +28,8 @@ class GaussianDenoiser(Denoiser):
         self.mean, self.std = mean.double(), std.double().expand_as(mean.double()).clone()
         check(bool((self.std > 0).all()), "model.std must be > 0")
         self.schedule = schedule or EDM()
+        check(not isinstance(self.schedule, PFGMPP), "model: the pfgmpp schedule's exact denoiser needs points "
+              "(image_mixture with std 0), not a Gaussian")
         self.shape = tuple(self.mean.shape)
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
@@ -53,7 +55,8 @@ class MixtureDenoiser(Denoiser):
     """Data ~ sum_k w_k N(mu_k, s_k^2 I); s_k = 0 gives the empirical (mixture of deltas) denoiser.
 
     D(x, sigma) = sum_k r_k(x) (mu_k + s_k^2/(s_k^2+sigma^2) (x - mu_k)), with posterior
-    responsibilities r_k computed in log space.
+    responsibilities r_k computed in log space. Under a PFGM++ schedule (schedules.PFGMPP, augmented dimension
+    D; points only, s_k = 0) r_k ~ w_k (|x - mu_k|^2 + D sigma^2)^(-(d + D) / 2), its kernel's posterior.
     """
 
     dtype = torch.float64
@@ -70,9 +73,18 @@ class MixtureDenoiser(Denoiser):
         self.log_w = (w / w.sum()).log()
         self.shape, self.chunk = tuple(means.shape[1:]), chunk
         self.schedule = schedule or EDM()
+        check(not isinstance(self.schedule, PFGMPP) or not bool(self.stds.any()),
+              "model: the pfgmpp schedule's exact denoiser needs points (std 0)")
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.denoise_prior(x, sigma, self.log_w.to(x)[None])
+
+    def _log_kernel(self, sq: Tensor, var: Tensor, d: int) -> Tensor:
+        """log p(x | component k) up to a constant, [B, K]: Gaussian, or PFGM++'s kernel (points)."""
+        if isinstance(self.schedule, PFGMPP):
+            aug = self.schedule.augment_dim
+            return -0.5 * (d + aug) * (sq + aug * var).log()
+        return -0.5 * sq / var - 0.5 * d * var.log()
 
     def denoise_prior(self, x: Tensor, sigma: Tensor, log_prior: Tensor) -> Tensor:
         """The mixture's denoiser under per-row log component weights log_prior ([B, K] or [1, K]; -inf drops one)."""
@@ -82,7 +94,7 @@ class MixtureDenoiser(Denoiser):
         var = self.stds.to(flat)[None, :] ** 2 + sigma[:, None] ** 2  # [B, K]
         sq = self._sq_dist(flat)  # [B, K]
         d = flat.shape[1]
-        logits = log_prior - 0.5 * sq / var - 0.5 * d * var.log()
+        logits = log_prior + self._log_kernel(sq, var, d)
         resp = torch.softmax(logits, dim=1)
         shrink = self.stds.to(flat)[None, :] ** 2 / var  # [B, K]
         mean_part = self._weighted_means(resp * (1 - shrink))

@@ -91,6 +91,10 @@ REFERENCES: dict[str, Reference] = {
     "teleport_heun": Reference("none", "none", "exact Gaussian flow then heun (tests/test_teleport.py)"),
     "teleport_dpmpp_2m": Reference("none", "none", "exact Gaussian flow then dpmpp_2m (tests/test_teleport.py)"),
     "ts_s_pndm": Reference("none", "none", "without shift equals s_pndm (tests/test_time_shift_pndm.py)"),
+    "evodiff": Reference("none", "none", "authors' EDM code (ShiguiLi/EVODiff, not on PyPI), ported line by line; "
+                         "first order on grids ending at 0 " + ORDER_TEST[ORDER_TEST.index("("):]),
+    "si_euler_maruyama": Reference("none", "none", "Euler-Maruyama on the interpolant SDE; sample moments on "
+                                   "Gaussian data for every eps (tests/test_solver_contracts.py, test_interpolant.py)"),
 }
 
 
