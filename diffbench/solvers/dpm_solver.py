@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from itertools import accumulate
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,17 +30,22 @@ from diffbench.solvers.registry import last_step_single, per_step, register
 EpsFn = Callable[[Tensor, float], Tensor]
 
 
-def noise_prediction_step(x: Tensor, sigma: float, sigma_next: float, terms: Sequence[Tensor],
+def noise_prediction_step(x: Tensor, sigma: float | Tensor, sigma_next: float | Tensor, terms: Sequence[Tensor],
                           midpoint: bool = False) -> Tensor:
     """DPM-Solver's step x' = x - sigma' sum_k h^(k+1) phi_{k+1}(h) eps^(k) (Lu et al. 2022a, Sec. 3).
 
-    terms are the Taylor terms [eps, eps', ...] in lambda at sigma.
+    terms are the Taylor terms [eps, eps', ...] in lambda at sigma; sigma and sigma_next are floats, or per-sample
+    tensors that broadcast against x (adaptive solvers' steps, never to sigma = 0).
     midpoint: the paper's second-order form, weight h * w_0 / 2 on eps' (DPM-Solver-2, Alg. 1).
     """
-    if sigma_next == 0:
+    if not isinstance(sigma_next, Tensor) and sigma_next == 0:
         return x - sigma * terms[0]
-    h = math.log(sigma / sigma_next)
-    weights = [sigma_next * h ** (k + 1) * phi(k + 1, h) for k in range(len(terms))]
+    if isinstance(sigma, Tensor) or isinstance(sigma_next, Tensor):
+        h: Any = torch.log(torch.as_tensor(sigma / sigma_next))
+        weights = [sigma_next * h ** (k + 1) * phi_tensor(k + 1, h) for k in range(len(terms))]
+    else:
+        h = math.log(sigma / sigma_next)
+        weights = [sigma_next * h ** (k + 1) * phi(k + 1, h) for k in range(len(terms))]
     if midpoint and len(terms) == 2:
         weights[1] = 0.5 * h * weights[0]
     return x - sum(w * t for w, t in zip(weights, terms))
@@ -226,19 +232,13 @@ def adaptive_pair(denoiser: Denoiser, order: int, x: Tensor, lam: Tensor,
     """dpm_solver_step's (DPM-Solver-(k-1), DPM-Solver-k) pair with a step size per sample (k = order)."""
     h = expand_as(lam_next - lam, x)
     sigma, sigma_next = torch.exp(-expand_as(lam, x)), torch.exp(-expand_as(lam_next, x))
-
-    def to(level: Tensor, terms: list[Tensor]) -> Tensor:  # noise_prediction_step from sigma to `level`
-        step = torch.log(sigma / level)
-        return x - sum(level * step ** (j + 1) * phi_tensor(j + 1, step) * t for j, t in enumerate(terms))
-
-    first = to(sigma_next, [eps])
+    first = noise_prediction_step(x, sigma, sigma_next, [eps])
     r1 = 0.5 if order == 2 else 1 / 3
     s1 = sigma * (sigma_next / sigma) ** r1
-    slope1 = (sample_eps(denoiser, to(s1, [eps]), s1) - eps) / (r1 * h)
-    # Midpoint form of the second-order step: weight h w_0 / 2 on the slope (DPM-Solver-2, Alg. 1).
-    second = first - 0.5 * h * (sigma - sigma_next) * slope1
+    slope1 = (sample_eps(denoiser, noise_prediction_step(x, sigma, s1, [eps]), s1) - eps) / (r1 * h)
+    second = noise_prediction_step(x, sigma, sigma_next, [eps, slope1], midpoint=True)
     if order == 2:
         return first, second
     s2 = sigma * (sigma_next / sigma) ** (2 / 3)
-    slope2 = (sample_eps(denoiser, to(s2, [eps, slope1]), s2) - eps) / (2 / 3 * h)
-    return second, to(sigma_next, [eps, slope2])
+    slope2 = (sample_eps(denoiser, noise_prediction_step(x, sigma, s2, [eps, slope1]), s2) - eps) / (2 / 3 * h)
+    return second, noise_prediction_step(x, sigma, sigma_next, [eps, slope2])
