@@ -31,15 +31,16 @@ def main() -> None:
     reference = make_plan("rk45", 1, model.schedule, step_schedule="karras",
                           solver_options={"rtol": 1e-5, "atol": 1e-5})
     ref = sample_batch(model, reference, idx, 0, shape).x.double()
-    print(f"# python {shlex.join(sys.argv)}\n# RMSE vs RK45 (rtol = atol = 1e-5), {args.n} samples, karras, final sigma 0"
-          f"\n# solver nfe " + " ".join(FINAL_STEPS), flush=True)
+    print(f"# python {shlex.join(sys.argv)}\n# RMSE vs RK45 (rtol = atol = 1e-5), {args.n} samples, karras, "
+          "final sigma 0\n# solver nfe " + " ".join(FINAL_STEPS), flush=True)
     for nfe in args.nfe:
         for name in args.solvers:
             cells = []
             for final_step in FINAL_STEPS:
                 plan = make_plan(name, nfe, model.schedule, step_schedule="karras",
                                  solver_options={"final_step": final_step})
-                cells.append(f"{float((sample_batch(model, plan, idx, 0, shape).x.double() - ref).pow(2).mean().sqrt()):.4f}")
+                error = sample_batch(model, plan, idx, 0, shape).x.double() - ref
+                cells.append(f"{float(error.pow(2).mean().sqrt()):.4f}")
             print(name, nfe, *cells, flush=True)
 
 

@@ -127,7 +127,7 @@ COEFFICIENTS = {"taylor": 1.0, "reference": 0.5}
 
 
 def d2_scale(coefficients: str) -> float:
-    """The factor on the f'' Taylor term of third-order multistep steps (COEFFICIENTS); unknown names are a UsageError."""
+    """The factor on the f'' Taylor term of third-order multistep steps (COEFFICIENTS); unknown: a UsageError."""
     check(coefficients in COEFFICIENTS,
           f"solver.coefficients '{coefficients}' is unknown; choose one of: {', '.join(COEFFICIENTS)}")
     return COEFFICIENTS[coefficients]
