@@ -48,7 +48,9 @@ REFERENCES: dict[str, Reference] = {
                                       "authors' code and diffusers halve it); " + ORDER_TEST),
     "dpm_solver_adaptive": Reference(KDIFF, "differs", "per-sample step control (the reference controls the batch); "
                                      "accuracy and NFE (tests/test_adaptive.py)"),
-    "dpmpp_2m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler; {KDIFF} sample_dpmpp_2m"),
+    "dpmpp_2m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler; {KDIFF} sample_dpmpp_2m",
+                        "default final-step convention: k-diffusion's and diffusers' (final_step=counted; the name "
+                        "is k-diffusion's); the authors' dpm-solver code's is final_step=separate"),
     "dpmpp_2m_sde": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler('sde-dpmsolver++'); "
                             f"{KDIFF} sample_dpmpp_2m_sde"),
     "dpmpp_3m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler(solver_order=3)", AUTHORS_CONVENTION),
