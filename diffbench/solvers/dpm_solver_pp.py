@@ -119,8 +119,9 @@ def dpmpp_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
     DPMSolverMultistepScheduler(solver_order=3)); on Karras grids that keeps a third-order
     data-prediction step into sigma_min, whose extrapolation of D to the far end of a long step
     overshoots (3x8x8 image mixture, NFE 6/10 RMSE: 0.15/0.064 vs dpmpp_3m_diffusers 0.49/0.13;
-    results/solver_error_table_image.md, results/SOLVER_ERROR.md). With eta=1 and the exact weight it is `dpmpp_3m_sde_taylor`
-    (`dpmpp_3m_sde` is k-diffusion's form, which differs in three ways); its weak order is 2.
+    results/solver_error_table_image.md, results/SOLVER_ERROR.md). With eta=1 and the exact weight
+    it is `dpmpp_3m_sde_taylor` (`dpmpp_3m_sde` is k-diffusion's form, which differs in three ways);
+    its weak order is 2.
     """
     scale = d2_scale(coefficients)
     model = data_model(denoiser, thresholding, thresholding_ratio, thresholding_max_val)
