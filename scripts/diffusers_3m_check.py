@@ -23,8 +23,9 @@ from diffbench.models.base import Denoiser
 from diffbench.noise import NoiseSource
 from diffbench.sampling import initial_noise, make_plan, sample_batch
 
-OURS = [("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpmpp_3m", {"lower_order_final": True}), ("dpmpp_3m_diffusers", {}),
-        ("unipc_bh2", {}), ("unipc_bh2", {"lower_order_final": True})]
+OURS = [("dpmpp_2m", {}), ("dpmpp_3m_taylor", {"lower_order_final": False}), ("dpmpp_3m_taylor", {}),
+        ("dpmpp_3m_diffusers", {"lower_order_final": False}), ("dpmpp_3m_diffusers", {}), ("dpmpp_3m", {}),
+        ("unipc_bh2", {"lower_order_final": False}), ("unipc_bh2", {})]
 
 
 def diffusers_run(model: Denoiser, n: int, nfe: int, order: int, lower_order_final: bool,

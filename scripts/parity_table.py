@@ -26,7 +26,10 @@ the reference on the same float64 random conv denoiser (tests/helpers/parity.py)
 sigma = 0 where the reference supports it), initial noise and injected noise; the figure is the largest
 max|ours - theirs| / max|theirs| over the grids and step counts listed (tolerance {tol:g}). Grids:
 karras (rho 7), logsnr (uniform log-SNR), vp (VP-SDE time-uniform), own (the diffusers scheduler's default
-timestep spacing). The slow tests (`pytest -m slow tests/test_parity_*.py`) assert the same matrix.
+timestep spacing). diffbench runs with the options that select the reference's convention (Case.ours in
+tests/helpers/parity_matrix.py: e.g. dpmpp_3m, whose default is the authors' final_step=separate, with
+diffusers' final_step=counted, lower_order_below=15). The slow tests (`pytest -m slow tests/test_parity_*.py`)
+assert the same matrix.
 
 | solver | reference | grids x steps | max rel. difference | how correctness is shown |
 |---|---|---|---|---|

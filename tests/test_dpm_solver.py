@@ -169,6 +169,7 @@ def test_third_order_data_step_is_exact_for_quadratic_d():
 def test_registered_orders():
     """Orders as fitted on the contract grid (docstrings explain where they differ from nominal)."""
     orders = {"dpm_solver_1": 1, "dpm_solver_2": 2, "dpm_solver_3": 3, "dpm_solver_fast": 3, "dpm_solver_2m": 2,
-              "dpm_solver_3m": 3, "dpmpp_2s": 2, "dpmpp_2m": 2, "dpmpp_3m": 3, "dpmpp_2m_sde": 2, "dpmpp_3m_sde": 2}
+              "dpm_solver_3m": 2, "dpm_solver_3m_taylor": 3, "dpmpp_2s": 2, "dpmpp_2m": 2, "dpmpp_3m": 2,
+              "dpmpp_3m_taylor": 3, "dpmpp_2m_sde": 2, "dpmpp_3m_sde": 2}
     assert {n: SOLVERS[n].order for n in orders} == orders
     assert SOLVERS["dpm_solver_adaptive"].adaptive

@@ -42,7 +42,8 @@ def test_benchmarked_defaults_live_in_the_functions():
 @pytest.mark.parametrize("name, options, right", [
     ("unipc_bh2", {"afs": True}, "use solver=unipc_bh2_afs"),
     ("unipc_bh2", {"max_order": 2, "variant": "bh1"}, "use solver=unipc_bh1_o2"),
-    ("dpmpp_3m", {"coefficients": "reference"}, "use solver=dpmpp_3m_diffusers"),
+    ("dpmpp_3m", {"coefficients": "taylor"}, "use solver=dpmpp_3m_taylor"),
+    ("dpm_solver_3m", {"coefficients": "taylor"}, "use solver=dpm_solver_3m_taylor"),
     ("deis_3", {"max_order": 2}, "use solver=deis_2"),
     ("ipndm", {"afs": True}, "use solver=ipndm_afs"),
     ("unipc_bh2", {"variant": "bh3"}, "no registered solver runs that"),

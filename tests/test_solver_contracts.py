@@ -32,16 +32,18 @@ STOCHASTIC = sorted([(n, {}) for n, s in SOLVERS.items() if s.is_stochastic()]
 # iPNDM's fixed Adams-Bashforth weights on a first-order start reach slope 2 from ~16 steps; so do PLMS's
 # 4-step weights (1.64 over 8..32, 2.00 over 16..64).
 # DPM-Solver-3 singlestep leaves its pre-asymptotic bump (3.30 over 8..32) by 16 steps (3.17).
-# dpmpp_3m_diffusers (half the D'' weight) tends to 2 from above: 2.43 over 8..32, 2.20 over 16..64, 2.06 over 32..128
-# (dpmpp_3m reaches 2 as well, but only past 64 steps, through its first-order warm-up: 3.14 over 8..32).
+# dpmpp_3m / dpm_solver_3m (half the D'' weight, the reference's) tend to 2 from above: 2.43 over 8..32, 2.20 over
+# 16..64, 2.06 over 32..128 (the *_taylor forms reach 2 as well, but only past 64 steps, through their first-order
+# warm-up: 3.14 over 8..32).
 # lower_order_final (the reference codes' default, benchmarked): multistep DPM-Solver(++) lower the last orders below
-# 10 steps, so their windows start at 10 (dpmpp_2m 1.82, dpmpp_3m 2.81 over 10..32; from 8 the 8-step point is off
-# the line: 1.66 and 3.91). UniPC lowers the last steps at every step count (its last step is UniP-1 without
+# 10 steps, so their windows start at 10 (dpmpp_2m 1.82, dpmpp_3m_taylor 2.81 over 10..32; from 8 the 8-step point is
+# off the line: 1.66 and 3.91). UniPC lowers the last steps at every step count (its last step is UniP-1 without
 # corrector): UniPC-3 is erratic below ~48 steps (5.05 / 4.46 over 8..32, 1.89 / 2.33 over 24..96) and tends to
 # order 2 (2.06 bh1 / 2.12 bh2 over 64..256), which is what it is held to (ASYMPTOTIC); p = 1, 2 keep p + 1 there.
-WINDOW = {"dpmpp_3m_diffusers": (16, 24, 32, 48, 64), "ipndm": (16, 24, 32, 48, 64), "plms": (16, 24, 32, 48, 64),
+WINDOW = {"dpmpp_3m": (16, 24, 32, 48, 64), "dpmpp_3m_diffusers": (16, 24, 32, 48, 64),
+          "dpm_solver_3m": (16, 24, 32, 48, 64), "ipndm": (16, 24, 32, 48, 64), "plms": (16, 24, 32, 48, 64),
           "dpm_solver_3": (16, 24, 32, 48, 64),
-          "dpmpp_2m": (10, 12, 16, 24, 32), "dpmpp_3m": (10, 12, 16, 24, 32),
+          "dpmpp_2m": (10, 12, 16, 24, 32), "dpmpp_3m_taylor": (10, 12, 16, 24, 32),
           "teleport_dpmpp_2m": (10, 12, 16, 24, 32),
           "unipc_bh1": (64, 96, 128, 192, 256), "unipc_bh2": (64, 96, 128, 192, 256),
           "evodiff": (16, 24, 32, 48, 64)}

@@ -23,7 +23,7 @@ from torch import Tensor
 from diffbench.errors import check
 from diffbench.models.base import Denoiser, expand_as
 from diffbench.noise import NoiseSource
-from diffbench.solvers._common import multistep, phi, phi_tensor, taylor_terms, to_d
+from diffbench.solvers._common import d2_scale, multistep, phi, phi_tensor, taylor_terms, to_d
 from diffbench.solvers._control import State, integrate, rms
 from diffbench.solvers.registry import last_step_single, per_step, register
 
@@ -150,27 +150,38 @@ def dpm_solver_fast(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Noi
 
 @register("dpm_solver_2m", order=2, nfe=per_step(1))
 def dpm_solver_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
-                  lower_order_final: bool = True, final_step: str = "counted", lower_order_below: int = 10) -> Tensor:
+                  lower_order_final: bool = True, final_step: str = "separate", lower_order_below: int = 10) -> Tensor:
     """Multistep DPM-Solver-2 with noise prediction (Lu et al. 2022b, Alg. 2 with eps in place of x0).
 
-    final_step / lower_order_below: the lower_order_final convention (solvers/_common.py FINAL_STEPS).
+    final_step / lower_order_below: the lower_order_final convention (solvers/_common.py FINAL_STEPS);
+    the defaults are the authors' dpm-solver code: a jump to sigma = 0 is its separate denoise_to_zero,
+    and below 10 steps the step into sigma_min is first order. diffusers counts the jump as the last
+    step and lowers below 15 (final_step="counted", lower_order_below=15). Lowering costs this
+    noise-prediction solver accuracy on Karras grids (see dpm_solver_3m).
     """
     step = partial(noise_prediction_step, midpoint=True)
     return multistep(x, sigmas, eps_model(denoiser), step, 2, lower_order_final, final_step, lower_order_below)
 
 
-@register("dpm_solver_3m", order=3, nfe=per_step(1))
+@register("dpm_solver_3m_taylor", order=3, nfe=per_step(1), coefficients="taylor")
+@register("dpm_solver_3m", order=2, nfe=per_step(1))
 def dpm_solver_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
-                  lower_order_final: bool = True, final_step: str = "counted", lower_order_below: int = 10) -> Tensor:
-    """Multistep DPM-Solver-3 with noise prediction (Lu et al. 2022b, App.; third-order Taylor weights).
+                  lower_order_final: bool = True, final_step: str = "separate", lower_order_below: int = 10,
+                  coefficients: str = "reference") -> Tensor:
+    """Multistep DPM-Solver-3 with noise prediction (Lu et al. 2022b, App.; the authors' dpm-solver code).
 
-    eps'' comes from the quadratic through the last three outputs; the reference code's D2 term is
-    half the Taylor weight (second order in the limit), this one is the exact third-order weight.
-    The first-order warm-up step makes the asymptotic order 2; over 8-32 steps the fitted order is ~3.
-    final_step / lower_order_below: the lower_order_final convention, as dpm_solver_2m.
+    eps'' comes from the quadratic through the last three outputs. Defaults follow the authors' code
+    (diffusers' DPMSolverMultistepScheduler('dpmsolver', 3) agrees on the step): coefficients=
+    "reference" gives eps'' half its exact weight h^3 phi_3(h), order 2 in the limit (registered 2);
+    "taylor" (dpm_solver_3m_taylor, order 3) the exact weight. final_step="separate" (the authors'
+    denoise_to_zero, see dpmpp_3m): below 10 steps the last two steps into sigma_min take orders 1, 2.
+    This costs accuracy here, unlike in dpmpp_3m: a noise-prediction step weights its extrapolation
+    of eps towards the near end of the step (e^(h-u)), where it is accurate, so the third-order step
+    into sigma_min that "counted" keeps is good, and the first-order one that replaces it is worse.
     """
     step = partial(noise_prediction_step, midpoint=True)
-    return multistep(x, sigmas, eps_model(denoiser), step, 3, lower_order_final, final_step, lower_order_below)
+    return multistep(x, sigmas, eps_model(denoiser), step, 3, lower_order_final, final_step, lower_order_below,
+                     d2_scale(coefficients))
 
 
 @register("dpm_solver_adaptive", order=3, nfe=None)

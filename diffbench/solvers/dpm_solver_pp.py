@@ -19,13 +19,10 @@ from torch import Tensor
 from diffbench.errors import check
 from diffbench.models.base import Denoiser
 from diffbench.noise import NoiseSource
-from diffbench.solvers._common import ancestral_step, dynamic_threshold, multistep, phi
+from diffbench.solvers._common import ancestral_step, d2_scale, dynamic_threshold, multistep, phi
 from diffbench.solvers.registry import last_step_single, register
 
 DataFn = Callable[[Tensor, float], Tensor]
-# 3M's weight on the exact third-order term h^3 phi_3(-h) D'': "taylor" keeps it (local error O(h^4));
-# "reference" halves it, as DPM-Solver's reference code, diffusers and k-diffusion do (local error O(h^3)).
-COEFFICIENTS = {"taylor": 1.0, "reference": 0.5}
 
 
 def data_prediction_step(x: Tensor, sigma: float, sigma_next: float, terms: Sequence[Tensor], eta: float = 0.0,
@@ -56,11 +53,11 @@ def data_model(denoiser: Denoiser, thresholding: bool, ratio: float, max_val: fl
 
 
 def sde_multistep(x: Tensor, sigmas: Tensor, noise: NoiseSource | None, order: int,
-                  eta: float, s_noise: float, lower_order_final: bool, model: DataFn, d2_scale: float = 1.0,
+                  eta: float, s_noise: float, lower_order_final: bool, model: DataFn, d2_weight: float = 1.0,
                   midpoint: bool = True, final_step: str = "counted", lower_order_below: int = 10) -> Tensor:
     """DPM-Solver++(kM), with fresh noise of std sigma' sqrt(1 - e^(-2 eta h)) per step when eta > 0.
 
-    d2_scale multiplies the D'' Taylor term of third-order steps (see COEFFICIENTS); midpoint picks the
+    d2_weight multiplies the D'' Taylor term of third-order steps (_common.COEFFICIENTS); midpoint picks the
     second-order steps' form (data_prediction_step), else their exact Taylor weight h^2 phi_2(-h).
     """
     check(eta >= 0, f"solver.eta must be >= 0 (got {eta})")
@@ -69,8 +66,6 @@ def sde_multistep(x: Tensor, sigmas: Tensor, noise: NoiseSource | None, order: i
 
     def step(x: Tensor, sigma: float, sigma_next: float, terms: list[Tensor]) -> Tensor:
         # Exponential-integrator step of the (eta-scaled) linear part with the Taylor terms of D.
-        if len(terms) == 3:
-            terms = [terms[0], terms[1], d2_scale * terms[2]]
         x = data_prediction_step(x, sigma, sigma_next, terms, eta, midpoint=midpoint)
         # Exact noise of the linear SDE over the step.
         if eta > 0 and sigma_next > 0:
@@ -79,7 +74,7 @@ def sde_multistep(x: Tensor, sigmas: Tensor, noise: NoiseSource | None, order: i
             x = x + noise.randn_like(x) * s_noise * std
         return x
 
-    return multistep(x, sigmas, model, step, order, lower_order_final, final_step, lower_order_below)
+    return multistep(x, sigmas, model, step, order, lower_order_final, final_step, lower_order_below, d2_weight)
 
 
 @register("dpmpp_2m_sde", order=2, stochastic="eta", eta=1.0)
@@ -91,37 +86,46 @@ def dpmpp_2m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2); eta > 0 is SDE-DPM-Solver++(2M) (ibid., App.; eta=1 default).
 
     The SDE variant's order 2 is its weak order measured on Gaussian data (output mean and variance).
-    final_step and lower_order_below: the lower_order_final convention (solvers/_common.py FINAL_STEPS);
-    final_step="separate" is the authors' DPM-Solver code, lower_order_below=15 diffusers' threshold.
+    final_step and lower_order_below: the lower_order_final convention (solvers/_common.py FINAL_STEPS).
+    The default "counted" is k-diffusion's sample_dpmpp_2m / sample_dpmpp_2m_sde (where the names come
+    from) and diffusers': a grid's jump to sigma = 0 is the last, first-order step, and nothing else is
+    lowered. The authors' DPM-Solver code treats that jump as a separate denoise_to_zero and takes the
+    step into sigma_min at first order below 10 steps: final_step="separate".
     """
     model = data_model(denoiser, thresholding, thresholding_ratio, thresholding_max_val)
     return sde_multistep(x, sigmas, noise, 2, eta, s_noise, lower_order_final, model, final_step=final_step,
                          lower_order_below=lower_order_below)
 
 
-@register("dpmpp_3m_diffusers", order=2, stochastic="eta", coefficients="reference")
-@register("dpmpp_3m_sde_taylor", order=2, stochastic="eta", eta=1.0)
-@register("dpmpp_3m", order=3, stochastic="eta")
+@register("dpmpp_3m_diffusers", order=2, stochastic="eta", final_step="counted", lower_order_below=15)
+@register("dpmpp_3m_sde_taylor", order=2, stochastic="eta", eta=1.0, coefficients="taylor")
+@register("dpmpp_3m_taylor", order=3, stochastic="eta", coefficients="taylor")
+@register("dpmpp_3m", order=2, stochastic="eta")
 def dpmpp_3m(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None, eta: float = 0.0,
-             s_noise: float = 1.0, lower_order_final: bool = True, final_step: str = "counted",
-             lower_order_below: int = 10, coefficients: str = "taylor", thresholding: bool = False,
+             s_noise: float = 1.0, lower_order_final: bool = True, final_step: str = "separate",
+             lower_order_below: int = 10, coefficients: str = "reference", thresholding: bool = False,
              thresholding_ratio: float = 0.995, thresholding_max_val: float = 1.0) -> Tensor:
-    """DPM-Solver++(3M) (Lu et al. 2022b, reference code); eta > 0 is its SDE variant (eta=1 default).
+    """DPM-Solver++(3M) (Lu et al. 2022b, App.; the authors' dpm-solver code); eta > 0 is its SDE variant.
 
-    D'' comes from the quadratic through the last three outputs. coefficients="taylor" gives it the
-    exact third-order weight h^3 phi_3(-h); "reference" (registered as dpmpp_3m_diffusers) half of
-    it, as the reference code, diffusers' DPMSolverMultistepScheduler(solver_order=3) and k-diffusion
-    do, which leaves an O(h^3) local error: fitted order 2.4 over 8-32 steps on a Gaussian (taylor:
-    3.1) and ~4x taylor's error at 128 steps, but steadier on long final log-SNR steps
-    (results/SOLVER_ERROR.md). Both tend to order 2 in the limit through the first-order warm-up
-    step. final_step / lower_order_below: the lower_order_final convention, as dpmpp_2m.
-    The SDE variant is registered with its weak order measured on Gaussian data, 2; with eta=1
-    it is `dpmpp_3m_sde_taylor` (`dpmpp_3m_sde` is k-diffusion's form, which differs in three ways).
+    D'' comes from the quadratic through the last three outputs. Defaults follow the authors' code:
+    coefficients="reference" gives D'' half its exact third-order weight h^3 phi_3(-h), as the authors'
+    multistep_dpm_solver_third_update (diffusers and k-diffusion copy it): an O(h^3) local error,
+    order 2 in the limit (2.4 fitted over 8-32 steps), hence registered order 2; "taylor" (registered
+    as dpmpp_3m_taylor, order 3) keeps the exact weight, ~4x smaller error at 128 steps but worse on
+    long final log-SNR steps. final_step="separate": a grid's jump to sigma = 0 is the authors'
+    denoise_to_zero, outside the steps that lower_order_final lowers (below 10 steps, the last two
+    steps into sigma_min take orders 1, 2). diffusers counts the jump as the last step and lowers
+    below 15 (final_step="counted", lower_order_below=15: dpmpp_3m_diffusers, equal to its
+    DPMSolverMultistepScheduler(solver_order=3)); on Karras grids that keeps a third-order
+    data-prediction step into sigma_min, whose extrapolation of D to the far end of a long step
+    overshoots (3x8x8 image mixture, NFE 6/10 RMSE: 0.15/0.064 vs dpmpp_3m_diffusers 0.49/0.13;
+    results/solver_error_table_image.md, results/SOLVER_ERROR.md). With eta=1 and the exact weight
+    it is `dpmpp_3m_sde_taylor` (`dpmpp_3m_sde` is k-diffusion's form, which differs in three ways);
+    its weak order is 2.
     """
-    check(coefficients in COEFFICIENTS,
-          f"solver.coefficients '{coefficients}' is unknown; choose one of: {', '.join(COEFFICIENTS)}")
+    scale = d2_scale(coefficients)
     model = data_model(denoiser, thresholding, thresholding_ratio, thresholding_max_val)
-    return sde_multistep(x, sigmas, noise, 3, eta, s_noise, lower_order_final, model, COEFFICIENTS[coefficients],
+    return sde_multistep(x, sigmas, noise, 3, eta, s_noise, lower_order_final, model, scale,
                          final_step=final_step, lower_order_below=lower_order_below)
 
 
@@ -143,7 +147,7 @@ def dpmpp_3m_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseS
     tends to -1), so it is not a consistent third-order term; no parity is claimed with it.
     """
     model = data_model(denoiser, thresholding, thresholding_ratio, thresholding_max_val)
-    return sde_multistep(x, sigmas, noise, 3, eta, s_noise, lower_order_final, model, COEFFICIENTS["reference"],
+    return sde_multistep(x, sigmas, noise, 3, eta, s_noise, lower_order_final, model, d2_scale("reference"),
                          midpoint=False, final_step=final_step, lower_order_below=lower_order_below)
 
 

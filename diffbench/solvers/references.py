@@ -10,6 +10,9 @@ from typing import NamedTuple
 
 DIFFUSERS, KDIFF = "diffusers 0.42", "k-diffusion 0.1.1"
 ORDER_TEST = "convergence order on the exact Gaussian (tests/test_solver_contracts.py)"
+AUTHORS_CONVENTION = ("default final-step convention: the authors' dpm-solver code's (final_step=separate: a jump "
+                      "to sigma = 0 is its denoise_to_zero; below 10 steps the steps into sigma_min are lowered; "
+                      "tests/test_parity_conventions.py); diffusers': final_step=counted, lower_order_below=15")
 
 
 class Reference(NamedTuple):
@@ -39,19 +42,25 @@ REFERENCES: dict[str, Reference] = {
     "dpm_solver_fast": Reference(KDIFF, "differs", "the reference spaces outer steps uniformly in log-SNR and takes "
                                  "the paper's third-order update; this cuts the grid's evaluations into outer steps "
                                  "(Taylor update); " + ORDER_TEST),
-    "dpm_solver_2m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler('dpmsolver', 2)"),
-    "dpm_solver_3m": Reference(DIFFUSERS, "differs", "exact third-order D'' weight; the authors' code and diffusers "
-                               "halve it; " + ORDER_TEST),
+    "dpm_solver_2m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler('dpmsolver', 2)", AUTHORS_CONVENTION),
+    "dpm_solver_3m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler('dpmsolver', 3)", AUTHORS_CONVENTION),
+    "dpm_solver_3m_taylor": Reference("none", "none", "dpm_solver_3m with the exact third-order eps'' weight (the "
+                                      "authors' code and diffusers halve it); " + ORDER_TEST),
     "dpm_solver_adaptive": Reference(KDIFF, "differs", "per-sample step control (the reference controls the batch); "
                                      "accuracy and NFE (tests/test_adaptive.py)"),
-    "dpmpp_2m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler; {KDIFF} sample_dpmpp_2m"),
+    "dpmpp_2m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler; {KDIFF} sample_dpmpp_2m",
+                        "default final-step convention: k-diffusion's and diffusers' (final_step=counted; the name "
+                        "is k-diffusion's); the authors' dpm-solver code's is final_step=separate"),
     "dpmpp_2m_sde": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler('sde-dpmsolver++'); "
                             f"{KDIFF} sample_dpmpp_2m_sde"),
-    "dpmpp_3m": Reference(DIFFUSERS, "differs", "exact third-order D'' weight; the authors' code and diffusers halve "
-                          "it (= dpmpp_3m_diffusers); " + ORDER_TEST),
+    "dpmpp_3m": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler(solver_order=3)", AUTHORS_CONVENTION),
+    "dpmpp_3m_taylor": Reference("none", "none", "dpmpp_3m with the exact third-order D'' weight (the authors' code, "
+                                 "diffusers and k-diffusion halve it); " + ORDER_TEST),
     "dpmpp_3m_sde_taylor": Reference(KDIFF, "differs", "dpmpp_3m with eta=1: exact D'' weight, midpoint warm-up; "
                                      "sample moments on Gaussian data (tests/test_solver_contracts.py)"),
-    "dpmpp_3m_diffusers": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler(solver_order=3)"),
+    "dpmpp_3m_diffusers": _parity(f"{DIFFUSERS} DPMSolverMultistepScheduler(solver_order=3)",
+                                  "at its defaults: dpmpp_3m with diffusers' final-step convention (final_step="
+                                  "counted, lower_order_below=15)"),
     "dpmpp_3m_sde": _parity(f"{KDIFF} sample_dpmpp_3m_sde"),
     "dpmpp_2s": _parity(f"{KDIFF} sample_dpmpp_2s_ancestral(eta=0)"),
     "dpm_solver_v3": Reference("none", "none", "authors' code needs their EMS files; exact on a Gaussian with "

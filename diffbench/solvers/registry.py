@@ -25,6 +25,9 @@ class SolverFn(Protocol):
                  **options: Any) -> Tensor: ...
 
 
+# The multistep families' final-step convention (solvers/_common.py FINAL_STEPS): names may differ in its defaults
+# (dpmpp_3m: the authors' code; dpmpp_3m_diffusers: diffusers'), and it stays an option of each.
+CONVENTION = ("final_step", "lower_order_below")
 NfeFn = Callable[..., int]  # (steps, grid ends at zero, **options it names) -> NFE
 Fn = TypeVar("Fn", bound=Callable[..., Tensor])  # a solver function, with its own keyword options
 
@@ -74,11 +77,11 @@ class SolverSpec:
         """Options this name fixes: non-float options whose value tells it apart from another name on the same function.
 
         `unipc_bh2` fixes variant, max_order and afs (unipc_bh1, unipc_bh2_o2, unipc_bh2_afs differ there);
-        continuous knobs such as eta stay settable on every name.
+        continuous knobs such as eta, and the final-step convention (CONVENTION), stay settable on every name.
         """
         mine = self.options()
-        return {k: v for k, v in mine.items()
-                if not isinstance(v, float) and any(s.options()[k] != v for s in self.variants())}
+        return {k: v for k, v in mine.items() if not isinstance(v, float) and k not in CONVENTION
+                and any(s.options()[k] != v for s in self.variants())}
 
     def bind(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Merge user options over the defaults; unknown or fixed names are a UsageError naming the fix."""
