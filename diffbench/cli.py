@@ -736,7 +736,7 @@ def _input_rows(group: str) -> tuple[list[str], list[list[Any]]]:
 def _solver_rows() -> tuple[list[str], list[list[Any]]]:
     from diffbench.config import node_defaults
     from diffbench.solvers import SOLVERS
-    from diffbench.solvers.references import reference_of
+    from diffbench.solvers.upstream import upstream_of
 
     rows = []
     for name, spec in sorted(SOLVERS.items()):
@@ -744,7 +744,7 @@ def _solver_rows() -> tuple[list[str], list[list[Any]]]:
                       else f"{spec.stochastic}>0")
         nfe = "adaptive" if spec.adaptive else ",".join(
             str(spec.nfe_for(n, True)) for n in range(spec.min_steps, spec.min_steps + 4)) + ",…"
-        ref = reference_of(name)
+        ref = upstream_of(name)
         rows.append([name, spec.order, stochastic, spec.min_nfe(True), nfe, node_defaults("solver", name),
                      sorted(spec.fixed()), spec.summary, ref.implementation, _parity_text(ref)])
     columns = ["solver", "order", "stochastic", "min NFE", "valid NFE (final_zero)", "options", "fixed", "paper",

@@ -1,4 +1,4 @@
-"""Reference datasets for metrics, each a stream of uint8 image batches [B, 3, H, W].
+"""Datasets the feature metrics compare with, each a stream of uint8 image batches [B, 3, H, W].
 
 Kinds (``make_dataset(cfg, model=...)``, cfg = the ``dataset`` config group):
 

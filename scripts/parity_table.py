@@ -1,7 +1,7 @@
 """Write docs/PARITY.md: every registered solver -> reference implementation, grids and steps tested, max difference.
 
 Runs the parity matrix of tests/helpers/parity_matrix.py (the cases the slow tests run) and lists the
-registered solvers without parity with the note of diffbench/solvers/references.py.
+registered solvers without parity with the note of diffbench/solvers/upstream.py.
 Run from the repository root: `python scripts/parity_table.py [--out docs/PARITY.md]`.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from diffbench.solvers import SOLVERS  # noqa: E402
-from diffbench.solvers.references import reference_of  # noqa: E402
+from diffbench.solvers.upstream import upstream_of  # noqa: E402
 from tests.helpers.parity import TOLERANCE  # noqa: E402
 from tests.helpers.parity_matrix import Reference, references  # noqa: E402
 
@@ -53,7 +53,7 @@ def rows() -> list[str]:
             results.setdefault(solver, []).append((reference.name, tested, worst))
     lines = []
     for name in sorted(SOLVERS):
-        entry = reference_of(name)
+        entry = upstream_of(name)
         if name in results:
             for impl, tested, worst in results[name]:
                 status = "parity" if worst <= TOLERANCE else "**FAILS**"

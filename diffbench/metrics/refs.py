@@ -1,4 +1,4 @@
-"""Reference statistics, computed once per (dataset, split, extractor, resize mode, N, content) and cached.
+"""Dataset statistics, computed once per (dataset, split, extractor, resize mode, N, content) and cached.
 
 A cache entry in ``<cache_dir>/refs/`` is three files named by every choice that changes the
 numbers (``<dataset>_<split>_<extractor>_<resize>_n<N>_<key>``): ``.npz`` (n, mean, cov),
@@ -123,7 +123,7 @@ def _save(stem: Path, key: str, fields: dict[str, Any], stats: FeatureStats, dat
 def load_or_build_reference(dataset: Any, extractor: Any, n: int | None = None,
                             cache_dir: str | os.PathLike | None = None, *, batch_size: int = 64,
                             progress: Progress | None = None) -> RefStats:
-    """Reference statistics of the first n images of `dataset` under `extractor`, from the cache if valid.
+    """Dataset statistics of the first n images of `dataset` under `extractor`, from the cache if valid.
 
     Args:
         dataset: a diffbench.data.ImageDataset.

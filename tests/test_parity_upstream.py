@@ -1,11 +1,11 @@
-"""diffbench/solvers/references.py agrees with the parity matrix and covers every registered solver."""
+"""diffbench/solvers/upstream.py agrees with the parity matrix and covers every registered solver."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from diffbench.solvers import SOLVERS
-from diffbench.solvers.references import REFERENCES
+from diffbench.solvers.upstream import UPSTREAM
 from tests.helpers.cli import run_cli
 from tests.helpers.parity_matrix import DIFFERENT, K_CASES, K_DIFFERENT, K_SINGLESTEP, MATCHING
 
@@ -13,19 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_registered_solver_has_a_reference_entry():
-    assert set(REFERENCES) == set(SOLVERS)
-    assert all(r.status in ("parity", "differs", "none") for r in REFERENCES.values())
-    assert all(r.note for r in REFERENCES.values() if r.status != "parity")
+    assert set(UPSTREAM) == set(SOLVERS)
+    assert all(r.status in ("parity", "differs", "none") for r in UPSTREAM.values())
+    assert all(r.note for r in UPSTREAM.values() if r.status != "parity")
 
 
 def test_parity_status_is_exactly_the_matrix():
     """A solver is marked "parity" iff a parity case runs it; documented differences are "differs"."""
     in_matrix = set(MATCHING) | set(K_CASES) | set(K_SINGLESTEP)
-    separate = {n: r.note for n, r in REFERENCES.items() if r.status == "parity" and r.note.startswith("tests/")}
+    separate = {n: r.note for n, r in UPSTREAM.items() if r.status == "parity" and r.note.startswith("tests/")}
     for name, test_file in separate.items():  # compared in their family's own test file
         assert name in (ROOT / test_file).read_text(), f"{test_file} does not test {name}"
-    assert {n for n, r in REFERENCES.items() if r.status == "parity"} == in_matrix | set(separate)
-    assert all(REFERENCES[n].status == "differs" for n in {**DIFFERENT, **K_DIFFERENT})
+    assert {n for n, r in UPSTREAM.items() if r.status == "parity"} == in_matrix | set(separate)
+    assert all(UPSTREAM[n].status == "differs" for n in {**DIFFERENT, **K_DIFFERENT})
 
 
 def _list(capsys, *args: str) -> tuple[int, str, str]:
