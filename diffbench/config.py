@@ -314,7 +314,8 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         return _compose(list(overrides))
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def _compose(overrides: list[str], allow_missing: bool = False) -> DictConfig:
+    """One composition; `allow_missing` leaves required fields (`???`) unset instead of refusing them."""
     try:
         cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
         choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/") and v}
@@ -327,7 +328,7 @@ def _compose(overrides: list[str]) -> DictConfig:
     except yaml.YAMLError as e:
         raise UsageError(f"malformed config file: {_one_line(e)}") from None
     missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
+    if missing and not allow_missing:
         raise UsageError(f"{', '.join(missing)} has no value; set it on the command line ({missing[0]}=...)")
     with _open(cfg):
         cfg.choices = choices
@@ -389,7 +390,7 @@ def expand_grid(overrides: Sequence[str] = ()) -> list[list[str]]:
     shaping = [cast(str, o.input_line) for o in parsed
                if not (o.is_sweep_override() or _group_option(o) or _lists_axis(o))]
     with _hydra():
-        base = _compose(shaping)
+        base = _compose(shaping, allow_missing=True)  # group options (dataset.path=...) come with each point
         axes: dict[str, tuple[str, list[str]]] = {}
         for key, value in (base.sweep.get("params") or {}).items():
             o = parse_overrides([_axis_override(key, value)])[0]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from huggingface_hub import constants as hub_constants
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from huggingface_hub import constants as hub_constants
 from omegaconf import OmegaConf
 
 from diffbench import reproduce as rp
@@ -88,7 +88,8 @@ def test_pinned_files_resolve_with_their_hash_or_hub_folder_recorded(tmp_path):
     vae.mkdir()
     preset = rp.Preset("p", "t", "s", (), (), (rp.PinnedFile("images", "dataset.path", None, digest.upper(), None),
                                               rp.PinnedFile("hub", "model.vae", None, None, None)), 0.02, 16, 0.1)
-    cfg = OmegaConf.create({"cache_dir": str(tmp_path / "cache"), "dataset": {"path": str(images)}, "model": {"vae": str(vae)}})
+    cfg = OmegaConf.create({"cache_dir": str(tmp_path / "cache"), "dataset": {"path": str(images)},
+                            "model": {"vae": str(vae)}})
     used = {f["what"]: f for f in rp.check_files(preset, cfg)}
     assert used["images"]["sha256"] == digest and used["images"]["check"] == "sha256 matches the preset"
     assert used["hub"]["path"] == str(vae) and used["hub"]["sha256"] is None
