@@ -106,10 +106,14 @@ def test_a_file_that_differs_from_the_pinned_sha256_is_refused(tmp_path, capsys)
     stats = tmp_path / "stats.npz"
     np.savez(stats, mu=np.zeros(3), sigma=np.eye(3))
     point = {"run": ["solver=euler", "nfe=3"], "metric": "fd", "published": 1.0, "source": "x"}
-    preset = _preset(tmp_path / "p.yaml", [point], protocol=[*TINY, "dataset=stats", f"dataset.path={stats}"],
-                     files=[{"what": "statistics", "field": "dataset.path", "sha256": "0" * 64}])
-    code, _, err = _run(capsys, "reproduce", preset, f"out={tmp_path / 'out'}")
-    assert code == 2 and f"statistics {stats} has sha256" in err and f"pins {'0' * 64}" in err
+    (tmp_path / "conf" / "reproduce").mkdir(parents=True)
+    _preset(tmp_path / "conf" / "reproduce" / "fake.yaml", [point],
+            protocol=[*TINY, "dataset=stats", f"dataset.path={stats}"],
+            files=[{"what": "statistics", "field": "dataset.path", "sha256": "0" * 64}])
+    code, stdout, err = _run(capsys, "--config-dir", str(tmp_path / "conf"), "reproduce", "fake",
+                             f"out={tmp_path / 'out'}")
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert f"statistics {stats} has sha256 {rp.assetstore.file_digest(stats)}, the preset pins {'0' * 64}" in err
     assert not (tmp_path / "out").exists()
 
 
