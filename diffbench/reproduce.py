@@ -3,11 +3,11 @@
 A preset (``diffbench/configs/reproduce/<name>.yaml``, a ``--config-dir`` folder's ``reproduce/``, or
 any .yaml path) pins everything the paper pinned, as Hydra overrides (``protocol``: model and
 checkpoint, reference statistics, N, seed, step grid, final-step and NFE conventions, solver options)
-and the files they need (``files``: the checkpoint, statistics, image and Inception files and Hugging Face
-folders (``hub``: found in the hub cache, not hashed), where
-they come from, their SHA-256 when published). Each point adds its own overrides (solver, NFE) and holds the published
-number as a fact with its source. Points run through the normal sweep engine into one results
-table (a rerun resumes), then each measured value is compared with its published one.
+and the files they need (``files``: the checkpoint, statistics, image and Inception files, where they come
+from, their SHA-256 when published; Hugging Face folders, ``hub``, are found in the hub cache, not hashed).
+Each point adds its own overrides (solver, NFE) and holds the published number as a fact with its source.
+Points run through the normal sweep engine into one results table (a rerun resumes), then each measured
+value is compared with its published one.
 
 Tolerance: a point lies within when |measured - published| <= max(tolerance * |published|, half
 the measured value's interval), tolerance 2% unless the preset says otherwise. ``--quick`` runs
