@@ -118,19 +118,21 @@ def typed_nodes() -> dict[str, dict[str, type]]:
     source of defaults: no YAML restates them. OmegaConf rejects values of the wrong type. Built once
     per registry state: a solver registered later (a plugin, a test) gets its node too.
     """
+    from diffbench.models import MODELS
     from diffbench.models.conditions import CONDITIONS
     from diffbench.models.guidance import GUIDANCE
     from diffbench.solvers import SOLVERS
     from diffbench.steps import STEP_GRIDS
 
     key = tuple(tuple((n, id(f)) for n, f in registry.items())
-                for registry in (SOLVERS, STEP_GRIDS, CONDITIONS, GUIDANCE))
+                for registry in (SOLVERS, STEP_GRIDS, CONDITIONS, GUIDANCE, MODELS))
     return _typed_nodes(key)
 
 
 @cache
 def _typed_nodes(registries: tuple[tuple[tuple[str, int], ...], ...]) -> dict[str, dict[str, type]]:
     """typed_nodes for one state of the registries (`registries` is only the cache key)."""
+    from diffbench.models import MODELS
     from diffbench.models.conditions import CONDITIONS
     from diffbench.models.guidance import GUIDANCE
     from diffbench.solvers import SOLVERS
@@ -143,12 +145,14 @@ def _typed_nodes(registries: tuple[tuple[tuple[str, int], ...], ...]) -> dict[st
              for n, fn in STEP_GRIDS.items()}
     inputs = {group: {n: _node_class(group, n, _options(fn, _signature_defaults(fn, 0))) for n, fn in registry.items()}
               for group, registry in (("conditions", CONDITIONS), ("guidance", GUIDANCE))}
-    return {"solver": solvers, "steps": grids, **inputs}
+    models = {k: _node_class("model", k, _options(fn, _signature_defaults(fn, 0)), key="kind")
+              for k, fn in MODELS.items()}
+    return {"solver": solvers, "steps": grids, "model": models, **inputs}
 
 
-def _node_class(group: str, name: str, fields: list[tuple[str, Any, Any]]) -> type:
-    """A dataclass `<group>_<name>` with a `name` field first, pickled by reference as NODES.<group>_<name>."""
-    cls = make_dataclass(f"{group}_{name}", [("name", str, field(default=name)), *fields])
+def _node_class(group: str, name: str, fields: list[tuple[str, Any, Any]], key: str = "name") -> type:
+    """A dataclass `<group>_<name>`, its `key` field (name; a model's kind) first, pickled as NODES.<group>_<name>."""
+    cls = make_dataclass(f"{group}_{name}", [(key, str, field(default=name)), *fields])
     cls.__module__, cls.__qualname__ = __name__, f"NODES.{cls.__name__}"
     return cls
 
@@ -190,39 +194,27 @@ def _signature_defaults(fn: Any, skip: int) -> dict[str, Any]:
             if p.default is not p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
-def _model_nodes() -> dict[str, dict[str, Any]]:
-    """Model kind -> its factory's defaults (an untyped option for kinds with no YAML file)."""
-    from diffbench.models import MODELS
-
-    return {k: {"kind": k, **{n: _plain(v) for n, v in _signature_defaults(fn, 0).items()}} for k, fn in MODELS.items()}
-
-
 def _plain(value: Any) -> Any:
     """A registry default as a config value (tuples become lists)."""
     return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
 
 
 def _register_nodes() -> None:
-    """Store the schema nodes, the typed solver/step-grid/input nodes, and defaults of model kinds with no YAML."""
+    """Store the schema nodes and the typed solver/step-grid/input/model-kind nodes (a YAML preset of a model kind's
+    name replaces its node)."""
     store = ConfigStore.instance()
-    node: Any  # a typed node's dataclass, then a model kind's defaults
     for (group, name), node in schema.NODES.items():
         store.store(group=group, name=name, node=node)
     for group, nodes in typed_nodes().items():
         for name, node in nodes.items():
-            store.store(group=group, name=name, node=node)
-    for name, node in _model_nodes().items():
-        if config_file("model", name) is None:
-            try:
-                store.store(group="model", name=name, node=OmegaConf.create(node))
-            except OmegaConfBaseException:
-                continue  # a default OmegaConf cannot hold: the option stays YAML-only
+            if group != "model" or config_file(group, name) is None:
+                store.store(group=group, name=name, node=node)
 
 
 def group_options(group: str) -> list[str]:
     """Every option of a config group: YAML files in every config folder plus registry nodes."""
     names = {p.stem for d in config_dirs() for p in (d / group).glob("*.yaml")}
-    names |= set(typed_nodes().get(group, {})) | (set(_model_nodes()) if group == "model" else set())
+    names |= set(typed_nodes().get(group, {}))
     names |= {name for g, name in schema.NODES if g == group}
     return sorted(names)
 

@@ -152,3 +152,12 @@ def test_schema_dataclasses_are_the_composed_defaults_and_reject_wrong_types():
             compose([bad])
     with pytest.raises(UsageError, match="no such config field"):
         compose(["metrics.nboot=3"])
+
+
+def test_model_kinds_without_a_preset_are_typed_nodes_of_their_factory():
+    cfg = compose(["model=edm", "model.path=x.pt"])
+    assert cfg.model.kind == "edm" and cfg.model.compile is False
+    with pytest.raises(UsageError, match="model.sigma_data=abc"):
+        compose(["model=edm", "model.sigma_data=abc"])
+    with pytest.raises(UsageError, match="no such config field"):
+        compose(["model=edm", "model.nope=1"])
