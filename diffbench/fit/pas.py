@@ -39,6 +39,7 @@ from diffbench.solvers import get_solver
 
 PCA_NUM = 4
 TAU_FIRST, TAU = 1e-2, 1e-3
+LOST = 1e-9  # a principal direction whose residual after Gram-Schmidt is below this adds nothing (kept as 0)
 OPTIONS = {"pca_num": PCA_NUM, "use_xT": True, "loss": "L2", "coordinates": "relative to |d|",
            "search": "least squares", "tau_first": TAU_FIRST, "tau": TAU, "teacher": "rk45 between grid levels"}
 Coefficients = Mapping[int, list[float]]
@@ -71,7 +72,8 @@ class Corrected(Denoiser):
 
 
 def basis(d: Tensor, buffer: list[Tensor], travelled: Tensor) -> Tensor:
-    """[B, k, n]: u_1 = d/|d| and the buffer's principal directions, orthonormalised, flipped along `travelled`."""
+    """[B, k, n]: u_1 = d/|d| and the buffer's principal directions, orthonormalised (0 where dependent), flipped along
+    `travelled`."""
     flat = torch.stack([b.flatten(1) for b in buffer], dim=1)  # [B, m, n]
     centred = flat - flat.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
@@ -80,7 +82,8 @@ def basis(d: Tensor, buffer: list[Tensor], travelled: Tensor) -> Tensor:
         v = vh[:, j]
         for u in units:
             v = v - (u * v).sum(dim=1, keepdim=True) * u
-        v = v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)  # 0 if nothing is left
+        norm = v.norm(dim=1, keepdim=True)  # of a unit vector's residual: 0 when it lies in the earlier span
+        v = torch.where(norm > LOST, v / norm.clamp_min(LOST), 0.0)
         units.append(torch.where((v * travelled.flatten(1)).sum(dim=1, keepdim=True) >= 0, v, -v))
     return torch.stack(units, dim=1)
 
