@@ -127,7 +127,8 @@ def fit(denoiser: Denoiser, x: Tensor, sigmas: Tensor, solve: Solve) -> dict[int
     return found
 
 
-def after_steps(denoiser: Denoiser, x: Tensor, sigmas: Tensor, solve: Solve, coefficients: Coefficients) -> list[Tensor]:
+def after_steps(denoiser: Denoiser, x: Tensor, sigmas: Tensor, solve: Solve,
+                coefficients: Coefficients) -> list[Tensor]:
     """The solver's state after each step (the next call's input; the output after the last)."""
     wrapped = Corrected(denoiser, sigmas, coefficients)
     out = solve(wrapped, x, sigmas)
