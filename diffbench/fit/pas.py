@@ -46,7 +46,8 @@ PCA_NUM = 4
 TAU_FIRST, TAU = 1e-2, 1e-3
 LOST = 1e-9  # a principal direction whose residual after Gram-Schmidt is below this adds nothing (kept as 0)
 OPTIONS = {"pca_num": PCA_NUM, "use_xT": True, "loss": "L2", "coordinates": "relative to |d|",
-           "search": "least squares", "tau_first": TAU_FIRST, "tau": TAU, "teacher": "rk45 between grid levels"}
+           "search": "least squares on the first half of the calibration samples", "tau_first": TAU_FIRST, "tau": TAU,
+           "accept": "step and final loss on the second half", "teacher": "rk45 between grid levels"}
 Coefficients = Mapping[int, list[float]]
 Solve = Callable[[Denoiser, Tensor, Tensor], Tensor]
 
@@ -159,6 +160,7 @@ def teacher(denoiser: Denoiser, x: Tensor, sigmas: Tensor) -> list[Tensor]:
 
 
 def mse(x: Tensor, target: Tensor) -> float:
+    """Mean squared distance: PAS's L2 loss, the square of the rmse_ref the sweeps report."""
     return float((x - target).pow(2).mean())
 
 
