@@ -440,7 +440,8 @@ def fit(overrides: Overrides = None, quiet: Quiet = False,
     """Fit step grids per (model, solver, NFE) on calibration noise; sweeps use them with `steps=fitted`.
 
     Takes the sweep's overrides (comma lists fit each point); the grid is stored in the cache, keyed by
-    model, solver, NFE, method (gits, oss, ays, ld3, search) and calibration set, with its fitting time and NFE:
+    model, solver, NFE, method (gits, oss, ays, ld3, search; pas: per-step solver corrections on the Karras
+    grid) and calibration set, with its fitting time and NFE:
 
     ```
     diffbench fit solver=dpmpp_2m nfe=4,6,8 steps.method=ld3

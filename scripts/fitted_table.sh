@@ -10,7 +10,7 @@ OUT=${OUT:-results/fitted/run_image}
 TABLE=${TABLE:-results/fitted/table_image.md}
 COMMON="${MODEL:-model=image_mixture} solver=${SOLVERS:-dpmpp_2m,ipndm,unipc_bh2_o2} nfe=${NFE:-5,6,8,10}
         n_samples=${N:-128} device=cpu metrics.names=[solver_error] metrics.error_samples=${N:-128}"
-METHODS=${METHODS:-gits,search,ld3,ays,oss}
+METHODS=${METHODS:-gits,search,ld3,ays,oss,pas}
 $DIFFBENCH fit $COMMON steps.method=$METHODS -q
 $DIFFBENCH sweep $COMMON steps=karras,uniform_logsnr,quadratic out=$OUT --quiet --no-report
 $DIFFBENCH sweep $COMMON steps=fitted steps.method=$METHODS out=$OUT --quiet --no-report

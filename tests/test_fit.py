@@ -125,4 +125,4 @@ def test_cli_fit_prints_where_the_grid_went_and_refuses_other_schedules(tmp_path
     assert str(tmp_path / "cache" / "fitted") in capsys.readouterr().out
     assert main(["fit", *args[:-1], "steps=karras"]) == 2
     assert "steps=fitted" in capsys.readouterr().err
-    assert main(["fit", *args, "steps.method=pas"]) == 2
+    assert main(["fit", *args, "steps.method=amed"]) == 2

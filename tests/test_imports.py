@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("diffbench.config",),
     ("diffbench.fit.artefacts",),  # fitted grids' cache: the engine reads them
     ("diffbench.sampling",),
-    ("diffbench.fit.gits",),
+    ("diffbench.fit.gits", "diffbench.fit.pas"),
     ("diffbench.metrics", "diffbench.metrics."),
     ("diffbench.discrete", "diffbench.discrete."),  # masked diffusion: uses noise, columns, metrics' bootstrap
     ("diffbench.engine", "diffbench.engine."),

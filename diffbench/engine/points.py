@@ -28,6 +28,7 @@ from diffbench.config import (
 )
 from diffbench.errors import UsageError, check
 from diffbench.fit.artefacts import fill_fitted
+from diffbench.fit.pas import point_plan
 from diffbench.metrics.suite import check_metrics
 from diffbench.models import Denoiser, make_model
 from diffbench.models.conditions import make_conditions
@@ -177,7 +178,8 @@ def resolve_point(cfg: DictConfig, models: ModelCache, overrides: Sequence[str] 
         return Point(**fixed, nfe=calls, plan=None, **_as_run(cfg, calls),
                      reason=f"nfe budget {run.nfe} ({counts}) is below solver '{spec.name}''s minimum of "
                             f"{minimum} calls")
-    return Point(**fixed, nfe=nfe, plan=make_point_plan(cfg, spec, options, model, nfe), **_as_run(cfg, nfe))
+    plan = point_plan(make_point_plan(cfg, spec, options, model, nfe), cfg)  # PAS: the solver corrected
+    return Point(**fixed, nfe=nfe, plan=plan, **_as_run(cfg, nfe))
 
 
 def resolve_discrete_point(cfg: DictConfig, run: RunSettings, model: Any, overrides: Sequence[str],

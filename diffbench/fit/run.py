@@ -26,12 +26,12 @@ from diffbench.engine.points import ModelCache, model_identity
 from diffbench.engine.progress import Reporter
 from diffbench.engine.references import ReferenceSolutions
 from diffbench.errors import check
-from diffbench.fit import artefacts, ays, gits, ld3, oss, search
+from diffbench.fit import artefacts, ays, gits, ld3, oss, pas, search
 from diffbench.models.base import CountingDenoiser, Denoiser
 from diffbench.noise import NoiseSource
 from diffbench.sampling import Plan, initial_noise, make_plan, sample_batch, sample_shape
 from diffbench.solvers import SolverSpec, get_solver
-from diffbench.steps import Span, resolve_span
+from diffbench.steps import Span, karras, resolve_span
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class Calibration:
     """What a fit method may use: the counted denoiser, calibration noise at sigma_max (sample indices 0..n-1 of
     noise seed `seed`), span, step count, `error(sigmas)`: the run solver's RMSE against the RK45 reference on
     the calibration samples, `reference()`: those reference solutions, and `solve(x, sigmas)`: the run solver
-    from x on a grid (counted, differentiable in x)."""
+    from x on a grid (counted, differentiable in x); `solve_with(denoiser, x, sigmas)` runs it on another denoiser
+    (a wrapper of the counted one)."""
 
     denoiser: CountingDenoiser
     x: Tensor
@@ -49,14 +50,23 @@ class Calibration:
     error: Callable[[Tensor], float]
     reference: Callable[[], Tensor]
     solve: Callable[[Tensor, Tensor], Tensor]
+    solve_with: pas.Solve
 
 
-METHODS: dict[str, tuple[Callable[[Calibration], Tensor], dict[str, Any]]] = {
+def with_pas(c: Calibration) -> tuple[Tensor, dict[str, Any]]:
+    """PAS on the Karras grid: the grid and, for the artefact, the coordinates of the corrected steps."""
+    sigmas = karras(c.steps, c.denoiser.schedule, c.span)
+    return sigmas, {"pas": pas.fit(c.denoiser, c.x, sigmas, c.solve_with)}
+
+
+# A method gives the grid, or the grid and more fields for the artefact (PAS: its coordinates).
+METHODS: dict[str, tuple[Callable[[Calibration], Tensor | tuple[Tensor, dict[str, Any]]], dict[str, Any]]] = {
     "gits": (lambda c: gits.fit(c.denoiser, c.x, c.span, c.steps), gits.OPTIONS),
     "search": (lambda c: search.fit(c.error, c.span, c.steps), search.OPTIONS),
     "ld3": (lambda c: ld3.fit(c.solve, c.x, c.reference(), c.span, c.steps), ld3.OPTIONS),
     "ays": (lambda c: ays.fit(c.denoiser, c.reference(), c.x.shape, c.seed, c.span, c.steps, c.error), ays.OPTIONS),
     "oss": (lambda c: oss.fit(c.denoiser, c.x, c.span, c.steps), oss.OPTIONS),
+    "pas": (with_pas, pas.OPTIONS),
 }
 
 
@@ -106,24 +116,31 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
                         calib_run, calib_run.n_samples)  # solved once per calibration set, when a method asks
     fit, method_options = METHODS[method]
     start = time.perf_counter()
-    sigmas = fit(Calibration(counter, x, calib["seed"], span, spec.steps_for_nfe(run.nfe, span.final_zero, options),
-                             lambda grid: rmse(counter, grid), reference,
-                             lambda x0, grid: spec.fn(counter, x0, grid, noise=solver_noise(calib, run), **options)))
+
+    def solve_with(denoiser: Denoiser, x0: Tensor, grid: Tensor) -> Tensor:
+        return spec.fn(denoiser, x0, grid, noise=solver_noise(calib, run), **options)
+
+    result = fit(Calibration(counter, x, calib["seed"], span, spec.steps_for_nfe(run.nfe, span.final_zero, options),
+                             lambda grid: rmse(counter, grid), reference, partial(solve_with, counter), solve_with))
     seconds = time.perf_counter() - start
+    sigmas, extra = result if isinstance(result, tuple) else (result, {})
     artefact = {"key": key, "request": request, "sigmas": sigmas.tolist(), artefacts.FIT_SECONDS: seconds,
-                artefacts.FIT_NFE: counter.sample_evals, "method_options": method_options,
-                "calibration_rmse": {"fitted": rmse(model, sigmas), "karras": rmse(model, None)},
+                artefacts.FIT_NFE: counter.sample_evals, "method_options": method_options, **extra,
+                "calibration_rmse": {"fitted": rmse(model, sigmas, extra), "karras": rmse(model, None)},
                 "created": datetime.now(UTC).isoformat(timespec="seconds")}
     return Fitted(key, artefacts.save(cfg.cache_dir, key, artefact), artefact, False)
 
 
 def calibration_rmse(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], run: RunSettings,
-                     solutions: ReferenceSolutions, span: Span, model: Denoiser, sigmas: Tensor | None) -> float:
-    """RMSE vs the RK45 reference on the calibration samples of a grid (Karras when sigmas is None)."""
+                     solutions: ReferenceSolutions, span: Span, model: Denoiser, sigmas: Tensor | None,
+                     extra: dict[str, Any] | None = None) -> float:
+    """RMSE vs the RK45 reference on the calibration samples of a grid (Karras when sigmas is None), with the
+    solver corrections an artefact's `extra` fields hold (PAS)."""
     plan = karras_plan(spec, options, run, span, model, sigmas)
     base = unwrap(model)
     reference = solutions.get(cfg, base, plan, run, run.n_samples)
-    x = sample_batch(model, plan, range(run.n_samples), run.seed, sample_shape(base), run.device, run.dtype).x
+    x = sample_batch(model, pas.corrected_plan(plan, extra or {}), range(run.n_samples), run.seed, sample_shape(base),
+                     run.device, run.dtype).x
     return float((x.cpu() - reference).pow(2).mean().sqrt())
 
 
