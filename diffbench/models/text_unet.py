@@ -15,8 +15,7 @@ unconditional rows are the pipeline's. `decode` maps latents to images in [-1, 1
 """
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,8 @@ from torch import Tensor, nn
 
 from diffbench.errors import UsageError, check
 from diffbench.models._network import TorchNet, first_line, parse_dtype
-from diffbench.models._text_encoders import SECONDS, EncodeBatch, TextEncoders, half_store, token_ids
+from diffbench.models._text_encoders import EncodeBatch, TextEncoders, half_store, token_ids
 from diffbench.models.base import NO_LABEL, PredictionDenoiser
-from diffbench.models.conditions import texts_digest
 from diffbench.models.diffusers import DDPM_DEFAULTS, PREDICTIONS, local_folder, read_json, scheduler_betas
 from diffbench.models.registry import register_model
 from diffbench.models.text import TextConditional
@@ -48,12 +46,11 @@ class PromptTable:
 
     hidden: Tensor  # [P + 1, tokens, width]: encoder_hidden_states
     pooled: Tensor | None  # [P + 1, width_2]: SDXL's pooled text embeddings, else None
-    seconds: float  # how long encoding took, when it ran (the cache keeps it with the embeddings)
 
     @classmethod
     def of(cls, tensors: dict[str, Tensor]) -> PromptTable:
         """The table of TextEncoders.table's tensors."""
-        return cls(tensors["hidden"], tensors.get("pooled"), float(tensors[SECONDS]))
+        return cls(tensors["hidden"], tensors.get("pooled"))
 
     def context(self, labels: Tensor) -> tuple[Tensor, ...]:
         """The condition tensors of rows with these labels."""
@@ -123,21 +120,14 @@ class StableDiffusionDenoiser(TextConditional, PredictionDenoiser):
         PredictionDenoiser.__init__(self, net, schedule, prediction, dtype)  # type: ignore[arg-type]
         self.shape, self.encoders, self.decoder, self.source = shape, encoders, decoder, source
         self.image_shape = (3, shape[1] * decoder.factor, shape[2] * decoder.factor)
-        self.table = PromptTable.of(encoders.table(()))
-        self._prompted: dict[str, StableDiffusionDenoiser] = {}
+        self.use_tables(encoders.table(()))
 
     def denoise_cond(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
         context = self.table.context(labels)
         return self.predict(x, sigma, *context)
 
-    def with_prompts(self, texts: Sequence[str]) -> StableDiffusionDenoiser:
-        key = texts_digest(texts)
-        if key not in self._prompted:
-            model = copy.copy(self)
-            model.table, model.classes, model._prompted = PromptTable.of(self.encoders.table(texts)), len(texts), {}
-            model.text_seconds = model.table.seconds
-            self._prompted[key] = model
-        return self._prompted[key]
+    def use_tables(self, tables: dict[str, Tensor]) -> None:
+        self.table = PromptTable.of(tables)
 
     def decode(self, x: Tensor) -> Tensor:
         return self.decoder(x)
