@@ -2,7 +2,8 @@
 
 A tiny random-weight StableDiffusion3Pipeline (two CLIPs + T5, tests/helpers/tiny_sd.py) in float64: diffbench's
 euler on the scheduler's shifted grid with CFG, prompts encoded by diffbench from conditions=prompts, equals the
-pipeline's own output from the same initial latents; a sweep runs end to end on it.
+pipeline's own output from the same initial latents; a sweep runs end to end on it. The same for a tiny FluxPipeline
+(CLIP pooled + T5) with true CFG.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from diffbench.models.text import text_seconds, with_conditions
 from diffbench.noise import NoiseSource
 from diffbench.sampling import make_plan, sample_batch
 from tests.helpers.parity import relative_difference
-from tests.helpers.tiny_sd import PROMPTS, save_tiny_sd3
+from tests.helpers.tiny_sd import PROMPTS, save_tiny_flux, save_tiny_sd3
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
@@ -82,6 +83,27 @@ def test_prompt_embeddings_are_encoded_once_and_cached(sd3_dir: Path, tmp_path: 
         again = make_model("sd3", {"path": str(sd3_dir)}).with_prompts(PROMPTS)
     assert torch.equal(again.embeddings.embeds, first.embeddings.embeds)
     assert again.text_seconds == first.text_seconds  # the encoding's time, kept with the cached embeddings
+
+
+@pytest.mark.slow  # ~20 s on the shared CPU
+def test_flux_on_prompts_matches_the_pipeline_with_true_cfg(tmp_path: Path) -> None:
+    """FluxPipeline with true_cfg_scale against the empty negative prompt, distilled guidance 3.5, static shift."""
+    folder = save_tiny_flux(tmp_path / "flux")
+    pipe = diffusers.DiffusionPipeline.from_pretrained(folder).to(torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    n, (c, h, w) = len(PROMPTS), LATENT
+    z = NoiseSource(SEED, range(n)).randn(LATENT, torch.float64)
+    packed = pipe._pack_latents(z, n, c, h, w)
+    theirs = pipe(list(PROMPTS), negative_prompt="", true_cfg_scale=SCALE, guidance_scale=3.5, height=2 * h,
+                  width=2 * w, num_inference_steps=STEPS, latents=packed, output_type="latent").images
+    theirs = pipe._unpack_latents(theirs, 2 * h, 2 * w, 2)
+    with cache_root(tmp_path):
+        model = make_model("flux", {"path": str(folder), "dtype": "float64", "shape": list(LATENT)})
+        guided = GuidedModel(with_conditions(model, _prompts()), _prompts(), cfg(SCALE))
+        plan = make_plan("euler", STEPS, model.schedule, step_grid="flow_shift_flux")
+        ours = sample_batch(guided, plan, range(n), SEED, model.shape).x
+    assert theirs.abs().max() > 0.1
+    assert relative_difference(ours, theirs) <= 1e-4
 
 
 @pytest.mark.slow  # ~11 s: encodes the set twice

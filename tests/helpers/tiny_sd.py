@@ -126,3 +126,20 @@ def save_tiny_sd3(folder: Path) -> Path:
                              tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=tokenizer,
                              text_encoder_3=t5_encoder(size), **clips).save_pretrained(folder)
     return folder
+
+
+def save_tiny_flux(folder: Path) -> Path:
+    """A tiny FluxPipeline (a CLIP for the pooled embedding, a 16-wide T5, the tiny Flux transformer with a guidance
+    embedding, the shifted AutoencoderKL, FlowMatchEulerDiscreteScheduler without dynamic shifting), saved."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    from tests.helpers.latent_models import FLUX_CONFIG, randomized, vae
+
+    tokenizer = character_tokenizer(folder / "_vocab")
+    size = len(tokenizer.get_vocab())
+    torch.manual_seed(0)
+    transformer = randomized(FluxTransformer2DModel(**{**FLUX_CONFIG, "pooled_projection_dim": 16}), 0)
+    FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae(), tokenizer=tokenizer,
+                 tokenizer_2=tokenizer, text_encoder=text_encoder(size),
+                 text_encoder_2=t5_encoder(size, width=16)).save_pretrained(folder)
+    return folder
