@@ -314,7 +314,8 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         return _compose(list(overrides))
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def _compose(overrides: list[str], complete: bool = True) -> DictConfig:
+    """The composed config; complete=False lets `???` fields stay unset (a sweep's base, read for sweep.params)."""
     try:
         cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
         choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/") and v}
@@ -326,7 +327,7 @@ def _compose(overrides: list[str]) -> DictConfig:
         raise UsageError(_one_line(e)) from None
     except yaml.YAMLError as e:
         raise UsageError(f"malformed config file: {_one_line(e)}") from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(OmegaConf.missing_keys(cfg)) if complete else []
     if missing:
         raise UsageError(f"{', '.join(missing)} has no value; set it on the command line ({missing[0]}=...)")
     with _open(cfg):
@@ -389,7 +390,7 @@ def expand_grid(overrides: Sequence[str] = ()) -> list[list[str]]:
     shaping = [cast(str, o.input_line) for o in parsed
                if not (o.is_sweep_override() or _group_option(o) or _lists_axis(o))]
     with _hydra():
-        base = _compose(shaping)
+        base = _compose(shaping, complete=False)  # group options (dataset.path=...) are each point's
         axes: dict[str, tuple[str, list[str]]] = {}
         for key, value in (base.sweep.get("params") or {}).items():
             o = parse_overrides([_axis_override(key, value)])[0]
