@@ -61,7 +61,8 @@ class MetricFeed:
     """Feeds sample batches to a MetricSuite in order, on the samples' device (no host round trip).
 
     With background=True (CUDA) each update runs in a worker thread, so the metric work of batch k
-    (CPU resize, Inception on the GPU) overlaps the sampling of batch k+1; `seconds` sums the updates.
+    (a latent model's decode, CPU resize, Inception on the GPU) overlaps the sampling of batch k+1;
+    `seconds` sums the updates (the decode excluded: its caller times it).
     """
 
     def __init__(self, suite: MetricSuite, solutions: Tensor | None, background: bool):
@@ -81,18 +82,26 @@ class MetricFeed:
 
     def submit(self, x: Tensor, indices: Sequence[int]) -> None:
         """Wait for the previous batch's update, then start this one's."""
+        self.submit_from(lambda: x, indices)
+
+    def submit_from(self, make: Callable[[], Tensor | None], indices: Sequence[int]) -> None:
+        """As submit, the batch made by make() first in the same worker (a latent model's decode overlaps sampling
+        too); None from make() skips the update."""
         self.wait()
         if self.pool is None:
-            self._update(x, indices)
+            self._update(make, indices)
         else:
-            self.pending = self.pool.submit(self._update, x, indices)
+            self.pending = self.pool.submit(self._update, make, indices)
 
     def wait(self) -> None:
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.result()
 
-    def _update(self, x: Tensor, indices: Sequence[int]) -> None:
+    def _update(self, make: Callable[[], Tensor | None], indices: Sequence[int]) -> None:
+        x = make()
+        if x is None:
+            return
         start = time.perf_counter()
         self.suite.update(x, indices, self.solutions)
         self.seconds += time.perf_counter() - start
