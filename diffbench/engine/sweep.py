@@ -205,7 +205,7 @@ class Runner:
             for batch, seconds in sample_points(model, point.plan, run, indices, advance, sizer):
                 if share.reason:  # a background decode found non-finite images: stop sampling
                     break
-                feed.submit_from(functools.partial(images_of, batch, seconds), batch.indices)
+                feed.submit(functools.partial(images_of, batch, seconds), batch.indices)
         if share.reason:
             return share
         share.time_metrics_s = feed.seconds

@@ -60,10 +60,8 @@ def progress_callback(advance: Callable[[int], None]) -> Callable[[int, int | No
 class MetricFeed:
     """Feeds sample batches to a MetricSuite in order, on the samples' device (no host round trip).
 
-    With background=True (CUDA) each update runs in a worker thread, so the metric work of batch k
-    (a latent model's decode, CPU resize, Inception on the GPU) overlaps the sampling of batch k+1;
-    `seconds` sums the updates (the decode excluded: its caller times it).
-    """
+    With background=True (CUDA) each update runs in a worker thread, so the work of batch k (x() first: a latent
+    model's decode; CPU resize, Inception) overlaps the sampling of batch k+1; `seconds` sums the metric updates."""
 
     def __init__(self, suite: MetricSuite, solutions: Tensor | None, background: bool):
         self.suite, self.solutions, self.seconds = suite, solutions, 0.0
@@ -80,31 +78,24 @@ class MetricFeed:
             if self.pool is not None:
                 self.pool.shutdown()
 
-    def submit(self, x: Tensor, indices: Sequence[int]) -> None:
-        """Wait for the previous batch's update, then start this one's."""
-        self.submit_from(lambda: x, indices)
-
-    def submit_from(self, make: Callable[[], Tensor | None], indices: Sequence[int]) -> None:
-        """As submit, the batch made by make() first in the same worker (a latent model's decode overlaps sampling
-        too); None from make() skips the update."""
+    def submit(self, x: Tensor | Callable[[], Tensor | None], indices: Sequence[int]) -> None:
+        """Wait for the previous batch's update, then start this one's (x: the batch, or what makes it, or None)."""
         self.wait()
         if self.pool is None:
-            self._update(make, indices)
+            self._update(x, indices)
         else:
-            self.pending = self.pool.submit(self._update, make, indices)
+            self.pending = self.pool.submit(self._update, x, indices)
 
     def wait(self) -> None:
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.result()
 
-    def _update(self, make: Callable[[], Tensor | None], indices: Sequence[int]) -> None:
-        x = make()
-        if x is None:
-            return
-        start = time.perf_counter()
-        self.suite.update(x, indices, self.solutions)
-        self.seconds += time.perf_counter() - start
+    def _update(self, x: Tensor | Callable[[], Tensor | None], indices: Sequence[int]) -> None:
+        if (batch := x() if callable(x) else x) is not None:
+            start = time.perf_counter()
+            self.suite.update(batch, indices, self.solutions)
+            self.seconds += time.perf_counter() - start
 
 
 class MetricContext:
