@@ -40,10 +40,13 @@ def save(path: Path, tensors: Mapping[str, Tensor]) -> None:
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load(path: Path) -> dict[str, Tensor]:
-    """The tensors of a cache file; CorruptCache when it cannot be read or does not match its digest."""
+def load(path: Path, mmap: bool = False) -> dict[str, Tensor]:
+    """The tensors of a cache file; CorruptCache when it cannot be read or does not match its digest.
+
+    mmap: the tensors are views of the file's pages (read on use, evictable), not a copy in process memory.
+    """
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 -- truncated or overwritten files fail in zip, pickle or EOF code alike
         raise CorruptCache(f"unreadable: {type(e).__name__}") from None
     if not (isinstance(payload, dict) and payload.get("format") == FORMAT and isinstance(payload.get("tensors"), dict)):
@@ -54,17 +57,21 @@ def load(path: Path) -> dict[str, Tensor]:
 
 
 def load_or_build(path: Path, build: Callable[[], dict[str, Tensor]], what: str, *,
-                  store: bool = True) -> dict[str, Tensor]:
+                  store: bool = True, mmap: bool = False) -> dict[str, Tensor]:
     """The tensors cached at path, else build() (saved there when `store`); an unusable file is rebuilt.
 
-    Rebuilding an unusable file prints one warning line naming it and why.
+    Rebuilding an unusable file prints one warning line naming it and why. mmap (with store): the tensors are
+    memory-mapped from the file, also right after building (the built copy is dropped).
     """
     if path.is_file():
         try:
-            return load(path)
+            return load(path, mmap)
         except CorruptCache as e:
             warn(f"{what} {path} is unusable ({e}); rebuilding it")
     tensors = build()
     if store:
         save(path, tensors)
+        if mmap:
+            del tensors
+            return load(path, mmap=True)
     return tensors

@@ -33,6 +33,7 @@ from diffbench.batching import AUTO_CPU, AUTO_CUDA_START, BatchSizer, resolve_ba
 from diffbench.cli import main
 from diffbench.config import RunSettings, compose, settings
 from diffbench.data import ArrayDataset, to_uint8
+from diffbench.engine import sweep
 from diffbench.engine.points import ModelCache, Point, prepare
 from diffbench.engine.progress import Reporter
 from diffbench.engine.references import ReferenceSolutions
@@ -227,8 +228,11 @@ def test_full_disk_is_one_line_exit_1_and_the_table_is_unchanged(tmp_path, sweep
 
 # 3: NaN / inf --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_non_finite_samples_fail_the_point_and_the_sweep_goes_on(tmp_path, sweep_cache, bad):
+@pytest.mark.parametrize(("bad", "overlap"), [(math.nan, False), (math.inf, False), (math.nan, True)])
+def test_non_finite_samples_fail_the_point_and_the_sweep_goes_on(tmp_path, sweep_cache, bad, overlap, monkeypatch):
+    """Also with the CUDA path's background decode forced on (the failure is then found in the worker)."""
+    monkeypatch.setattr(sweep, "overlapped", lambda device: overlap)
+
     @register("diverges_for_tests", order=1)
     def diverges(denoiser, x, sigmas, *, noise=None):
         """Multiplies every step by NaN or inf (test helper)."""

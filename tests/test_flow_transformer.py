@@ -259,9 +259,8 @@ def test_public_checkpoint_configs_fit_their_kinds_and_fail_offline_in_one_line(
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     options = group_config("model", name)
-    if "embeddings" in options:  # text models: the embeddings file first, before any weights load
-        with pytest.raises(UsageError, match="model.embeddings='': no such file; give a torch or safetensors file"):
-            make_model(options["kind"], {k: v for k, v in options.items() if k != "kind"})
-        options["embeddings"] = _embeddings_file(tmp_path)
+    if "embeddings" in options:  # text models: a named embeddings file first, before any weights load
+        with pytest.raises(UsageError, match="model.embeddings='nope.pt': no such file; give a torch or safetensors"):
+            make_model(options["kind"], {**{k: v for k, v in options.items() if k != "kind"}, "embeddings": "nope.pt"})
     with pytest.raises(AssetMissing, match=f"model.path={options['path']}: no such folder and not in the Hugging"):
         make_model(options.pop("kind"), options)

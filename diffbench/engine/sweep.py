@@ -7,6 +7,7 @@ point in flight, and a rerun of the same sweep skips every point whose config ha
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pandas as pd
+import torch
 from torch import Tensor
 
 from diffbench import assetstore, distributed, results
@@ -33,9 +35,15 @@ from diffbench.errors import check
 from diffbench.metrics.suite import MetricContext, MetricFeed, MetricSuite
 from diffbench.models import Denoiser
 from diffbench.models.text import text_seconds
-from diffbench.sampling import Plan, decode_timed, first_nonfinite, sample_points, set_tf32
+from diffbench.sampling import Batch, Plan, decode_timed, first_nonfinite, sample_points, set_tf32
 
 GRID_SAMPLES = 16  # samples kept per point for the sample-grid figures
+
+
+def overlapped(device: torch.device) -> bool:
+    """Whether a point's decode and metric work run in a worker thread, overlapping the sampling (CUDA only: on a
+    CPU the threads would compete for the same cores); tests force it on to check the results do not change."""
+    return device.type == "cuda"
 
 
 @dataclass
@@ -176,16 +184,29 @@ class Runner:
         run, share = point.run, Share()
         assert isinstance(point.plan, Plan)  # only runnable continuous points are sampled (see _measure)
         indices = distributed.shard_indices(run.n_samples, run.batch_size)
+        background = overlapped(run.device)
+        stream = torch.cuda.Stream(run.device) if background and run.device.type == "cuda" else None
+
+        def images_of(batch: Batch, seconds: float) -> Tensor | None:
+            """The batch decoded (latent models: their VAE) and recorded in the share; None once the share failed."""
+            if share.reason:
+                return None
+            images, decode_seconds = decode_timed(model, batch.x, run.device, stream)
+            share.time_decode_s += decode_seconds
+            share.add(batch.indices, images, seconds, batch.nfe_measured, GRID_SAMPLES, batch.nfe_network)
+            reason = first_nonfinite(images)
+            if reason:
+                share.fail(batch.indices, reason)
+                return None
+            return images
+
         with self.reporter.task(point.label, len(indices)) as advance, \
-                MetricFeed(suite, solutions, background=run.device.type == "cuda") as feed:
+                MetricFeed(suite, solutions, background=background) as feed:
             for batch, seconds in sample_points(model, point.plan, run, indices, advance, sizer):
-                images, decode_seconds = decode_timed(model, batch.x, run.device)  # latent models: their VAE
-                share.time_decode_s += decode_seconds
-                share.add(batch.indices, images, seconds, batch.nfe_measured, GRID_SAMPLES, batch.nfe_network)
-                reason = first_nonfinite(images)
-                if reason:
-                    share.fail(batch.indices, reason)
-                    return share
-                feed.submit(images, batch.indices)
+                if share.reason:  # a background decode found non-finite images: stop sampling
+                    break
+                feed.submit(functools.partial(images_of, batch, seconds), batch.indices)
+        if share.reason:
+            return share
         share.time_metrics_s = feed.seconds
         return share.capture(suite)

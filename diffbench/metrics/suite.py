@@ -60,9 +60,8 @@ def progress_callback(advance: Callable[[int], None]) -> Callable[[int, int | No
 class MetricFeed:
     """Feeds sample batches to a MetricSuite in order, on the samples' device (no host round trip).
 
-    With background=True (CUDA) each update runs in a worker thread, so the metric work of batch k
-    (CPU resize, Inception on the GPU) overlaps the sampling of batch k+1; `seconds` sums the updates.
-    """
+    With background=True (CUDA) each update runs in a worker thread, so the work of batch k (x() first: a latent
+    model's decode; CPU resize, Inception) overlaps the sampling of batch k+1; `seconds` sums the metric updates."""
 
     def __init__(self, suite: MetricSuite, solutions: Tensor | None, background: bool):
         self.suite, self.solutions, self.seconds = suite, solutions, 0.0
@@ -79,8 +78,8 @@ class MetricFeed:
             if self.pool is not None:
                 self.pool.shutdown()
 
-    def submit(self, x: Tensor, indices: Sequence[int]) -> None:
-        """Wait for the previous batch's update, then start this one's."""
+    def submit(self, x: Tensor | Callable[[], Tensor | None], indices: Sequence[int]) -> None:
+        """Wait for the previous batch's update, then start this one's (x: the batch, or what makes it, or None)."""
         self.wait()
         if self.pool is None:
             self._update(x, indices)
@@ -92,10 +91,11 @@ class MetricFeed:
             pending, self.pending = self.pending, None
             pending.result()
 
-    def _update(self, x: Tensor, indices: Sequence[int]) -> None:
-        start = time.perf_counter()
-        self.suite.update(x, indices, self.solutions)
-        self.seconds += time.perf_counter() - start
+    def _update(self, x: Tensor | Callable[[], Tensor | None], indices: Sequence[int]) -> None:
+        if (batch := x() if callable(x) else x) is not None:
+            start = time.perf_counter()
+            self.suite.update(batch, indices, self.solutions)
+            self.seconds += time.perf_counter() - start
 
 
 class MetricContext:

@@ -13,9 +13,11 @@ from diffbench.models._network import first_line
 from diffbench.models.diffusers import local_folder, read_json
 
 
-def pipeline_folder(path: str, revision: str | None, parts: Sequence[str], expected: str) -> Path:
-    """A pipeline's save_pretrained folder (or hub snapshot) holding `parts` (transformer, vae, scheduler)."""
-    root = local_folder(path, revision, expected, ["model_index.json", *(f"{part}/*" for part in parts)])
+def pipeline_folder(path: str, revision: str | None, parts: Sequence[str], expected: str,
+                    also: Sequence[str] = ()) -> Path:
+    """A pipeline's save_pretrained folder (or hub snapshot) holding `parts` (transformer, vae, scheduler); the hub
+    files fetched include the folders `also` names (text encoders, tokenizers), whose presence is checked later."""
+    root = local_folder(path, revision, expected, ["model_index.json", *(f"{part}/*" for part in (*parts, *also))])
     missing = [part for part in parts if not (root / part / _config_name(part)).is_file()]
     if missing:
         raise AssetMissing(f"model.path={root} lacks {', '.join(f'{m}/{_config_name(m)}' for m in missing)}; "
@@ -28,9 +30,9 @@ def _config_name(part: str) -> str:
 
 
 def load_pipeline_parts(path: str, revision: str | None, transformer: str,
-                        expected: str) -> tuple[Path, Any, Any]:
+                        expected: str, also: Sequence[str] = ()) -> tuple[Path, Any, Any]:
     """(folder, the diffusers `transformer` class's network, AutoencoderKL) of a pipeline folder or hub id."""
-    root = pipeline_folder(path, revision, ("transformer", "vae", "scheduler"), expected)
+    root = pipeline_folder(path, revision, ("transformer", "vae", "scheduler"), expected, also)
     return (root, load_part(diffusers_class(transformer), root / "transformer", (transformer,)),
             load_part(diffusers_class("AutoencoderKL"), root / "vae", ("AutoencoderKL",)))
 

@@ -2,17 +2,22 @@
 
 A `TextConditional` model is a ConditionalDenoiser whose classes are the prompts it was given:
 `with_prompts(texts)` returns the model over those prompts (label i = texts[i], NO_LABEL = the empty
-prompt), its text embeddings computed once per set and cached on disk by the adapter. Without
-prompts it has no classes and runs on the empty prompt alone (its unconditional model).
+prompt), its text embeddings computed once per set by its pipeline's encoders and cached on disk
+(models/_text_encoders.py). Without prompts it has no classes and runs on the empty prompt alone
+(its unconditional model).
 """
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from collections.abc import Sequence
 
+from torch import Tensor
+
 from diffbench.errors import check
+from diffbench.models._text_encoders import SECONDS, TextEncoders
 from diffbench.models.base import ConditionalDenoiser, Denoiser
-from diffbench.models.conditions import ConditionSet
+from diffbench.models.conditions import ConditionSet, texts_digest
 
 
 class TextConditional(ConditionalDenoiser):
@@ -20,10 +25,23 @@ class TextConditional(ConditionalDenoiser):
 
     classes = 0
     text_seconds: float | None = None
+    encoders: TextEncoders
+
+    def with_prompts(self, texts: Sequence[str]) -> TextConditional:
+        """The model whose label i is prompt texts[i] (encoded once per prompt set, kept per set)."""
+        prompted: dict[str, TextConditional] = self.__dict__.setdefault("_prompted", {})  # shared with its copies
+        key = texts_digest(texts)
+        if key not in prompted:
+            tables = self.encoders.table(texts)
+            model = copy.copy(self)
+            model.classes, model.text_seconds = len(texts), float(tables[SECONDS])
+            model.use_tables(tables)
+            prompted[key] = model
+        return prompted[key]
 
     @abstractmethod
-    def with_prompts(self, texts: Sequence[str]) -> TextConditional:
-        """The model whose label i is prompt texts[i] (encoded once per prompt set)."""
+    def use_tables(self, tables: dict[str, Tensor]) -> None:
+        """Take TextEncoders.table's tensors (rows 0 .. P-1 the prompts, row P the empty prompt) as the conditions."""
 
 
 def with_conditions(model: Denoiser, conditions: ConditionSet) -> Denoiser:

@@ -15,11 +15,7 @@ unconditional rows are the pipeline's. `decode` maps latents to images in [-1, 1
 """
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffbench import tensorcache
-from diffbench.assetstore import cache_dir, file_digest
 from diffbench.errors import UsageError, check
 from diffbench.models._network import TorchNet, first_line, parse_dtype
+from diffbench.models._text_encoders import EncodeBatch, TextEncoders, half_store, token_ids
 from diffbench.models.base import NO_LABEL, PredictionDenoiser
-from diffbench.models.conditions import texts_digest
 from diffbench.models.diffusers import DDPM_DEFAULTS, PREDICTIONS, local_folder, read_json, scheduler_betas
 from diffbench.models.registry import register_model
 from diffbench.models.text import TextConditional
@@ -44,7 +38,6 @@ PIPELINE_FILES = ("model_index.json", "*/config.json", "scheduler/*.json", "toke
                   "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
                   "text_encoder*/model.safetensors")
 ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
-ENCODE_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -53,7 +46,11 @@ class PromptTable:
 
     hidden: Tensor  # [P + 1, tokens, width]: encoder_hidden_states
     pooled: Tensor | None  # [P + 1, width_2]: SDXL's pooled text embeddings, else None
-    seconds: float  # how long encoding took, when it ran (the cache keeps it with the embeddings)
+
+    @classmethod
+    def of(cls, tensors: dict[str, Tensor]) -> PromptTable:
+        """The table of TextEncoders.table's tensors."""
+        return cls(tensors["hidden"], tensors.get("pooled"))
 
     def context(self, labels: Tensor) -> tuple[Tensor, ...]:
         """The condition tensors of rows with these labels."""
@@ -61,75 +58,22 @@ class PromptTable:
         return (self.hidden[rows],) if self.pooled is None else (self.hidden[rows], self.pooled[rows])
 
 
-class TextEncoders:
-    """A pipeline's tokenizer(s) and text encoder(s), loaded only when a prompt set is not in the cache."""
+def sd_encode(xl: bool) -> EncodeBatch:
+    """How the SD pipelines encode a batch: {"hidden": hidden states[, "pooled": SDXL's pooled projection]}."""
 
-    def __init__(self, root: Path, xl: bool, dtype: torch.dtype):
-        self.root, self.xl, self.dtype = root, xl, dtype
-        index = read_json(root / "model_index.json")
-        needed = ENCODERS[:2 if xl else 1]
-        missing = [name for pair in needed for name in pair if not (index.get(name) or [None, None])[1]]
-        check(not missing, f"{root}/model_index.json names no {', '.join(missing)}; expected {EXPECTED}")
-        # (encoder folder, tokenizer folder) -> their transformers class names
-        self.parts = {(enc, tok): (index[enc][1], index[tok][1]) for enc, tok in needed}
-        self.zeros_for_empty = bool(index.get("force_zeros_for_empty_prompt", False))  # SDXL: the empty prompt is zeros
-        self.identity = self._identity()
-
-    def _identity(self) -> str:
-        """SHA-256 (16 hex) of the encoders' and tokenizers' files and the encoding settings."""
-        h = hashlib.sha256(json.dumps([self.xl, self.zeros_for_empty, str(self.dtype)]).encode())
-        for enc, tok in self.parts:
-            for file in sorted((self.root / enc).glob("*")) + sorted((self.root / tok).glob("*")):
-                if file.is_file():
-                    h.update(f"{file.name}:{file_digest(file)};".encode())
-        return h.hexdigest()[:16]
-
-    def table(self, texts: Sequence[str]) -> PromptTable:
-        """The prompts' table (and the empty prompt's), from the cache's text/ folder or encoded and stored there."""
-        path = cache_dir() / "text" / f"{self.identity}-{texts_digest(texts)[:16]}.pt"
-        tensors = tensorcache.load_or_build(path, lambda: self._encode(texts), "text embeddings")
-        return PromptTable(tensors["hidden"], tensors.get("pooled"), float(tensors["seconds"]))
-
-    def _encode(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        """Encode the prompts, then the empty prompt (the last row), in batches on a GPU when there is one; with the
-        encoding's seconds (loading the encoders excluded), stored with the embeddings."""
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        pairs = [self._load(enc, tok, device) for enc, tok in self.parts]
-        batches = [list(texts[i:i + ENCODE_BATCH]) for i in range(0, len(texts), ENCODE_BATCH)] + [[""]]
-        start = time.perf_counter()
-        parts = [self._encode_batch(pairs, batch) for batch in batches]
-        seconds = torch.tensor(time.perf_counter() - start, dtype=torch.float64)
-        if self.zeros_for_empty:
-            parts[-1] = {name: torch.zeros_like(t) for name, t in parts[-1].items()}
-        return {"seconds": seconds, **{name: torch.cat([part[name] for part in parts]) for name in parts[-1]}}
-
-    @torch.inference_mode()
-    def _encode_batch(self, pairs: list[tuple[Any, Any]], texts: list[str]) -> dict[str, Tensor]:
-        """{"hidden": hidden states[, "pooled": SDXL's pooled projection]} of a batch, as the pipeline computes them."""
+    def encode(pairs: list[tuple[Any, Any]], texts: list[str]) -> dict[str, Tensor]:
         hidden: list[Tensor] = []
         out: Any = None
         for encoder, tokenizer in pairs:
-            ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                            return_tensors="pt").input_ids.to(encoder.device)
-            out = encoder(ids, output_hidden_states=self.xl)
-            hidden.append(out.hidden_states[-2] if self.xl else out[0])
+            out = encoder(token_ids(tokenizer, texts, tokenizer.model_max_length, encoder.device),
+                          output_hidden_states=xl)
+            hidden.append(out.hidden_states[-2] if xl else out[0])
         tensors = {"hidden": torch.cat(hidden, dim=-1)}
-        if self.xl:
+        if xl:
             tensors["pooled"] = out[0]  # the last encoder's projected pooled output
         return {name: t.cpu() for name, t in tensors.items()}
 
-    def _load(self, encoder: str, tokenizer: str, device: torch.device) -> tuple[Any, Any]:
-        """(text encoder on `device`, tokenizer) of the pipeline folder; UsageError when unloadable."""
-        import transformers
-
-        enc_class, tok_class = self.parts[(encoder, tokenizer)]
-        try:
-            model = getattr(transformers, enc_class).from_pretrained(self.root / encoder)
-            tok = getattr(transformers, tok_class).from_pretrained(self.root / tokenizer)
-        except (OSError, ValueError, RuntimeError, AttributeError) as e:
-            raise UsageError(f"{self.root}: cannot load {encoder}/{tokenizer} ({first_line(e)}); "
-                             f"expected {EXPECTED}") from None
-        return model.to(device, self.dtype).eval().requires_grad_(False), tok
+    return encode
 
 
 class LatentDecoder:
@@ -176,21 +120,14 @@ class StableDiffusionDenoiser(TextConditional, PredictionDenoiser):
         PredictionDenoiser.__init__(self, net, schedule, prediction, dtype)  # type: ignore[arg-type]
         self.shape, self.encoders, self.decoder, self.source = shape, encoders, decoder, source
         self.image_shape = (3, shape[1] * decoder.factor, shape[2] * decoder.factor)
-        self.table = encoders.table(())
-        self._prompted: dict[str, StableDiffusionDenoiser] = {}
+        self.use_tables(encoders.table(()))
 
     def denoise_cond(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
         context = self.table.context(labels)
         return self.predict(x, sigma, *context)
 
-    def with_prompts(self, texts: Sequence[str]) -> StableDiffusionDenoiser:
-        key = texts_digest(texts)
-        if key not in self._prompted:
-            model = copy.copy(self)
-            model.table, model.classes, model._prompted = self.encoders.table(texts), len(texts), {}
-            model.text_seconds = model.table.seconds
-            self._prompted[key] = model
-        return self._prompted[key]
+    def use_tables(self, tables: dict[str, Tensor]) -> None:
+        self.table = PromptTable.of(tables)
 
     def decode(self, x: Tensor) -> Tensor:
         return self.decoder(x)
@@ -259,7 +196,9 @@ def stable_diffusion(path: str = "", scheduler: Mapping[str, Any] | None = None,
     net_dtype = parse_dtype(dtype)
     net = TorchNet(ConditionalUNet(unet, sdxl_time_ids(height, width) if xl else None), net_dtype, channels_last,
                    compile)
-    encoders = TextEncoders(root, xl, torch.float64 if net_dtype == torch.float64 else torch.float32)
+    encoders = TextEncoders(root, ENCODERS[:2 if xl else 1], sd_encode(xl), [xl],
+                            torch.float64 if net_dtype == torch.float64 else torch.float32, EXPECTED,
+                            half_store(net_dtype))
     shape = (int(unet.config.in_channels), height // decoder.factor, width // decoder.factor)
     return StableDiffusionDenoiser(net, VPDiscrete(scheduler_betas(config, where)), PREDICTIONS[prediction], shape,
                                    encoders, decoder, path)

@@ -95,3 +95,51 @@ def save_random_sd15(folder: Path) -> Path:
                             safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(folder)
     return folder
+
+
+def t5_encoder(size: int, width: int = 32):
+    """A 1-layer T5 encoder of width `width` over the character vocabulary (the T5-XXL slot of SD3 / Flux)."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=size, d_model=width, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                      relative_attention_num_buckets=8, pad_token_id=size - 1, eos_token_id=size - 1)
+    return T5EncoderModel(config)
+
+
+def save_tiny_sd3(folder: Path) -> Path:
+    """A tiny StableDiffusion3Pipeline (two CLIPs with projections, a T5, the tiny SD3 transformer reading their
+    32-wide embeddings, an AutoencoderKL with a shift factor, FlowMatchEulerDiscreteScheduler shift 3.0), saved.
+
+    The T5 slot's tokenizer is the character CLIPTokenizer: no sentencepiece model is needed offline.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from tests.helpers.latent_models import SD3_CONFIG, randomized, vae
+
+    tokenizer = character_tokenizer(folder / "_vocab")
+    size = len(tokenizer.get_vocab())
+    torch.manual_seed(0)
+    clips = dict(text_encoder=text_encoder(size, projection=True), text_encoder_2=text_encoder(size, projection=True))
+    transformer = randomized(SD3Transformer2DModel(**{**SD3_CONFIG, "joint_attention_dim": 32,
+                                                      "pooled_projection_dim": 32}), 0)
+    StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae(),
+                             tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=tokenizer,
+                             text_encoder_3=t5_encoder(size), **clips).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_flux(folder: Path) -> Path:
+    """A tiny FluxPipeline (a CLIP for the pooled embedding, a 16-wide T5, the tiny Flux transformer with a guidance
+    embedding, the shifted AutoencoderKL, FlowMatchEulerDiscreteScheduler without dynamic shifting), saved."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    from tests.helpers.latent_models import FLUX_CONFIG, randomized, vae
+
+    tokenizer = character_tokenizer(folder / "_vocab")
+    size = len(tokenizer.get_vocab())
+    torch.manual_seed(0)
+    transformer = randomized(FluxTransformer2DModel(**{**FLUX_CONFIG, "pooled_projection_dim": 16}), 0)
+    FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae(), tokenizer=tokenizer,
+                 tokenizer_2=tokenizer, text_encoder=text_encoder(size),
+                 text_encoder_2=t5_encoder(size, width=16)).save_pretrained(folder)
+    return folder
