@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from diffbench.metrics.features import make_extractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.per_class import PerClassFD, class_subsets
 from diffbench.metrics.refs import load_or_build_reference
+from diffbench.report import metric_notes
 from tests.helpers.sweeps import sweep_args
 
 CLASSES, PER_CLASS = 3, 24
@@ -124,3 +126,15 @@ def test_class_labels_option_is_hashed_only_with_the_metric():
     assert config_hash(compose(["metrics.class_labels=other"])) == config_hash(compose([]))
     on = ["metrics.names=[fd,fd_per_class]"]
     assert config_hash(compose([*on, "metrics.class_labels=other"])) != config_hash(compose(on))
+
+
+def test_report_describes_the_per_class_columns():
+    """The report's notes name the per-class mean and max (not the whole-set Frechet distance's note)."""
+    df = pd.DataFrame({"metric_names": [json.dumps(["fd_random_conv", "fd_random_conv_per_class_mean",
+                                                    "fd_random_conv_per_class_max"])],
+                       "fd_random_conv": [1.0], "fd_random_conv_per_class_mean": [2.0],
+                       "fd_random_conv_per_class_max": [3.0], "fd_random_conv_per_class": ["{}"]})
+    notes = metric_notes(df)
+    assert "mean over the classes" in notes["fd_random_conv_per_class_mean"]
+    assert "worst class" in notes["fd_random_conv_per_class_max"]
+    assert "per class" not in notes["fd_random_conv"] and "fd_random_conv_per_class" not in notes
