@@ -56,12 +56,16 @@ def main() -> None:
     frame = pd.concat([run_sweep([*base, *solvers, *rule], progress=False).frame()
                        for solvers in runs for rule in RULES])
     tables = {"rmse_ref": table(frame, "rmse_ref"), "nfe_network": table(frame, col.NFE_NETWORK)}
+    failed = frame[frame[col.STATUS] != "ok"]
+    failures = "".join(f"\n- {r[col.SOLVER]} nfe {r[col.NFE]} {r['guidance.name']} w={r['guidance.scale']:g}: "
+                       f"{r[col.REASON]}" for _, r in failed.iterrows())
     args.out.mkdir(parents=True, exist_ok=True)
     text = (f"# Solver error under guidance (class_gmm, N={args.n})\n\nRMSE vs the guided RK45 reference "
             f"(same noise, same labels; stochastic solvers: distance to the ODE solution, not an error; "
             f"+thresholding: dynamic thresholding of x0 at ratio 0.995, max 1, which moves samples off the "
             f"unthresholded ODE by design):\n\n{markdown(tables['rmse_ref'], 3)}\n\nNetwork evaluations per sample:"
-            f"\n\n{markdown(tables['nfe_network'], 4)}\n\nCommand: python scripts/guidance_table.py --n {args.n} "
+            f"\n\n{markdown(tables['nfe_network'], 4)}\n\nFailed points (not in the tables):{failures or ' none'}\n\n"
+            f"Command: python scripts/guidance_table.py --n {args.n} "
             f"--nfe {args.nfe}\n")
     (args.out / "stability.md").write_text(text)
     (args.out / "stability.json").write_text(json.dumps(
