@@ -51,7 +51,7 @@ HASHED_UNLESS = {"conditions": {"name": "none"}, "guidance": {"name": "none"}}
 # Metrics whose options are a metrics sub-node of their name: hashed only while the metric is in metrics.names.
 # Metrics-group fields -> the metric that reads them: hashed only while that metric is in metrics.names.
 OPTIONAL_METRICS = {"clip_score": "clip_score", "fd_dinov2": "fd_dinov2", "cmmd": "cmmd",
-                    "classifier": "class_accuracy"}
+                    "classifier": "class_accuracy", "class_labels": "fd_per_class"}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 

@@ -24,7 +24,8 @@ IDENTITY = (col.CONFIG_HASH, col.MODEL_CHOICE, col.SOLVER, col.STEPS, col.NFE_BU
             col.NFE_MEASURED, "seed", "n_samples")
 TAIL = (col.TIME_SAMPLING, col.TIME_METRICS, col.STATUS, col.REASON)
 PROVENANCE = ("command", "git_sha", col.DEVICE_NAME, "version.diffbench", "version.torch", "version.python")
-# What each metric measures, one line each; looked up by exact name, then by prefix ("fd_", "kid_").
+# What each metric measures, one line each; looked up by exact name, then by suffix ("_per_class_mean"), then by
+# prefix ("fd_", "kid_").
 METRIC_NOTES = {
     "fid": "Frechet Inception distance between the Inception features of the samples and of the reference data "
            "(lower is better).",
@@ -43,6 +44,10 @@ METRIC_NOTES = {
                 f"{plots.STOCHASTIC_MARK} stochastic solver: its distance to the ODE solution, not a convergence "
                 "error.",
     "lpips_ref": "LPIPS between each sample and its same-noise reference solution (lower is better).",
+    "_per_class_mean": "mean over the classes of the Frechet distance between one class's samples and that class's "
+                       "dataset images (intra-FID, fd_per_class; lower is better).",
+    "_per_class_max": "largest over the classes of the Frechet distance between one class's samples and that "
+                      "class's dataset images: the worst class (fd_per_class; lower is better).",
     "class_accuracy": "share of class-conditional samples that metrics.classifier assigns to their own label, with "
                       "a Wilson interval (higher is better).",
 }
@@ -87,7 +92,8 @@ def metric_notes(df: pd.DataFrame) -> dict[str, str]:
     """One line per metric in the table saying what it measures, and one for the intervals."""
     notes = {}
     for metric in results.metric_columns(df):
-        prefix = next((k for k in METRIC_NOTES if k.endswith("_") and metric.startswith(k)), None)
+        prefix = (next((k for k in METRIC_NOTES if k.startswith("_") and metric.endswith(k)), None)
+                  or next((k for k in METRIC_NOTES if k.endswith("_") and metric.startswith(k)), None))
         notes[metric] = METRIC_NOTES.get(metric) or (METRIC_NOTES[prefix] if prefix else "a metric of this table.")
     notes["[lo, hi]"] = ("a bootstrap confidence interval over the samples at the level metrics.ci_level "
                          f"({plots.ci_level(df)}); none shown: not computed (e.g. metrics.n_boot=0).")

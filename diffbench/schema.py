@@ -110,6 +110,7 @@ class Metrics:
     error_samples: int | None = 256  # samples compared with the reference solution (the first indices)
     reference: ReferenceSolution = field(default_factory=ReferenceSolution)
     classifier: str | None = None  # class_accuracy's classifier file (null: the shipped mnist-classifier.pt)
+    class_labels: str = "labels"  # fd_per_class: the npz dataset's array of image labels (metrics/per_class.py)
     # Text-to-image metrics: their nodes count in the config hash only while the metric is in names.
     clip_score: ClipScore = field(default_factory=ClipScore)
     fd_dinov2: FdDinov2 = field(default_factory=FdDinov2)

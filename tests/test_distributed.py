@@ -25,6 +25,7 @@ from diffbench.errors import UsageError
 from diffbench.metrics import ErrorStats, StreamingStats
 from diffbench.metrics.classifier import ClassAccuracy
 from diffbench.metrics.exact import ExactSamples
+from diffbench.metrics.per_class import PerClassFD
 from diffbench.solvers import SOLVERS
 
 WORLD = 2
@@ -96,6 +97,7 @@ def _suite(stats: StreamingStats, mse: np.ndarray, correct: np.ndarray | None = 
     exact = ExactSamples(None, None, OmegaConf.create({}), enabled=True)
     exact.rows = [] if rows is None else [rows]
     return SimpleNamespace(stats=stats, error=error, lpips=None, accuracy=accuracy, exact=exact,
+                           per_class=PerClassFD(torch.zeros(0, dtype=torch.long), {}, "fd"),
                            text_image=SimpleNamespace(own={}, clip_scores=[]))
 
 
@@ -107,8 +109,10 @@ def _share(indices: list[int], features: torch.Tensor, mse: np.ndarray, n_paired
         idx = indices[batch:batch + BATCH]
         share.add(idx, torch.as_tensor(idx, dtype=torch.float64)[:, None], 0.0, 10, GRID_SAMPLES)
         stats.update(features[idx])
-    return share.capture(_suite(stats, mse[[i for i in indices if i < n_paired]],
-                                None if correct is None else correct[indices], features[indices].double().numpy()))
+    suite = _suite(stats, mse[[i for i in indices if i < n_paired]], None if correct is None else correct[indices],
+                   features[indices].double().numpy())
+    suite.per_class.indices, suite.per_class.rows = [np.asarray(indices)], [features[indices].numpy()]  # fd_per_class
+    return share.capture(suite)
 
 
 def test_merged_shares_equal_one_process():
@@ -128,6 +132,9 @@ def test_merged_shares_equal_one_process():
     np.testing.assert_array_equal(suite.stats.scatter.numpy(), whole.stats.scatter.numpy())
     np.testing.assert_array_equal(suite.error.per_sample_mse, mse)
     np.testing.assert_array_equal(suite.exact.rows[0], features.double().numpy())  # exact metrics' samples
+    per_class_indices, per_class_rows = suite.per_class.state()  # fd_per_class's rows, in index order
+    np.testing.assert_array_equal(per_class_indices, np.arange(N_SAMPLES))
+    np.testing.assert_array_equal(per_class_rows, features.numpy())
     assert merged.indices == list(range(N_SAMPLES)) and merged.nfe_measured == 10
     np.testing.assert_array_equal(merged.grid[:, 0].numpy(), np.arange(GRID_SAMPLES))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,10 +16,9 @@ from diffbench.errors import UsageError
 from diffbench.models.analytic import gaussian
 from diffbench.sampling import make_plan, sample_batch
 from diffbench.solvers import SOLVERS
-from tests.helpers.convergence import SPAN, error_at
+from tests.helpers.convergence import DETERMINISTIC, SPAN, ZERO_END, error_at, fitted_slope, order_options
 
 FIXED = sorted(n for n, s in SOLVERS.items() if not s.adaptive)
-DETERMINISTIC = sorted(n for n in FIXED if not SOLVERS[n].is_stochastic())
 # Stochastic cases: always-stochastic solvers, plus those made stochastic by an option (eta, churn).
 _SWITCH = {"s_churn": 40.0, "eta": 0.5, "eps": 1.0}
 STOCHASTIC = sorted([(n, {}) for n, s in SOLVERS.items() if s.is_stochastic()]
@@ -48,32 +46,17 @@ WINDOW = {"dpmpp_3m": (16, 24, 32, 48, 64), "dpmpp_3m_diffusers": (16, 24, 32, 4
           "unipc_bh1": (64, 96, 128, 192, 256), "unipc_bh2": (64, 96, 128, 192, 256),
           "evodiff": (16, 24, 32, 48, 64)}
 ASYMPTOTIC = {"unipc_bh1": 2, "unipc_bh2": 2}
-# dpm_solver_v3's default ems=auto computes the exact model statistics of a Gaussian, where v3 is exact at any
-# step count (errors at the float floor, no slope): its order is measured with the degenerate EMS (ems=none).
-# Teleportation assumes isotropic Gaussian data, which this fixture is not: its bias (0.028 RMSE here) does not vanish
-# with steps, so teleport_* are measured without teleporting (teleport_sigma at the span's top), i.e. the order of the
-# solver handed over to; with matching statistics, where teleportation is exact, test_teleport measures it teleporting.
-ORDER_OPTIONS = {"dpm_solver_v3": {"ems": "none"},
-                 **{n: {"teleport_sigma": SPAN["sigma_max"]} for n in SOLVERS if n.startswith("teleport_")}}
 # Its default EMS on the mixture (250 levels x 1024 samples) take ~70 s to compute, and each of the 75 batches
 # below looks them up (>10 s even for a tiny EMS grid): batch invariance runs the degenerate EMS here; with
 # ems=auto it is tested in test_dpm_solver_v3 (test_ems_are_not_sampling_nfe_and_keep_batches_invariant).
 BATCH_OPTIONS = {"dpm_solver_v3": {"ems": "none"}}
-# EVODiff's last step scales x by 1 - sqrt(sigma_last * sigma_before) (the authors' code, tuned for EDM's
-# sigma_min = 0.002): on SPAN, which stops at 0.02, that bias does not vanish (error 2.6e-2 at 32 steps, 2.3e-2 at
-# 64, 2.6e-2 at 128), so it is measured on the same grid followed by a last step to 0, where the scale is 1:
-# 0.80 over 16..64 steps, 0.94 over 32..128 (its window), 0.96 over 64..256.
-ZERO_END = {"evodiff"}
 
 
 def fitted_order(model, name: str, x_T: torch.Tensor) -> tuple[float, list[float]]:
-    """Slope of -log(error) against log(steps), over step counts whose error stays above 1e-11."""
+    """Fitted order of `name` on the Gaussian over its WINDOW of step counts, and the errors."""
     steps = [s * SOLVERS[name].min_steps for s in WINDOW.get(name, (8, 12, 16, 24, 32))]
-    errs = [error_at(model, name, s, x_T, ORDER_OPTIONS.get(name), name in ZERO_END) for s in steps]
-    pts = [(math.log(s), math.log(e)) for s, e in zip(steps, errs) if e > 1e-11]
-    assert len(pts) >= 3, f"{name}: errors hit the float64 floor: {errs}"
-    xs, ys = zip(*pts)
-    return -float(np.polyfit(xs, ys, 1)[0]), errs
+    errs = [error_at(model, name, s, x_T, order_options(name, SPAN["sigma_max"]), name in ZERO_END) for s in steps]
+    return fitted_slope(name, steps, errs), errs
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)

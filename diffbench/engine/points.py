@@ -29,7 +29,7 @@ from diffbench.config import (
 from diffbench.errors import UsageError, check
 from diffbench.fit.artefacts import fill_fitted
 from diffbench.fit.pas import point_plan
-from diffbench.metrics.suite import check_metrics
+from diffbench.metrics.checks import check_metrics
 from diffbench.models import Denoiser, make_model
 from diffbench.models.conditions import make_conditions
 from diffbench.models.guidance import NONE, GuidedModel, conditional, make_guidance, max_passes

@@ -45,6 +45,7 @@ class Share:
     mse: np.ndarray | None = None
     lpips: np.ndarray | None = None
     correct: np.ndarray | None = None  # class_accuracy: each sample's prediction equals its label (empty: off)
+    per_class: tuple[np.ndarray, np.ndarray] | None = None  # fd_per_class: (sample indices, feature rows)
     exact: tuple[np.ndarray, np.ndarray | None] | None = None  # exact metrics' (sample rows, reference rows)
 
     def add(self, indices: Sequence[int], x: Tensor, seconds: float, nfe_measured: float, keep: int,
@@ -80,6 +81,7 @@ class Share:
         self.mse = suite.error.per_sample_mse
         self.lpips = suite.lpips.per_sample if suite.lpips is not None else None
         self.correct = suite.accuracy.per_sample
+        self.per_class = suite.per_class.state()
         self.exact = suite.exact.state()
         return self
 
@@ -144,6 +146,7 @@ def _load_state(shares: Sequence[Share], suite: MetricSuite, indices: list[int],
         suite.lpips.scores = [np.concatenate([s.lpips for s in shares])[paired]]
     hits = np.concatenate([s.correct for s in shares])  # empty while class_accuracy is off
     suite.accuracy.correct = [hits[order.numpy()] if len(hits) else hits]
+    suite.per_class.load([s.per_class for s in shares if s.per_class is not None])
     suite.exact.load([(s.indices, *s.exact) for s in shares if s.exact is not None])
 
 

@@ -27,7 +27,9 @@ from diffbench.metrics.uncertainty import Interval, fd_interval, kid_interval
 FEATURE_METRICS = ("fd", "kid", "is", "prdc")
 PAIRED_METRICS = ("solver_error", "lpips", "exact")  # on the samples themselves (exact: metrics/exact.py)
 TEXT_IMAGE_METRICS = ("clip_score", "fd_dinov2", "cmmd")  # on their own networks (diffbench.metrics.suite)
-LABEL_METRICS = ("class_accuracy",)  # samples vs their class labels (metrics.classifier): the suite reads these
+# Samples vs their class labels (class_accuracy: metrics.classifier; fd_per_class: metrics/per_class.py): the suite
+# reads these.
+LABEL_METRICS = ("class_accuracy", "fd_per_class")
 ALIASES = {"fid": "fd", "inception_score": "is", "pr": "prdc", "precision_recall": "prdc"}
 
 

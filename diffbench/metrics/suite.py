@@ -1,7 +1,7 @@
 """The metric suite of a point: extractors and dataset statistics shared across points, streamed updates.
 
 Feature metrics (fd, kid, is, prdc: one extractor pass), paired ones (solver_error, lpips, exact: vs the reference
-solutions), text-to-image ones (metrics.text_image) and class_accuracy (metrics.classifier) take batches through a
+solutions), text-to-image ones (metrics.text_image) and label ones (class_accuracy, fd_per_class) take batches through a
 MetricFeed; progress goes to any object with `task(description, total)` (engine.progress).
 """
 from __future__ import annotations
@@ -22,18 +22,18 @@ from torch import Tensor
 from diffbench.batching import FEATURE_BATCH
 from diffbench.columns import MetricValue
 from diffbench.config import RunSettings, to_dict
-from diffbench.data import make_dataset, to_uint8
-from diffbench.errors import check
+from diffbench.data import ImageDataset, make_dataset, to_uint8
 from diffbench.metrics.classifier import class_accuracy
 from diffbench.metrics.error import ErrorStats
-from diffbench.metrics.evaluate import MetricOptions, compute_metrics, feature_values, parse_metrics, text_image_metrics
+from diffbench.metrics.evaluate import MetricOptions, compute_metrics, feature_values, parse_metrics
 from diffbench.metrics.exact import ExactSamples
 from diffbench.metrics.features import INCEPTION_EXTRACTORS, FeatureExtractor, make_extractor
 from diffbench.metrics.fid import FrechetTarget
 from diffbench.metrics.lpips import LPIPS
+from diffbench.metrics.per_class import FD_PER_CLASS, per_class_fd
 from diffbench.metrics.refs import RefStats, load_or_build_reference, load_published
 from diffbench.metrics.stats import StreamingStats
-from diffbench.metrics.text_image import TextImageMetrics, check_prompts
+from diffbench.metrics.text_image import TextImageMetrics
 from diffbench.metrics.uncertainty import bootstrap
 from diffbench.models import Denoiser
 from diffbench.models.conditions import ConditionSet
@@ -141,30 +141,21 @@ class MetricContext:
         key = json.dumps([to_dict(cfg.dataset), to_dict(cfg.model), extractor.identity(), ref_n], sort_keys=True)
         if key not in self._refs and cfg.dataset.get("kind") == "stats":
             self._refs[key] = load_published(to_dict(cfg.dataset), extractor)  # published: used as given
+        if key in self._refs:
+            return self._refs[key]
+        dataset = make_dataset(to_dict(cfg.dataset), model=model, model_config=to_dict(cfg.model))
+        return self.statistics(key, dataset, extractor, ref_n, cfg.cache_dir, batch_size)
+
+    def statistics(self, key: str, dataset: ImageDataset, extractor: FeatureExtractor, n: int | None,
+                   cache_dir: str | None, batch_size: int) -> RefStats:
+        """The first n images' statistics, once per sweep: cached (metrics/refs.py) or built now with a progress bar."""
         if key not in self._refs:
-            dataset = make_dataset(to_dict(cfg.dataset), model=model, model_config=to_dict(cfg.model))
-            n = len(dataset) if ref_n is None else int(ref_n)
-            with self.reporter.task(f"dataset statistics ({extractor.name})", n) as advance:
-                self._refs[key] = load_or_build_reference(dataset, extractor, n, cfg.cache_dir,
+            n = len(dataset) if n is None else int(n)
+            with self.reporter.task(f"dataset statistics: {dataset.name} ({extractor.name})", n) as advance:
+                self._refs[key] = load_or_build_reference(dataset, extractor, n, cache_dir,
                                                           batch_size=min(batch_size, FEATURE_BATCH),
                                                           progress=progress_callback(advance))
         return self._refs[key]
-
-
-def check_metrics(cfg: DictConfig, model: Denoiser, run: RunSettings, conditions: ConditionSet | None = None) -> None:
-    """Metric choices that cannot work with this model, its conditions or sample count (UsageError naming the fix)."""
-    feature, paired = parse_metrics(list(cfg.metrics.names))
-    text_image = text_image_metrics(list(cfg.metrics.names))
-    shape: tuple[int, ...] = getattr(model, "image_shape", getattr(model, "shape", ()))  # latent models: decoded
-    images = feature + text_image + [m for m in paired if m == "lpips"]
-    if images:
-        check(len(shape) == 3 and shape[0] in (1, 3),
-              f"metrics {', '.join(images)} need image samples [1 or 3, H, W] but the model's shape "
-              f"is {tuple(shape)}; use metrics=error_only for this model")
-    counted = feature + text_image
-    check(not counted or run.n_samples >= 2, f"metrics {', '.join(counted)} need n_samples >= 2 (got {run.n_samples})")
-    check_prompts(text_image, conditions)
-    class_accuracy(cfg, model, run)  # loads its classifier when metrics.names asks for it: UsageError if unfit
 
 
 class MetricSuite:
@@ -173,7 +164,7 @@ class MetricSuite:
     Feature metrics (fd, kid, is, prdc) run on uint8 images through one extractor pass, named after the extractor
     unless it is Inception (fid, kid, ...; `fd_random_conv` is never FID). solver_error: the first error_samples
     samples vs their same-noise reference solutions (`rmse_ref`); exact: metrics/exact.py (analytic models, `plan`);
-    `text_image`: clip_score (prompts from `conditions`), fd_dinov2, cmmd.
+    `text_image`: clip_score (prompts from `conditions`), fd_dinov2, cmmd; fd_per_class: metrics/per_class.py.
     """
 
     def __init__(self, cfg: DictConfig, model: Denoiser, run: RunSettings, context: MetricContext,
@@ -188,11 +179,14 @@ class MetricSuite:
         self.exact = ExactSamples(model, plan, cfg.metrics, enabled="exact" in self.paired)
         self.lpips = (LPIPS(str(cfg.metrics.get("lpips_net", "alex")), run.device, cfg.metrics.get("lpips_weights"))
                       if "lpips" in self.paired else None)
-        self.extractor = context.extractor(cfg, run.device) if self.feature else None
+        per_class = FD_PER_CLASS in cfg.metrics.names
+        self.extractor = context.extractor(cfg, run.device) if self.feature or per_class else None
         self.dataset_stats = (context.dataset_statistics(cfg, model, self.extractor, run.batch_size)
-                              if self.extractor else None)
-        self.stats = StreamingStats(keep_features=True, device=self.extractor.device) if self.extractor else None
+                              if self.extractor and self.feature else None)
+        self.stats = StreamingStats(keep_features=True, device=run.device) if self.dataset_stats else None
         self.accuracy = class_accuracy(cfg, model, run)
+        self.per_class = per_class_fd(cfg, model, run, self.extractor, lambda key, images, extractor: (
+            context.statistics(key, images, extractor, None, cfg.cache_dir, run.batch_size)))
 
     def update(self, x: Tensor, indices: Sequence[int], solutions: Tensor | None) -> None:
         """Add one batch of samples (indices: their sample indices) to every metric."""
@@ -200,9 +194,10 @@ class MetricSuite:
         for start in range(0, len(x) if image_metrics else 0, FEATURE_BATCH):  # batch_size=auto: thousands at once
             images = to_uint8(x[start:start + FEATURE_BATCH])
             if self.extractor is not None:
-                assert self.stats is not None  # set with the extractor
                 out = self.extractor(images)
-                self.stats.update(out.features, out.logits)
+                if self.stats is not None:
+                    self.stats.update(out.features, out.logits)
+                self.per_class.update(out.features, indices[start:start + FEATURE_BATCH])
             self.text_image.update(images, indices[start:start + FEATURE_BATCH])
         self.accuracy.update(x, indices)
         self.exact.update(x, solutions)
@@ -232,6 +227,9 @@ class MetricSuite:
             values["lpips_ref"] = MetricValue(self.lpips.result()["lpips"])
             extra["lpips_weights_check"] = self.lpips.weights_check
         values.update(self.accuracy.values(float(self.cfg.metrics.ci_level)))
+        per_class, columns = self.per_class.values(lambda ref: self.context.frechet_target(ref, self.run_device))
+        values.update(per_class)
+        extra.update(columns)
         values.update(self.exact.compute())
         return values, extra
 
