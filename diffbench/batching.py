@@ -12,6 +12,7 @@ from typing import TypeVar, cast
 
 import torch
 
+from diffbench.distributed import world_size
 from diffbench.errors import UsageError, check
 
 T = TypeVar("T")
@@ -20,10 +21,12 @@ AUTO_CPU = 256  # batch_size=auto on a CPU: memory is rarely the limit there, sp
 FEATURE_BATCH = 256  # images per feature-extractor call, whatever the sampling batch
 
 
-def resolve_batch_size(value: object, n_samples: int, device: torch.device) -> int:
-    """The configured batch_size: a positive integer, or auto (see AUTO_CUDA_START and AUTO_CPU)."""
+def resolve_batch_size(value: object, n_samples: int, device: torch.device, world: int | None = None) -> int:
+    """The configured batch_size: a positive integer, or auto (see AUTO_CUDA_START and AUTO_CPU), which under
+    torchrun (`world` processes) also splits a point into at least `world` batches, so every rank gets work."""
     if value == "auto":
-        return min(n_samples, AUTO_CUDA_START if device.type == "cuda" else AUTO_CPU)
+        per_rank = max(1, n_samples // (world_size() if world is None else world))  # floor: >= world batches
+        return min(per_rank, AUTO_CUDA_START if device.type == "cuda" else AUTO_CPU)
     check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
           f"batch_size must be an integer >= 1 or auto (got {value!r})")
     return int(cast(int, value))

@@ -112,6 +112,9 @@ class ResultRow:
     time_text_encoder_s: float | None = _col("seconds the text encoder(s) took on the prompt set when it was encoded "
                                              "(kept with the cached embeddings); None without prompts")
     time_per_nfe_s: float | None = _col("time_sampling_s / nfe_measured")
+    time_warmup_s: float | None = _col("seconds of this point's first calls of compiled graphs at new shapes (model "
+                                       "and extractor under torch.compile; inside the sampling/metrics times; 0 "
+                                       "when earlier points of the sweep compiled them)")
     time_total_s: float | None = _col("seconds for the whole point, reference solutions and metrics included")
     samples_path: str | None = _col("the first samples (.npz, relative to the table) for the sample grid")
     batch_size_used: int | None = _col("batch size the point ended with (after out-of-memory halvings)")

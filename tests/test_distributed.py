@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from diffbench import results
+from diffbench.batching import AUTO_CPU, AUTO_CUDA_START, resolve_batch_size
 from diffbench.distributed import backend, shard_indices
 from diffbench.engine.references import REFERENCE_CHUNK
 from diffbench.engine.shares import Share, merge_shares
@@ -73,6 +74,43 @@ def test_shards_are_disjoint_cover_all_and_are_whole_batches(n, batch, world):
     counts = [len(s) for s in shards]
     assert max(counts) - min(counts) <= batch
     assert shards == [shard_indices(n, batch, r, world) for r in range(world)]
+
+
+@given(n=st.integers(1, 3 * AUTO_CUDA_START), world=st.integers(1, 8), cuda=st.booleans())
+def test_auto_batch_size_gives_every_rank_work(n, world, cuda):
+    device = torch.device("cuda" if cuda else "cpu")
+    size = resolve_batch_size("auto", n, device, world)
+    assert 1 <= size <= (AUTO_CUDA_START if cuda else AUTO_CPU)
+    shards = [shard_indices(n, size, r, world) for r in range(world)]
+    assert all(shards[: min(n, world)])  # every rank that can have a sample has some
+    assert len(range(0, n, size)) >= min(n, world)  # at least world batches
+
+
+AUTO_ENTRY = """import sys
+import torch
+import torch.distributed as dist
+from diffbench.batching import resolve_batch_size
+from diffbench.distributed import shard_indices
+
+dist.init_process_group("gloo")
+size = resolve_batch_size("auto", int(sys.argv[1]), torch.device("cpu"))
+print(f"rank {dist.get_rank()} samples {len(shard_indices(int(sys.argv[1]), size))}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_auto_batch_size_under_torchrun_splits_a_point_over_both_ranks(tmp_path):
+    path = tmp_path / "auto.py"
+    path.write_text(AUTO_ENTRY)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", f"--master_port={_free_port()}",
+           str(path), str(AUTO_CPU - 2)]  # one auto batch on one process: rank 1 had nothing before
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120,
+                          env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    assert counts == [f"rank {r} samples {AUTO_CPU // 2 - 1}" for r in range(WORLD)]
 
 
 def test_cuda_points_must_not_pin_one_gpu_under_torchrun(monkeypatch):

@@ -38,3 +38,22 @@ def test_fd_intervals_equal_the_per_replicate_bootstrap():
                      len(gen), 20)
     fast = paired_fd_difference(gen, other, target, 20)
     np.testing.assert_allclose([fast.estimate, fast.std], [slow.estimate, slow.std], rtol=1e-7)
+
+
+def test_small_replicate_batches_run_on_one_thread_and_restore_the_count(monkeypatch):
+    gen, target = _sets(30)
+    seen: list[int] = []
+    eigvalsh = torch.linalg.eigvalsh
+
+    def spy(m: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return eigvalsh(m)
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch.linalg, "eigvalsh", spy)
+    torch.set_num_threads(2)
+    try:
+        target.resampled_distances(gen, [np.arange(30)] * 4)
+        assert seen == [1] and torch.get_num_threads() == 2  # one batched eigvalsh, then the count is back
+    finally:
+        torch.set_num_threads(threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diffbench.engine.sweep import run_sweep
 from diffbench.errors import UsageError
 from diffbench.metrics import ErrorStats
 from diffbench.metrics.features import resize_clean, resize_clean_matmul
@@ -97,3 +98,20 @@ def test_matmul_clean_resize_matches_pillow(size):
     pillow, matmul = resize_clean(images, size), resize_clean_matmul(images, size, chunk=2)
     assert matmul.shape == pillow.shape == (3, 3, size, size)
     assert float((matmul - pillow).abs().max()) <= 1e-4
+
+
+def test_a_sweep_compiles_a_model_once_and_rows_record_its_warm_up(checkpoint, tmp_path, monkeypatch, one_thread):
+    compiled: list[torch.nn.Module] = []
+
+    def fake_compile(module: torch.nn.Module, **options: object) -> torch.nn.Module:
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    table = run_sweep(["model=edm", f"model.path={checkpoint}", "model.compile=true", "solver=euler,dpmpp_2m",
+                       "nfe=3,4", "n_samples=8", "batch_size=8", "metrics.names=[]", f"out={tmp_path / 'out'}",
+                       f"cache_dir={tmp_path / 'cache'}"], progress=False).frame()
+    assert len(table) == 4 and (table["status"] == "ok").all()
+    assert len(compiled) == 1  # one model for the four points: its graph is reused, not recompiled per point
+    warm = sorted(table["time_warmup_s"])
+    assert warm[0] == warm[2] == 0 and warm[3] > 0  # the first point pays the one batch shape's warm-up

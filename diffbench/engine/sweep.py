@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from diffbench import assetstore, distributed, results
+from diffbench import assetstore, distributed, results, warmup
 from diffbench import columns as col
 from diffbench.atomicio import check_writable, remove_orphans
 from diffbench.batching import BatchSizer
@@ -136,13 +136,14 @@ class Runner:
             return record(point, row.update(status=col.FAILED, reason=point.reason))
         results.reset_peak_memory(point.run.device)
         set_tf32(bool(point.cfg.tf32))
-        start = time.perf_counter()
+        start, warm = time.perf_counter(), warmup.total()
         try:
             extra, values = self._measure(point, row)
         except POINT_ERRORS as e:
             extra, values = {}, None
             row.update(status=col.FAILED, reason=f"{type(e).__name__}: {e}".splitlines()[0])
-        row.update(time_total_s=time.perf_counter() - start, **results.peak_memory(point.run.device))
+        row.update(time_total_s=time.perf_counter() - start, time_warmup_s=warmup.total() - warm,
+                   **results.peak_memory(point.run.device))
         return record(point, row, extra, values)
 
     def _measure(self, point: Point, row: ResultRow) -> tuple[dict[str, Any], Mapping[str, MetricValue] | None]:

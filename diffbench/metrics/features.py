@@ -36,7 +36,6 @@ import functools
 import inspect
 import math
 import os
-import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -51,6 +50,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from diffbench import warmup
 from diffbench.assetstore import Asset, file_digest, resolve, verification, weights_dir
 from diffbench.errors import AssetMissing, UsageError, check, warn
 from diffbench.metrics.inception import inception_from_graph
@@ -336,13 +336,13 @@ class InceptionCompiledExtractor(InceptionModuleExtractor):
         n = len(pixels)
         bucket = max(self.min_bucket, 1 << (n - 1).bit_length())
         padded = F.pad(pixels, (0, 0, 0, 0, 0, 0, 0, bucket - n)) if bucket > n else pixels
-        start = time.perf_counter()
-        out = _head_rows(super().forward(padded), n)
-        if bucket not in self.shapes:  # this call compiled the shape
-            if out.features.is_cuda:
-                torch.cuda.synchronize(out.features.device)
-            self.warmup_seconds += time.perf_counter() - start
-            self.shapes.add(bucket)
+        if bucket in self.shapes:
+            return _head_rows(super().forward(padded), n)
+        before = warmup.total()
+        with warmup.timed(pixels.device):  # this call compiles the shape
+            out = _head_rows(super().forward(padded), n)
+        self.warmup_seconds += warmup.total() - before
+        self.shapes.add(bucket)
         return out
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffbench import warmup
 from diffbench.assetstore import PACKAGE_ASSETS, weights_dir
 from diffbench.errors import AssetMissing, UsageError, check, first_line
 from diffbench.models.unet import build_from_checkpoint, is_checkpoint
@@ -124,9 +125,11 @@ class TorchNet:
         check(not (compile and isinstance(module, torch.jit.ScriptModule)),
               "model.compile needs an eager network (a diffbench-unet checkpoint or diffusers model); "
               "a TorchScript archive is already compiled")
-        self.module, self.dtype, self.device = module.to(dtype).eval(), dtype, torch.device("cpu")
+        self.module, self.dtype = module.to(dtype).eval(), dtype
+        self.device: torch.device | None = None  # placed (and compiled) on the first call's device, CPU included
         self.channels_last, self.compile = bool(channels_last), compile
         self.forward: Callable[..., Tensor] = self.module
+        self.shapes: set[tuple[tuple[int, ...], ...]] = set()  # input shapes compiled so far (warm-up timed)
 
     def __call__(self, x: Tensor, c: Tensor, *cond: Tensor) -> Tensor:
         """F(x, c, *cond); conditioning tensors (labels, text embeddings) move to x's device, floats to the dtype."""
@@ -136,15 +139,21 @@ class TorchNet:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         cond = tuple(v.to(x.device, self.dtype if v.is_floating_point() else v.dtype) for v in cond)
+        shape = (tuple(x.shape), *(tuple(v.shape) for v in cond))
         with torch.inference_mode():
-            return self.forward(x, c.float(), *cond).to(dtype).contiguous()
+            if not self.compile or shape in self.shapes:
+                return self.forward(x, c.float(), *cond).to(dtype).contiguous()
+            with warmup.timed(x.device):  # the first call at a new shape compiles its graph
+                out = self.forward(x, c.float(), *cond).to(dtype).contiguous()
+            self.shapes.add(shape)
+            return out
 
     def _place(self, device: torch.device) -> None:
         """Move the module (and its memory format) to the device; compile it there if asked."""
         self.module, self.device = self.module.to(device), device
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
-        self.forward = self.module
+        self.forward, self.shapes = self.module, set()
         if self.compile:
             mode = "default" if self.compile is True else self.compile
             self.forward = torch.compile(self.module, mode=mode, dynamic=False)
