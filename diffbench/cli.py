@@ -272,7 +272,7 @@ def _sample_tokens(cfg: Any, point: Any, models: Any, indices: list[int], path: 
     import numpy as np
 
     from diffbench import results
-    from diffbench.discrete.metrics import TokenQuality
+    from diffbench.discrete.metrics import token_quality
     from diffbench.discrete.perplexity import generative_perplexity, load_causal_lm
     from diffbench.engine.discrete import sample_discrete
 
@@ -282,16 +282,23 @@ def _sample_tokens(cfg: Any, point: Any, models: Any, indices: list[int], path: 
     nfe = float(passes.double().mean())
     results.save_npz(path, tokens=tokens.cpu().numpy(), passes=passes.cpu().numpy(), indices=np.asarray(indices),
                      seed=cfg.seed, nfe=nfe, solver=str(cfg.solver.name), steps=str(cfg.steps.name))
-    quality = TokenQuality(model, tokens).extra()
+    quality = token_quality(model, tokens).extra()
     out.print(f"{len(indices)} sequences, NFE measured {nfe:g} per sample (declared {point.plan.nfe_declared}), "
               f"{seconds:.3f} s sampling", highlight=False)
-    out.print(f"unigram entropy {quality['unigram_entropy']:.4f} nats (true {quality['unigram_entropy_true']:.4f}), "
-              f"NLL {quality['nll']:.4f} (true entropy {quality['entropy_true']:.4f})", highlight=False)
+    out.print(_entropy_line(quality), highlight=False)
     if scorer is not None:
         quality["gen_ppl"] = generative_perplexity(tokens, scorer, point.run.batch_size)
         out.print(f"generative perplexity {quality['gen_ppl']:.4g} under {lm}", highlight=False)
     out.print(f"samples: {path}")
     return {"nfe_measured": nfe, "nfe_declared": point.plan.nfe_declared, "seconds": seconds, **quality}
+
+
+def _entropy_line(quality: dict[str, Any]) -> str:
+    """The samples' unigram entropy, with the true values and NLL when the model has an exact truth."""
+    if "entropy_true" not in quality:
+        return f"unigram entropy {quality['unigram_entropy']:.4f} nats (no exact truth for this model)"
+    return (f"unigram entropy {quality['unigram_entropy']:.4f} nats (true {quality['unigram_entropy_true']:.4f}), "
+            f"NLL {quality['nll']:.4f} (true entropy {quality['entropy_true']:.4f})")
 
 
 def _parse_seeds(text: str) -> list[int]:

@@ -34,6 +34,31 @@ def exact_model(model: Any) -> MarkovChain:
     return model if isinstance(model, MarkovChain) else model.truth
 
 
+def has_truth(model: Any) -> bool:
+    """Whether samples of `model` can be measured exactly (hub checkpoints have no known distribution)."""
+    return isinstance(model, MarkovChain) or hasattr(model, "truth")
+
+
+class SampleEntropy:
+    """Token samples [N, L] of a model without exact truth: no metrics, only the samples' unigram entropy."""
+
+    def __init__(self, tokens: Tensor, vocab: int):
+        self.counts = np.bincount(tokens.cpu().numpy().ravel(), minlength=vocab)
+
+    def values(self, names: Sequence[str], n_boot: int, level: float) -> dict[str, MetricValue]:
+        """No exact metric applies (check_names refuses every name)."""
+        return {}
+
+    def extra(self) -> dict[str, Any]:
+        """The samples' unigram entropy (nats), the one row column beside NFE and time."""
+        return {"unigram_entropy": entropy(self.counts / self.counts.sum())}
+
+
+def token_quality(model: Any, tokens: Tensor) -> TokenQuality | SampleEntropy:
+    """Exact quality under the model's truth, or only the samples' entropy for a model without one."""
+    return TokenQuality(model, tokens) if has_truth(model) else SampleEntropy(tokens, model.vocab)
+
+
 class TokenQuality:
     """The exact metrics of token samples [N, L] under `model` (or its `truth`), each a statistic of sample indices."""
 
@@ -99,6 +124,12 @@ class TokenQuality:
 
 def check_names(names: Sequence[str], model: Any) -> None:
     """Metric names a discrete point can compute (UsageError naming the valid ones)."""
+    if not names:
+        return
+    check(has_truth(model),
+          f"metrics {', '.join(names)} need a model with a known distribution; {type(model).__name__} (a hub "
+          "checkpoint) has none: set metrics.names=[] and read the samples, their unigram entropy, or "
+          "`diffbench sample --lm <causal LM>` perplexity")
     model = exact_model(model)
     unknown = [n for n in names if n not in METRICS]
     check(not unknown, f"metrics {', '.join(unknown)} do not apply to discrete models; use metrics=discrete "

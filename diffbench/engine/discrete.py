@@ -17,7 +17,7 @@ from diffbench import columns as col
 from diffbench import results
 from diffbench.columns import MetricValue, ResultRow
 from diffbench.discrete import DiscreteSpec
-from diffbench.discrete.metrics import TokenQuality
+from diffbench.discrete.metrics import token_quality
 from diffbench.discrete.sampling import DiscretePlan, sample_tokens
 from diffbench.engine.points import Point
 
@@ -50,7 +50,7 @@ def measure_discrete(point: Point, model: Any, row: ResultRow) -> tuple[dict[str
     run = point.run
     tokens, passes, seconds = sample_discrete(point, model, range(run.n_samples))
     start = time.perf_counter()
-    quality = TokenQuality(model, tokens)
+    quality = token_quality(model, tokens)
     m = point.cfg.metrics
     values = quality.values(list(m.names), int(m.n_boot), float(m.ci_level))
     nfe = float(passes.double().mean())
