@@ -242,3 +242,18 @@ def test_every_deterministic_solver_has_its_order_on_the_guided_mixture(guided_o
         errors.append(float((out - (to_zero if final_zero else exact)).pow(2).mean().sqrt()))
     slope, order = fitted_slope(solver, steps, errors), GUIDED_ASYMPTOTIC.get(solver, SOLVERS[solver].order)
     assert order - 0.3 <= slope <= order + 0.3, f"{solver}: fitted order {slope:.2f}, errors {errors}"
+
+
+def test_dpm_solver_v3_estimates_its_ems_on_the_guided_field(tmp_path, monkeypatch):
+    """ems=auto on a guided model: statistics of the guided field (its cache key differs from the unguided one)."""
+    from diffbench.solvers import ems
+
+    monkeypatch.setenv("DIFFBENCH_CACHE", str(tmp_path))
+    model = class_gmm(dim=4, classes=3)
+    guided = GuidedModel(model, make_conditions({"name": "balanced"}, 6, 3), make_guidance({"name": "cfg", "scale": 3.0}))
+    plan = make_plan("dpm_solver_v3", 6, model.schedule, solver_options={"ems": "auto"}, shape=(4,))
+    batch = sample_batch(guided.bind(range(6)), plan, indices=range(6), seed=0, shape=(4,))
+    assert torch.isfinite(batch.x).all()
+    grid = ems.lambda_grid(-3.0, 3.0, 8)
+    key = {"samples": 16, "seed": 0, "source": "data", "jvp": "autograd"}
+    assert ems.cache_key(model, (4,), grid, **key) != ems.cache_key(guided.bind(range(6)), (4,), grid, **key)

@@ -48,6 +48,7 @@ from diffbench import assetstore
 from diffbench.atomicio import atomic_write
 from diffbench.errors import UsageError, check, warn
 from diffbench.models.base import CountingDenoiser, Denoiser
+from diffbench.models.guidance import GuidedDenoiser, GuidedModel
 from diffbench.noise import NoiseSource
 from diffbench.solvers.euler import heun
 from diffbench.steps import make_sigmas
@@ -136,10 +137,31 @@ def lambda_grid(lam_lo: float, lam_hi: float, points: int) -> Tensor:
 
 
 def unwrap(denoiser: Denoiser) -> Denoiser:
-    """The model under NFE counters: EMS are a one-off precomputation, not sampling evaluations."""
+    """The model under NFE counters: EMS are a one-off precomputation, not sampling evaluations.
+
+    A guided model bound to one batch's labels is unbound: EMS estimation calls it on its own batches, each
+    evaluated with the conditions of samples 0 .. B-1, cyclically (a balanced set's labels), so the statistics are those of
+    the guided field the sweep samples.
+    """
     while isinstance(denoiser, CountingDenoiser):
         denoiser = denoiser.inner
+    if isinstance(denoiser, GuidedDenoiser):
+        return RowLabels(denoiser.parent)
     return denoiser
+
+
+class RowLabels(Denoiser):
+    """A guided model whose every call binds the conditions of samples 0 .. B-1 (cyclically) to its B rows."""
+
+    def __init__(self, parent: GuidedModel):
+        self.parent, self.schedule, self.dtype = parent, parent.schedule, parent.dtype
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        n = len(self.parent.conditions.labels)
+        return self.parent.bind([i % n for i in range(x.shape[0])]).denoise(x, sigma)
+
+    def describe(self) -> dict[str, object]:
+        return {**self.parent.describe(), "guidance": repr(self.parent.guidance)}
 
 
 # ---- estimation -------------------------------------------------------------------------------
