@@ -281,6 +281,41 @@ class RectifiedFlow(NoiseSchedule):
         return torch.sigmoid(-_t(lam))
 
 
+class MeanReverting(NoiseSchedule):
+    """Mean-reverting SDE dx = theta (mu - x) dt + sqrt(2 theta) lam dW (IR-SDE, Luo et al. 2023), in y = x - mu.
+
+    Its marginals are x_t = mu + e^{-t} (x0 - mu) + lam sqrt(1 - e^{-2t}) eps with t the accumulated
+    theta (IR-SDE's theta_bar; the theta profile only reparameterizes time, so step grids in sigma do not
+    see it): in y this is alpha = e^{-t}, sigma(t) = lam sqrt(1 - alpha^2), and its probability-flow ODE is the
+    MR PF-ODE that MR Sampler (Li et al. 2025) integrates, so every exponential integrator here (dpmpp_2m,
+    unipc, ...) is an MR sampler on it. The model owns mu (y0 = x0 - mu). t_max = log 100 is IR-SDE's
+    e^{-theta_bar_T} = 0.01; the prior is the SDE's stationary law N(mu, lam^2 I).
+    """
+
+    name = "mean_reverting"
+
+    def __init__(self, stationary_std: float = 1.0, t_min: float = 2e-6, t_max: float = math.log(100.0)):
+        check(stationary_std > 0, f"schedule.stationary_std must be > 0 (got {stationary_std})")
+        check(0 < t_min < t_max, "schedule: mean_reverting needs 0 < t_min < t_max")
+        self.stationary_std, self.t_min, self.t_max = stationary_std, t_min, t_max
+
+    def log_alpha(self, t: Array) -> Tensor:
+        return -_t(t)
+
+    def lambda_(self, t: Array) -> Tensor:
+        # log(alpha / sigma) = -log lam - log(e^{2t} - 1) / 2
+        return -math.log(self.stationary_std) - 0.5 * torch.log(torch.expm1(2.0 * _t(t)))
+
+    def t_of_lambda(self, lam: Array) -> Tensor:
+        return 0.5 * torch.log1p(torch.exp(-2.0 * (_t(lam) + math.log(self.stationary_std))))
+
+    def prior_std(self, sigma: float) -> float:
+        return self.stationary_std / float(self.alpha_of_sigma(sigma))
+
+    def describe(self) -> dict[str, float | str]:
+        return {**super().describe(), "stationary_std": self.stationary_std}
+
+
 SCHEDULES: dict[str, Callable[..., NoiseSchedule]] = {
     "vp_linear": VPLinear,
     "vp_cosine": VPCosine,
@@ -289,6 +324,7 @@ SCHEDULES: dict[str, Callable[..., NoiseSchedule]] = {
     "edm": EDM,
     "pfgmpp": PFGMPP,
     "rectified_flow": RectifiedFlow,
+    "mean_reverting": MeanReverting,
 }
 
 
