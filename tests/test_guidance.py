@@ -250,7 +250,8 @@ def test_dpm_solver_v3_estimates_its_ems_on_the_guided_field(tmp_path, monkeypat
 
     monkeypatch.setenv("DIFFBENCH_CACHE", str(tmp_path))
     model = class_gmm(dim=4, classes=3)
-    guided = GuidedModel(model, make_conditions({"name": "balanced"}, 6, 3), make_guidance({"name": "cfg", "scale": 3.0}))
+    cfg = make_guidance({"name": "cfg", "scale": 3.0})
+    guided = GuidedModel(model, make_conditions({"name": "balanced"}, 6, 3), cfg)
     plan = make_plan("dpm_solver_v3", 6, model.schedule, solver_options={"ems": "auto"}, shape=(4,))
     batch = sample_batch(guided.bind(range(6)), plan, indices=range(6), seed=0, shape=(4,))
     assert torch.isfinite(batch.x).all()

@@ -140,8 +140,8 @@ def unwrap(denoiser: Denoiser) -> Denoiser:
     """The model under NFE counters: EMS are a one-off precomputation, not sampling evaluations.
 
     A guided model bound to one batch's labels is unbound: EMS estimation calls it on its own batches, each
-    evaluated with the conditions of samples 0 .. B-1, cyclically (a balanced set's labels), so the statistics are those of
-    the guided field the sweep samples.
+    evaluated with the conditions of samples 0 .. B-1, cyclically (a balanced set's labels), so the statistics
+    are those of the guided field the sweep samples.
     """
     while isinstance(denoiser, CountingDenoiser):
         denoiser = denoiser.inner
