@@ -173,15 +173,33 @@ def dpmpp_2s(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSourc
 
 
 def ancestral_move(x: Tensor, sigma: float, sigma_to: float, denoised: Tensor, eta: float, s_noise: float,
-                   noise: NoiseSource | None) -> Tensor:
-    """First-order data-prediction move to sigma_down, then fresh noise of std sigma_up (the ancestral split)."""
+                   noise: NoiseSource | None, draw: Tensor | None = None) -> Tensor:
+    """First-order data-prediction move to sigma_down, then noise of std sigma_up (the ancestral split): `draw`,
+    else a fresh standard normal from `noise`."""
     sigma_down, sigma_up = ancestral_step(sigma, sigma_to, eta)
     x = data_prediction_step(x, sigma, sigma_down, [denoised])
     if sigma_up > 0:
-        if noise is None:
-            raise ValueError("an ancestral DPM-Solver++ step (eta > 0) needs a NoiseSource")
-        x = x + noise.randn_like(x) * s_noise * sigma_up
+        if draw is None:
+            if noise is None:
+                raise ValueError("an ancestral DPM-Solver++ step (eta > 0) needs a NoiseSource")
+            draw = noise.randn_like(x)
+        x = x + draw * s_noise * sigma_up
     return x
+
+
+NOISE_PATHS = ("brownian", "independent")  # dpmpp_sde's two stage noises: one Brownian path, or independent draws
+
+
+def brownian_pair(noise: NoiseSource, x: Tensor, sigma: float, sigma_mid: float,
+                  sigma_next: float) -> tuple[Tensor, Tensor]:
+    """Normalised increments of one Brownian path in sigma over [sigma_mid, sigma] and [sigma_next, sigma].
+
+    They are correlated, rho = sqrt((sigma - sigma_mid) / (sigma - sigma_next)), exactly as k-diffusion's
+    BrownianTreeNoiseSampler draws them for sample_dpmpp_sde's two stages; independent draws change the law.
+    """
+    first, rest = noise.randn_like(x), noise.randn_like(x)
+    rho = math.sqrt((sigma - sigma_mid) / (sigma - sigma_next))
+    return first, rho * first + math.sqrt(1 - rho**2) * rest
 
 
 def check_ancestral(eta: float, s_noise: float) -> None:
@@ -216,19 +234,22 @@ def dpmpp_2s_ancestral(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: 
     return x
 
 
-@register("dpmpp_sde", order=1, nfe=last_step_single(2), stochastic="eta", eta=1.0)
+@register("dpmpp_sde", order=2, nfe=last_step_single(2), stochastic="eta", eta=1.0)
 def dpmpp_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSource | None = None,
-              eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5) -> Tensor:
+              eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5, noise_path: str = "brownian") -> Tensor:
     """Stochastic DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1 with ancestral noise; k-diffusion's sample_dpmpp_sde).
 
     Both stages are ancestral moves: to the intermediate level sigma^(1-r) sigma'^r, then to sigma'
-    with D mixed as (1 - 1/(2r)) D + 1/(2r) D_mid, fresh noise after each (two draws a step; k-diffusion
-    draws them from a Brownian tree, here independently, which has the same law). eta = 0 with r = 1/2
-    is dpmpp_2s. A step to sigma = 0 returns D. Registered order 1: its weak order on Gaussian data
-    (measured as dpmpp_2s_ancestral's: 0.65 over 8..32 steps, 0.87 over 32..128).
+    with D mixed as (1 - 1/(2r)) D + 1/(2r) D_mid. Their noises are the increments of one Brownian path in
+    sigma over [sigma_mid, sigma] and [sigma', sigma] (noise_path="brownian": k-diffusion's Brownian-tree law);
+    noise_path="independent" draws them independently, diffbench's rule before 2026-12-05 (a different law, weak
+    order ~0.9). eta = 0 with r = 1/2
+    is dpmpp_2s. A step to sigma = 0 returns D. Registered order 2: its weak order on Gaussian data is 2.16 over
+    32..128 steps (tests/test_dpm_solver_pp_sde.py; with independent stage noises it was ~0.9).
     """
     check_ancestral(eta, s_noise)
     check(0 < r < 1, f"solver.r must be in (0, 1) (got {r})")
+    check(noise_path in NOISE_PATHS, f"solver.noise_path must be one of {', '.join(NOISE_PATHS)} (got {noise_path})")
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         denoised = denoiser(x, sigma)
@@ -237,8 +258,12 @@ def dpmpp_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSour
             continue
         # Stage 1: ancestral move to the intermediate level, evaluated there.
         sigma_mid = sigma ** (1 - r) * sigma_next**r
-        denoised_mid = denoiser(ancestral_move(x, sigma, sigma_mid, denoised, eta, s_noise, noise), sigma_mid)
+        draws: tuple[Tensor | None, Tensor | None] = (None, None)
+        if eta > 0 and noise is not None and noise_path == "brownian":
+            draws = brownian_pair(noise, x, sigma, sigma_mid, sigma_next)
+        denoised_mid = denoiser(ancestral_move(x, sigma, sigma_mid, denoised, eta, s_noise, noise, draws[0]),
+                                sigma_mid)
         # Stage 2: ancestral move to sigma_next with the second-order combination of both estimates.
         mixed = (1 - 1 / (2 * r)) * denoised + 1 / (2 * r) * denoised_mid
-        x = ancestral_move(x, sigma, sigma_next, mixed, eta, s_noise, noise)
+        x = ancestral_move(x, sigma, sigma_next, mixed, eta, s_noise, noise, draws[1])
     return x
