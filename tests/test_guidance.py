@@ -244,6 +244,7 @@ def test_every_deterministic_solver_has_its_order_on_the_guided_mixture(guided_o
     assert order - 0.3 <= slope <= order + 0.3, f"{solver}: fitted order {slope:.2f}, errors {errors}"
 
 
+@pytest.mark.slow  # ~15 s: EMS estimation on 1024 samples x 250 levels
 def test_dpm_solver_v3_estimates_its_ems_on_the_guided_field(tmp_path, monkeypatch):
     """ems=auto on a guided model: statistics of the guided field (its cache key differs from the unguided one)."""
     from diffbench.solvers import ems

@@ -180,7 +180,7 @@ def test_optional_metric_options_leave_the_hash_alone():
 
 def test_clip_score_without_prompts_is_one_line(clip_folder):
     from diffbench.config import settings
-    from diffbench.metrics.suite import check_metrics
+    from diffbench.metrics.checks import check_metrics
     from diffbench.models import make_model
 
     cfg = compose(["metrics.names=[clip_score]", "n_samples=4"])
