@@ -57,6 +57,7 @@ def _higher_is_better(rows: list[dict]) -> list[dict]:
              "precision_hi": -r["fd_lo"]} for r in rows]
 
 
+@pytest.mark.slow  # moved out of the default selection (under 3 minutes); CI runs it with -m slow
 def test_unchanged_reruns_fail_the_check_at_most_alpha_and_real_shifts_are_caught():
     """Simulated checks of m points whose runs are independent normal estimates with honest intervals."""
     rng = np.random.default_rng(0)

@@ -18,6 +18,7 @@ def cache(tmp_path, monkeypatch):
 _run = run_cli
 
 
+@pytest.mark.slow  # moved out of the default selection (under 3 minutes); CI runs it with -m slow
 def test_list_solvers_shows_order_stochasticity_min_nfe_and_options(capsys):
     code, out, _ = _run(capsys, "list", "solvers")
     assert code == 0

@@ -50,6 +50,7 @@ def test_plain_override_of_an_axis_replaces_it_and_lists_sweep():
         n for n in group_options("solver") if n.startswith("euler")}
 
 
+@pytest.mark.slow  # moved out of the default selection (under 3 minutes); CI runs it with -m slow
 def test_group_option_applies_across_a_swept_group():
     """guidance.scale set once (or swept) with guidance=cfg,interval: the base config does not choose the group."""
     guided = [*DEBUG, "model=class_gmm", "conditions=balanced", "guidance=cfg,interval"]

@@ -31,6 +31,7 @@ def _assert_same(plain: pd.DataFrame, overlapped: pd.DataFrame, root: Path, metr
         assert np.array_equal(np.load(root / "plain" / a)["x"], np.load(root / "overlap" / b)["x"])
 
 
+@pytest.mark.slow  # moved out of the default selection (under 3 minutes); CI runs it with -m slow
 def test_overlap_forced_on_cpu_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plain = _sweep(tmp_path, "plain", False, monkeypatch)
     overlapped = _sweep(tmp_path, "overlap", True, monkeypatch)

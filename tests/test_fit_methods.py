@@ -21,7 +21,8 @@ def small_fits(monkeypatch):
     monkeypatch.setattr(ld3, "ITERATIONS", 6)
 
 
-@pytest.mark.parametrize("method", ["ld3", "ays", "oss"])
+@pytest.mark.parametrize("method", [pytest.param("ld3", marks=pytest.mark.slow), "ays",
+                                    pytest.param("oss", marks=pytest.mark.slow)])
 def test_fit_refits_bit_for_bit_and_beats_karras_on_held_out_samples(tmp_path, small_fits, one_thread, method):
     common = sweep_args(tmp_path, tmp_path / "cache", "solver=ipndm", "nfe=5")
     args = [*common, "steps.calibration_n=8", f"steps.method={method}"]

@@ -109,6 +109,7 @@ def test_unknown_override_keys(work, command, key, value):
     _fails_cleanly(_run_args(command, out, f"{key}={value}"), out)
 
 
+@pytest.mark.slow  # moved out of the default selection (under 3 minutes); CI runs it with -m slow
 @FUZZ
 @given(command=st.sampled_from(COMMANDS), field_value=st.sampled_from(sorted(BAD_VALUES)).flatmap(
     lambda f: st.tuples(st.just(f), BAD_VALUES[f])))
@@ -153,6 +154,7 @@ def test_garbage_override_syntax(work, text):
 
 # Paths and files -------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # moved out of the default selection (under 3 minutes); CI runs it with -m slow
 @FUZZ
 @given(case=st.sampled_from(["eval", "check", "plot", "report", "sample_suffix", "sample_under_file",
                              "sweep_under_file", "update_under_file", "eval_garbage_npz", "eval_garbage_npy",
@@ -204,6 +206,7 @@ def configs_copy(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # moved out of the default selection (under 3 minutes); CI runs it with -m slow
 @FUZZ
 @given(template=st.sampled_from(BROKEN_YAML), key=words, value=words, group=st.sampled_from(("experiment", "solver")))
 def test_malformed_yaml_config_files(work, configs_copy, template, key, value, group):

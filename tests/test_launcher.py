@@ -100,6 +100,7 @@ def test_slurm_options_reach_sbatch_and_a_rejected_submission_is_exit_2(tmp_path
     assert not results.table_paths(tmp_path / "out").parquet.exists()
 
 
+@pytest.mark.slow  # moved out of the default selection (under 3 minutes); CI runs it with -m slow
 def test_a_failing_job_is_one_line_per_point_and_exit_1(tmp_path, capsys):
     missing = tmp_path / "missing.npz"  # the jobs need the reference data; the parent does not read it
     code, _, stderr = _sweep(capsys, *TINY, "solver=euler,heun", "dataset=npz", f"dataset.path={missing}",

@@ -58,6 +58,7 @@ def test_missing_column_and_empty_file_are_usage_errors(tmp_path: Path) -> None:
         prompt_set(2, path=str(tmp_path / "empty.txt"))
 
 
+@pytest.mark.slow  # moved out of the default selection (under 3 minutes); CI runs it with -m slow
 def test_missing_prompt_file_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run_cli(capsys, "sweep", "model=class_gmm", "metrics=error_only", "conditions=prompts",
                            f"conditions.path={tmp_path / 'nope.txt'}", "guidance=cfg", f"out={tmp_path / 'out'}")

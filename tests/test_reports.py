@@ -46,6 +46,7 @@ def _one_line_error(capsys, code: int, exit_code: int = 2) -> str:
 
 # Atomic writes ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # moved out of the default selection (under 3 minutes); CI runs it with -m slow
 def test_a_full_disk_mid_report_leaves_the_previous_report_intact(table, capsys, monkeypatch):
     assert main(["report", str(table)]) == 0
     before = _files(table / "report")
