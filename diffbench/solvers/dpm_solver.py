@@ -40,12 +40,10 @@ def noise_prediction_step(x: Tensor, sigma: float | Tensor, sigma_next: float | 
     """
     if not isinstance(sigma_next, Tensor) and sigma_next == 0:
         return x - sigma * terms[0]
-    if isinstance(sigma, Tensor) or isinstance(sigma_next, Tensor):
-        h: Any = torch.log(torch.as_tensor(sigma / sigma_next))
-        weights = [sigma_next * h ** (k + 1) * phi_tensor(k + 1, h) for k in range(len(terms))]
-    else:
-        h = math.log(sigma / sigma_next)
-        weights = [sigma_next * h ** (k + 1) * phi(k + 1, h) for k in range(len(terms))]
+    per_sample = isinstance(sigma, Tensor) or isinstance(sigma_next, Tensor)
+    h: Any = torch.log(torch.as_tensor(sigma / sigma_next)) if per_sample else math.log(sigma / sigma_next)
+    phi_k: Callable[[int, Any], Any] = phi_tensor if per_sample else phi
+    weights = [sigma_next * h ** (k + 1) * phi_k(k + 1, h) for k in range(len(terms))]
     if midpoint and len(terms) == 2:
         weights[1] = 0.5 * h * weights[0]
     return x - sum(w * t for w, t in zip(weights, terms))

@@ -242,10 +242,9 @@ def dpmpp_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: NoiseSour
     Both stages are ancestral moves: to the intermediate level sigma^(1-r) sigma'^r, then to sigma'
     with D mixed as (1 - 1/(2r)) D + 1/(2r) D_mid. Their noises are the increments of one Brownian path in
     sigma over [sigma_mid, sigma] and [sigma', sigma] (noise_path="brownian": k-diffusion's Brownian-tree law);
-    noise_path="independent" draws them independently, diffbench's rule before 2026-12-05 (a different law, weak
-    order ~0.9). eta = 0 with r = 1/2
-    is dpmpp_2s. A step to sigma = 0 returns D. Registered order 2: its weak order on Gaussian data is 2.16 over
-    32..128 steps (tests/test_dpm_solver_pp_sde.py; with independent stage noises it was ~0.9).
+    noise_path="independent" draws them independently, diffbench's rule before 2026-12-05 (another law: weak
+    order ~0.9). eta = 0 with r = 1/2 is dpmpp_2s. A step to sigma = 0 returns D. Registered order 2: its weak
+    order on Gaussian data is 2.16 over 32..128 steps (tests/test_dpm_solver_pp_sde.py).
     """
     check_ancestral(eta, s_noise)
     check(0 < r < 1, f"solver.r must be in (0, 1) (got {r})")
