@@ -94,7 +94,8 @@ from diffbench.distributed import shard_indices
 
 dist.init_process_group("gloo")
 size = resolve_batch_size("auto", int(sys.argv[1]), torch.device("cpu"))
-print(f"rank {dist.get_rank()} samples {len(shard_indices(int(sys.argv[1]), size))}", flush=True)
+with open(f"{sys.argv[2]}/rank{dist.get_rank()}.txt", "w") as out:  # one file per rank: stdout interleaves
+    out.write(str(len(shard_indices(int(sys.argv[1]), size))))
 dist.destroy_process_group()
 """
 
@@ -105,12 +106,12 @@ def test_auto_batch_size_under_torchrun_splits_a_point_over_both_ranks(tmp_path)
     path.write_text(AUTO_ENTRY)
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", f"--master_port={_free_port()}",
-           str(path), str(AUTO_CPU - 2)]  # one auto batch on one process: rank 1 had nothing before
+           str(path), str(AUTO_CPU - 2), str(tmp_path)]  # one auto batch on one process: rank 1 had nothing before
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120,
                           env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
-    assert counts == [f"rank {r} samples {AUTO_CPU // 2 - 1}" for r in range(WORLD)]
+    counts = [int((tmp_path / f"rank{r}.txt").read_text()) for r in range(WORLD)]
+    assert counts == [AUTO_CPU // 2 - 1] * WORLD
 
 
 def test_cuda_points_must_not_pin_one_gpu_under_torchrun(monkeypatch):
