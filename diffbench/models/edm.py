@@ -88,13 +88,13 @@ class ClassEDMDenoiser(ConditionalDenoiser):
     """D(x, sigma, labels) = c_skip x + c_out F(c_in x, c_noise, labels): a class-conditional EDM network."""
 
     def __init__(self, net: UNet, sigma_data: float, schedule: EDM, shape: Sequence[int], source: str = ""):
-        self.net, self.sigma_data, self.schedule, self.shape = net, float(sigma_data), schedule, tuple(shape)
+        self.net = TorchNet(net, torch.float32)  # moved to the input's device on first use, labels with it
+        self.sigma_data, self.schedule, self.shape = float(sigma_data), schedule, tuple(shape)
         self.classes, self.dtype, self.source = net.classes, torch.float32, source
 
     def denoise_cond(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
-        with torch.no_grad():
-            f_x = self.net(expand_as(c_in, x) * x, c_noise, labels.to(x.device))
+        f_x = self.net(expand_as(c_in, x) * x, c_noise, labels)
         return expand_as(c_skip, x) * x + expand_as(c_out, x) * f_x
 
     def describe(self) -> dict[str, object]:
