@@ -90,3 +90,14 @@ def test_shipped_classifier_reads_the_mnist_test_split():
 def test_missing_classifier_file_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="metrics.classifier=.*does not exist"):
         load_classifier(str(tmp_path / "none.pt"), torch.device("cpu"))
+
+
+def test_shipped_conditional_model_draws_the_digit_it_is_asked_for(tmp_path):
+    """model=diffbench-mnist-cond (resolved from the assets) under CFG w=2: the shipped classifier reads its labels."""
+    summary = run_sweep(["model=diffbench-mnist-cond", "dataset=mnist", "conditions=balanced", "guidance=cfg",
+                         "guidance.scale=2", "metrics=conditional", "metrics.names=[class_accuracy]",
+                         "solver=dpmpp_2m", "nfe=10", "n_samples=20", "batch_size=20", f"out={tmp_path / 'out'}",
+                         f"cache_dir={tmp_path}"],
+                        progress=False)
+    row = summary.frame().iloc[0]
+    assert summary.ran == 1 and summary.failed == 0 and row["class_accuracy"] >= 0.9
