@@ -130,20 +130,10 @@ def test_pipeline_without_t5_is_a_usage_error(sd3_dir: Path, tmp_path: Path) -> 
 
 @pytest.mark.slow  # ~15 s on the shared CPU
 def test_sd3_sweep_on_prompts_end_to_end(sd3_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import numpy as np
-    import pandas as pd
-
     from diffbench import columns as col
-    from tests.helpers.cli import run_cli
+    from tests.helpers.cli import prompt_sweep_row
 
-    code, _, err = run_cli(capsys, "sweep", "debug=default", "model=sd3-medium", f"model.path={sd3_dir}",
-                           "model.dtype=float32", "model.shape=[4,8,8]", "conditions=prompts", "guidance=cfg",
-                           "guidance.scale=7", "metrics.names=[]", "n_samples=4", "batch_size=2",
-                           "sweep.params.solver=euler", "sweep.params.nfe=2", "sweep.params.steps=flow_shift",
-                           f"out={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}")
-    assert code == 0, err
-    row = pd.read_parquet(tmp_path / "out" / "results.parquet").iloc[0]
-    assert row[col.STATUS] == col.OK and row[col.NFE_NETWORK] == 4
-    assert row["condition_set"] == "prompts:prompts_smoke.txt" and len(row["condition_hash"]) == 16
-    assert row[col.TIME_DECODE] > 0 and row[col.TIME_TEXT_ENCODER] >= 0
-    assert np.load(tmp_path / "out" / row[col.SAMPLES_PATH])["x"].shape == (4, 3, 16, 16)
+    row = prompt_sweep_row(capsys, tmp_path, "model=sd3-medium", f"model.path={sd3_dir}", "model.shape=[4,8,8]",
+                           "guidance.scale=7", "sweep.params.solver=euler", "sweep.params.nfe=2",
+                           "sweep.params.steps=flow_shift")
+    assert row[col.NFE_NETWORK] == 4

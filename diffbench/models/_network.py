@@ -81,6 +81,21 @@ def load_network(path: str, expected: str = " or ".join(FORMATS)) -> tuple[nn.Mo
                          f"({first_line(e)})") from None
 
 
+def save_traced(net: nn.Module, inputs: Callable[[int], tuple[Tensor, ...]], fields: dict[str, Any], out: Path,
+                source: str) -> None:
+    """Trace a raw network and write it with its fields, as load_network reads it; the trace is checked on new inputs.
+
+    inputs(batch) draws one set of example inputs; the trace is made at batch 2 and must hold at batch 3.
+    """
+    traced = torch.jit.trace(net, inputs(2))
+    check_inputs = inputs(3)
+    err = float((traced(*check_inputs) - net(*check_inputs)).abs().max())
+    if err > 1e-4:
+        raise SystemExit(f"{source}: the traced network differs from the original by {err:.2e}; not exported")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(traced, str(out), _extra_files={EXTRA_FILE: json.dumps(fields)})
+
+
 def _is_torchscript(file: Path) -> bool:
     """TorchScript archives are zip files with a code/ folder (torch.save zips have none)."""
     if not zipfile.is_zipfile(file):
