@@ -31,6 +31,8 @@ DPI = 110
 LABEL_GAP_PX = 3  # the least room between two tick labels
 PLOT_COLUMNS = (col.SOLVER, col.STEPS, col.NFE_MEASURED)
 STOCHASTIC_MARK = "\N{DAGGER}"  # marks stochastic solvers, whose rmse_ref is not a convergence error
+UNGUIDED = ("none", "nan", "None")  # guidance.name of rows sampled without guidance (or from before it existed)
+PANELS_PER_ROW = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,18 @@ def _model_label(df: pd.DataFrame) -> pd.Series:
     """The model's config choice (e.g. image_mixture_32), else its kind."""
     name = col.MODEL_CHOICE if col.MODEL_CHOICE in df.columns else col.MODEL_KIND
     return df[name].astype(str) if name in df.columns else pd.Series("model", index=df.index)
+
+
+def _panel_label(df: pd.DataFrame) -> pd.Series:
+    """The model's label, plus the guidance rule and scale on guided rows: points of different guidance never share
+    a line (averaging over scales would hide what guidance does)."""
+    label = _model_label(df)
+    if col.GUIDANCE not in df.columns:
+        return label
+    rule = df[col.GUIDANCE].astype(str)
+    guided = ~rule.isin(UNGUIDED)
+    scale = df[col.GUIDANCE_SCALE].map(lambda v: f"{float(v):g}") if col.GUIDANCE_SCALE in df.columns else ""
+    return label.where(~guided, label + " · " + rule + " w=" + scale)
 
 
 def _aggregate(df: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
@@ -112,18 +126,23 @@ def stochastic(df: pd.DataFrame) -> pd.Series:
 
 
 def nfe_plot(df: pd.DataFrame, metric: str) -> plt.Figure:
-    """Metric vs measured NFE (log x), one line per solver, step schedule as line style, one panel per model.
+    """Metric vs measured NFE (log x), one line per solver, step schedule as line style, one panel per model and
+    guidance setting (PANELS_PER_ROW to a row).
 
     Stochastic solvers carry STOCHASTIC_MARK in the legend.
     """
     df = ok_rows(df).dropna(subset=[metric])
     check(not df.empty, f"no successful rows with metric '{metric}' to plot")
     colours, styles = _style_maps(df)
-    models = _model_label(df)
+    models = _panel_label(df)
     names = sorted(models.unique())
     marked = stochastic(df)
-    fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names), 4.4), squeeze=False)
-    for ax, model in zip(axes[0], names):
+    ncols = min(len(names), PANELS_PER_ROW)
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, model in zip(axes.flat, names):
         part = df[models == model]
         for (solver, schedule), group in part.groupby([col.SOLVER, col.STEPS]):
             agg = _aggregate(group, col.NFE_MEASURED, metric)
@@ -237,9 +256,9 @@ def grid_plot(df: pd.DataFrame, root: Path, per_cell: int = 4) -> plt.Figure:
 
 
 def _grid_row_labels(df: pd.DataFrame) -> pd.Series:
-    """'solver (schedule)', prefixed by the model when the table holds several, marked when stochastic."""
+    """'solver (schedule)', prefixed by the model and guidance when the table holds several; stochastic marked."""
     label = df[col.SOLVER].astype(str) + " (" + df[col.STEPS].astype(str) + ")"
-    models = _model_label(df)
+    models = _panel_label(df)
     if models.nunique() > 1:
         label = models + ":\n" + label
     return label + stochastic(df).map({True: f" {STOCHASTIC_MARK}", False: ""})

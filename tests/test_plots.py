@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from diffbench import plots, results
@@ -77,3 +78,19 @@ def test_report_and_plot_commands(table, capsys):
     assert main(["plot", str(table), "--metric", "nope", "--out", str(table / "q")]) == 2
     assert "metric nope is not in the table" in capsys.readouterr().err
     assert not (table / "q").exists()
+
+
+def test_guided_rows_get_one_panel_per_guidance_setting_never_averaged(table):
+    """Rows at several CFG scales: one NFE panel per (model, rule, scale), each line holding only its own points."""
+    df = results.load(table)
+    guided = df[df["status"] == "ok"].copy()
+    guided["guidance.name"], guided["guidance.scale"] = "cfg", 2.0
+    other = guided.assign(**{"guidance.scale": 4.0, "rmse_ref": guided["rmse_ref"] * 10})
+    unguided = guided.assign(**{"guidance.name": "none", "guidance.scale": 1.0})
+    fig = plots.nfe_plot(pd.concat([guided, other, unguided]), "rmse_ref")
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert sorted(panels) == ["rmse_ref vs NFE: image_mixture", "rmse_ref vs NFE: image_mixture · cfg w=2",
+                              "rmse_ref vs NFE: image_mixture · cfg w=4"]
+    data = [line for line in panels["rmse_ref vs NFE: image_mixture · cfg w=2"].get_lines() if line.get_marker() == "o"]
+    low = max(max(line.get_ydata()) for line in data)
+    assert low == pytest.approx(guided["rmse_ref"].max())  # not the mean with the w=4 rows
