@@ -73,8 +73,10 @@ class SweepTask:
         job = self.jobs[HydraConfig.get().job.num]
         print(f"{job.name}: running", flush=True)
         try:
-            run_sweep(job.overrides, progress=False, shard=job.shard, retry_failed=self.retry_failed,
-                      command=self.command, on_row=_log_row)
+            summary = run_sweep(job.overrides, progress=False, shard=job.shard, retry_failed=self.retry_failed,
+                                command=self.command, on_row=_log_row)
+            print(f"{job.name}: {summary.ran} run, {summary.skipped} already in the table, {summary.failed} failed",
+                  flush=True)  # the job's log says what it did, also when it wrote no row
         except UsageError as e:
             return str(e)
         except Exception as e:  # noqa: BLE001 -- the job boundary: the parent reports it in one line
