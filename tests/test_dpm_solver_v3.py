@@ -8,6 +8,7 @@ import torch
 
 from diffbench.errors import UsageError
 from diffbench.models.analytic import GaussianDenoiser
+from diffbench.models.edm import edm, edm_coefficients
 from diffbench.noise import NoiseSource
 from diffbench.sampling import make_plan, sample_batch
 from diffbench.solvers import SOLVERS
@@ -173,3 +174,17 @@ as the Gaussian's are exact)."""
         errs.append(_rms(V3(gauss, x, sigmas, ems="none", **options),
                          gauss.exact_ode(x, float(sigmas[0]), float(sigmas[-1]))))
     assert errs[1] < errs[0] / 4
+
+
+def test_ems_take_the_derivative_of_a_real_network():
+    """Through the TorchScript MNIST UNet (TorchNet): autodiff JVPs equal central differences, and they move l.
+
+    Inference mode made torch.func.jvp either refuse the network or treat it as a constant (l from c_skip alone).
+    """
+    model = edm("diffbench-mnist.pt")
+    x0 = torch.rand((3, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    lams = lambda_grid(-math.log(2.0), -math.log(0.5), 3)
+    auto, fd = (compute_ems(model, x0, lams, jvp=m, batch_size=3) for m in ("autodiff", "fd"))
+    assert float((auto.l - fd.l).abs().max()) < 0.03 and float((auto.l - fd.l).abs().mean()) < 2e-3
+    constant_net_l = 1 - edm_coefficients(torch.exp(-lams), 0.5)[0]  # 1 - c_skip: what a network without derivative gives
+    assert float((auto.l.mean((1, 2, 3)) - constant_net_l).abs().max()) > 0.05

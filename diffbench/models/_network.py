@@ -128,6 +128,9 @@ def option(value: float | None, precond: dict[str, Any], key: str, default: floa
 class TorchNet:
     """Runs a module without gradients in its dtype, moved to the input's device on first use.
 
+    No autograd graph is kept (torch.no_grad), but forward-mode derivatives pass through: DPM-Solver-v3's
+    EMS take torch.func.jvp of the network (inference mode would drop or refuse them).
+
     The noise label c is passed in float32 (as EDM does), whatever the module's dtype. Speed options
     (recorded in every row through the model config): channels_last memory format for 4-D inputs, and
     torch.compile with a mode name ("default", "reduce-overhead" = CUDA graphs, "max-autotune").
@@ -155,7 +158,7 @@ class TorchNet:
             x = x.contiguous(memory_format=torch.channels_last)
         cond = tuple(v.to(x.device, self.dtype if v.is_floating_point() else v.dtype) for v in cond)
         shape = (tuple(x.shape), *(tuple(v.shape) for v in cond))
-        with torch.inference_mode():
+        with torch.no_grad():
             if not self.compile or shape in self.shapes:
                 return self.forward(x, c.float(), *cond).to(dtype).contiguous()
             with warmup.timed(x.device):  # the first call at a new shape compiles its graph

@@ -203,6 +203,8 @@ def compute_ems(denoiser: Denoiser, x0: Tensor, lambdas: Tensor, *, seed: int = 
     parts, n = _chunks(len(x0), batch_size), len(x0)
     lambdas = lambdas.double().cpu()
     sigmas = torch.exp(-lambdas).tolist()
+    # One plain call first: a network placed on its device inside torch.func.jvp leaks transform-level tensors.
+    model.denoise(x0[:1], torch.full((1,), sigmas[0], dtype=torch.float64, device=x0.device))
 
     def noised(sigma: float, r: slice) -> tuple[Tensor, Tensor]:
         y = x0[r] + sigma * z[r]
