@@ -68,6 +68,7 @@ def summary(row: pd.Series, args: argparse.Namespace) -> dict[str, object]:
             "nfe": args.nfe, "nfe_network": float(row[col.NFE_NETWORK]), "batch_size_used": int(row["batch_size_used"]),
             "samples_per_s": args.n_samples / total, "time_total_s": total,
             "time_text_encoder_s": float(row[col.TIME_TEXT_ENCODER]),
+            "time_warmup_s": float(row["time_warmup_s"] or 0.0),  # compiling graphs at new shapes (in the total)
             "shares": {name: float(seconds) / total for name, seconds in parts.items()}}
 
 
