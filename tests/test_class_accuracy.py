@@ -101,3 +101,18 @@ def test_shipped_conditional_model_draws_the_digit_it_is_asked_for(tmp_path):
                         progress=False)
     row = summary.frame().iloc[0]
     assert summary.ran == 1 and summary.failed == 0 and row["class_accuracy"] >= 0.9
+
+
+@pytest.mark.parametrize(("options", "atol"), [({"channels_last": True}, 1e-5), ({"dtype": "bfloat16"}, 0.05)])
+def test_shipped_conditional_model_takes_the_speed_options(options, atol):
+    """The class-conditional checkpoint runs in a lower precision / channels-last (label embedding included) and
+    gives the float32 network's denoised images to that precision; the labels still decide the output."""
+    from diffbench.models.edm import edm
+
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigma, labels = torch.full((4,), 1.0, dtype=torch.float64), torch.tensor([0, 3, 7, -1])
+    reference = edm("diffbench-mnist-cond.pt").denoise_cond(x, sigma, labels)
+    fast = edm("diffbench-mnist-cond.pt", **options)
+    out = fast.denoise_cond(x, sigma, labels)
+    assert out.dtype == torch.float64 and float((out - reference).abs().max()) < atol
+    assert float((fast.denoise_cond(x, sigma, labels.flip(0)) - out).abs().max()) > 10 * atol

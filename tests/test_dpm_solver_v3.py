@@ -186,5 +186,5 @@ def test_ems_take_the_derivative_of_a_real_network():
     lams = lambda_grid(-math.log(2.0), -math.log(0.5), 3)
     auto, fd = (compute_ems(model, x0, lams, jvp=m, batch_size=3) for m in ("autodiff", "fd"))
     assert float((auto.l - fd.l).abs().max()) < 0.03 and float((auto.l - fd.l).abs().mean()) < 2e-3
-    constant_net_l = 1 - edm_coefficients(torch.exp(-lams), 0.5)[0]  # 1 - c_skip: what a network without derivative gives
+    constant_net_l = 1 - edm_coefficients(torch.exp(-lams), 0.5)[0]  # 1 - c_skip: a network without derivative
     assert float((auto.l.mean((1, 2, 3)) - constant_net_l).abs().max()) > 0.05

@@ -74,23 +74,21 @@ def edm(path: str = "", shape: Sequence[int] | None = None, sigma_data: float | 
     precond = precond_of(fields, "edm", "EDM-preconditioned", path)
     schedule = EDM(option(sigma_min, precond, "sigma_min", 0.002), option(sigma_max, precond, "sigma_max", 80.0))
     net_dtype = parse_dtype(dtype)
+    net = TorchNet(module, net_dtype, channels_last, compile)
+    sigma_data, shape = option(sigma_data, precond, "sigma_data", 0.5), checkpoint_shape(fields, shape, path)
     if isinstance(module, UNet) and module.classes:  # a class-conditional diffbench-unet checkpoint
-        check(net_dtype == torch.float32 and not channels_last and not compile,
-              "model: a class-conditional checkpoint runs in float32, unchanged (leave dtype, channels_last, compile)")
-        return ClassEDMDenoiser(module.requires_grad_(False), option(sigma_data, precond, "sigma_data", 0.5), schedule,
-                                checkpoint_shape(fields, shape, path), path)
-    return EDMDenoiser(TorchNet(module, net_dtype, channels_last, compile),
-                       option(sigma_data, precond, "sigma_data", 0.5), schedule,
-                       checkpoint_shape(fields, shape, path), net_dtype, path)
+        return ClassEDMDenoiser(net, module.classes, sigma_data, schedule, shape, path)
+    return EDMDenoiser(net, sigma_data, schedule, shape, net_dtype, path)
 
 
 class ClassEDMDenoiser(ConditionalDenoiser):
     """D(x, sigma, labels) = c_skip x + c_out F(c_in x, c_noise, labels): a class-conditional EDM network."""
 
-    def __init__(self, net: UNet, sigma_data: float, schedule: EDM, shape: Sequence[int], source: str = ""):
-        self.net = TorchNet(net, torch.float32)  # moved to the input's device on first use, labels with it
+    def __init__(self, net: TorchNet, classes: int, sigma_data: float, schedule: EDM, shape: Sequence[int],
+                 source: str = ""):
+        self.net = net  # moved to the input's device on first use, labels with it
         self.sigma_data, self.schedule, self.shape = float(sigma_data), schedule, tuple(shape)
-        self.classes, self.dtype, self.source = net.classes, torch.float32, source
+        self.classes, self.dtype, self.source = classes, net.dtype, source
 
     def denoise_cond(self, x: Tensor, sigma: Tensor, labels: Tensor) -> Tensor:
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
@@ -118,4 +116,5 @@ def random_class_unet(classes: int = 10, shape: Sequence[int] = (1, 16, 16), cha
         for module in net.modules():  # training starts these layers at zero: draw them too
             if isinstance(module, torch.nn.Conv2d) and not bool(module.weight.any()):
                 torch.nn.init.normal_(module.weight, std=0.05)
-    return ClassEDMDenoiser(net.eval().requires_grad_(False).to(device), 0.5, EDM(), shape)
+    return ClassEDMDenoiser(TorchNet(net.eval().requires_grad_(False).to(device), torch.float32), classes, 0.5, EDM(),
+                            shape)
