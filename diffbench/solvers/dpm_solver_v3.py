@@ -132,7 +132,7 @@ def dpm_solver_v3(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Noise
     n = len(sigmas) - 1
     fin = [v for v in lam if math.isfinite(v)]
     stats = resolve(denoiser, ems, x.shape[1:], fin[0], fin[-1], points=ems_points, samples=ems_samples,
-                    seed=ems_seed, device=x.device)
+                    seed=ems_seed, device=x.device, batch_size=max(256, len(x)))  # the sweep's batch, if larger
     # Integrals over every step between finite nodes; S, B cumulated from the first node.
     steps = [_step_integrals(stats, a, b, order + 1) for a, b in zip(fin[:-1], fin[1:])]
     big_s, big_b = [torch.zeros(())], [torch.zeros(())]

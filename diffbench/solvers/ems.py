@@ -356,10 +356,12 @@ def cached_ems(denoiser: Denoiser, shape: Sequence[int], lambdas: Tensor, *, sam
 
 
 def resolve(denoiser: Denoiser, spec: str, shape: Sequence[int], lam_lo: float, lam_hi: float, *,
-            points: int = 250, samples: int = 1024, seed: int = 0, device: torch.device | str = "cpu") -> EMS:
+            points: int = 250, samples: int = 1024, seed: int = 0, device: torch.device | str = "cpu",
+            batch_size: int = 256) -> EMS:
     """The EMS a solver option names: 'none' (degenerate), 'auto' (cached for this model), or a file.
 
-    'auto' spans the model schedule's range, widened to [lam_lo, lam_hi] when sampling goes beyond it.
+    'auto' spans the model schedule's range, widened to [lam_lo, lam_hi] when sampling goes beyond it; it is
+    estimated in batches of batch_size samples (the statistics do not depend on it, only the time does).
     """
     if spec == "none":
         return EMS.degenerate(lam_lo, lam_hi)
@@ -367,7 +369,8 @@ def resolve(denoiser: Denoiser, spec: str, shape: Sequence[int], lam_lo: float, 
         schedule = unwrap(denoiser).schedule
         lo = min(-math.log(schedule.sigma_max), lam_lo)
         hi = max(-math.log(schedule.sigma_min), lam_hi)
-        return cached_ems(denoiser, shape, lambda_grid(lo, hi, points), samples=samples, seed=seed, device=device)
+        return cached_ems(denoiser, shape, lambda_grid(lo, hi, points), samples=samples, seed=seed, device=device,
+                          batch_size=batch_size)
     path = Path(spec).expanduser().resolve()
     ems = _load(path)
     if not ems.covers(lam_lo, lam_hi):
