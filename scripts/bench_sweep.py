@@ -11,7 +11,9 @@
   the new one, where each time is the fastest variant (SPEED_VARIANTS for the network, EXTRACTOR_VARIANTS for
   the FID network) whose FID stays within FID_TOLERANCE of the reference variant's (fp32 network, TorchScript
   Inception), every FID measured in the same run on the same N samples (--floor-variants lists the variants
-  tried; compiled ones need a compiler on a CPU).
+  tried; compiled ones need a compiler on a CPU). Variants are compared on --variant-n samples (paired: same noise).
+Progress goes to stderr by stage, and --out is rewritten after each stage (`meta.complete` false until the end), so a
+run cut at a device call's limit still returns what it measured.
 
 `speed` measures sampling throughput only (no Inception) for precision / memory-format / compile
 variants. Each run prints a table and writes JSON (with this command) to --out. Examples (GPU):
@@ -277,9 +279,14 @@ def baseline_point(args: argparse.Namespace, checkpoint: str, ref_dir: Path, out
 
 
 def variant_fid(args: argparse.Namespace, base: list[str], extra: list[str], out: Path) -> float:
-    """FID of one point (dpmpp_2m, args.nfe, args.n samples, no interval) with the variant's overrides."""
+    """FID of one point (dpmpp_2m, args.nfe, --variant-n samples, no interval) with the variant's overrides.
+
+    Variants are compared on the same samples (same noise), so their FID difference needs far fewer than N.
+    """
     rows: list[dict[str, Any]] = []
-    run_sweep([*base, *extra, "solver=dpmpp_2m", f"nfe={args.nfe}", f"n_samples={args.n}", f"batch_size={args.batch}",
+    stage(f"variant FID {' '.join(extra)} (N = {args.variant_n})")
+    run_sweep([*base, *extra, "solver=dpmpp_2m", f"nfe={args.nfe}", f"n_samples={args.variant_n}",
+               f"batch_size={args.batch}",
                "metrics.names=[fd]", f"metrics.extractor_weights={args.weights}", "metrics.n_boot=0",
                "sweep.params.solver=dpmpp_2m", f"sweep.params.nfe={args.nfe}", f"out={out}"],
               progress=False, on_row=rows.append)
@@ -315,23 +322,30 @@ def new_floor(args: argparse.Namespace, base: list[str], shape: tuple[int, ...],
             "fid_tolerance": FID_TOLERANCE, "floor_s": floor}
 
 
-def point(args: argparse.Namespace, base: list[str], out: Path) -> dict[str, Any]:
-    """diffbench vs baseline vs both floors for one point."""
+def point(args: argparse.Namespace, base: list[str], out: Path, save: Callable[..., object]) -> dict[str, Any]:
+    """diffbench vs baseline vs both floors for one point; `save` writes the report so far after each stage."""
     cfg = compose(base)
+    stage("network floor")
     net_bs, net_s = network_floor(base, args.sizes)
     shape = tuple(ModelCache().get(cfg.model).shape)
+    stage("Inception floor")
     inception = inception_floor(args.weights, args.inception_sizes, shape, args.device, cfg.metrics)
     floor = args.n * (args.nfe * net_s + inception["inception_s_per_image"])
     report: dict[str, Any] = {"floor": {"network_best_batch": net_bs, "network_s_per_sample": net_s, **inception,
                                         "floor_s": floor}}
+    save(report)
     report["new_floor"] = new_floor(args, base, shape, out)
+    save(report)
     print(f"floor (TorchScript Inception, base network): {floor:.3f} s; new floor (network "
           f"{report['new_floor']['best_network']}, FID net {report['new_floor']['best_fid_net']}): "
           f"{report['new_floor']['floor_s']:.3f} s", flush=True)
+    stage(f"diffbench point (N = {args.n})")
     report["diffbench"] = diffbench_point(args, base, out)
     report["diffbench"]["ratio_to_floor"] = report["diffbench"]["time_total_s"] / floor
     report["diffbench"]["ratio_to_new_floor"] = report["diffbench"]["time_total_s"] / report["new_floor"]["floor_s"]
+    save(report)
     if args.baseline:
+        stage(f"baseline (N = {args.n})")
         ref_dir = out / "reference_png"
         reference_pngs(args, base, ref_dir)
         checkpoint = str(Path(cfg.model.path)) if Path(cfg.model.path).is_file() else str(
@@ -342,6 +356,14 @@ def point(args: argparse.Namespace, base: list[str], out: Path) -> dict[str, Any
 
 
 # -------------------------------------------------------------------------------------------- main
+
+START = time.perf_counter()
+
+
+def stage(what: str) -> None:
+    """One progress line on stderr: a run cut at its time limit shows where it was."""
+    print(f"[{time.perf_counter() - START:7.1f} s] {what}", file=sys.stderr, flush=True)
+
 
 def sqrtm_compat() -> None:
     """clean-fid 0.1.35 calls scipy.linalg.sqrtm(..., disp=False), which SciPy 1.18 removed: adapt the call."""
@@ -361,6 +383,7 @@ def main() -> None:
     ap.add_argument("--unet35m", action="store_true", help="use a CIFAR-10-sized 36M-parameter random UNet")
     ap.add_argument("--dataset", default="mnist", help="reference dataset config for FID")
     ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--variant-n", type=int, default=10_000, help="samples per FID of a floor variant (paired)")
     ap.add_argument("--nfe", type=int, default=10)
     ap.add_argument("--batch", type=int, default=2048, help="diffbench's and the baseline's batch size")
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192],
@@ -384,13 +407,18 @@ def main() -> None:
     base = [*model, f"dataset={args.dataset}", f"device={args.device}", "steps=karras",
             *([f"metrics.ref_n={args.ref_n}"] if args.ref_n else []), *args.set]
     sqrtm_compat()
-    report = speed(args, base) if args.mode == "speed" else point(args, base, work)
     meta = {**results.provenance(torch.device(args.device)), "base_overrides": base, "n": args.n, "nfe": args.nfe,
-            "batch": args.batch, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
-    text = json.dumps({"meta": meta, "result": report}, indent=1, default=str)
-    print(text)
+            "variant_n": args.variant_n, "batch": args.batch,
+            "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+
+    def save(report: Any, complete: bool = False) -> str:
+        text = json.dumps({"meta": {**meta, "complete": complete}, "result": report}, indent=1, default=str)
+        Path(args.out).write_text(text)
+        return text
+
+    report = speed(args, base) if args.mode == "speed" else point(args, base, work, save)
+    print(save(report, complete=True))
 
 
 if __name__ == "__main__":
