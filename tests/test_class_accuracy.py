@@ -92,6 +92,7 @@ def test_missing_classifier_file_is_a_usage_error(tmp_path):
         load_classifier(str(tmp_path / "none.pt"), torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_shipped_conditional_model_draws_the_digit_it_is_asked_for(tmp_path):
     """model=diffbench-mnist-cond (resolved from the assets) under CFG w=2: the shipped classifier reads its labels."""
     summary = run_sweep(["model=diffbench-mnist-cond", "dataset=mnist", "conditions=balanced", "guidance=cfg",
