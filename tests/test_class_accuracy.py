@@ -12,6 +12,7 @@ from diffbench.engine.points import prepare
 from diffbench.engine.sweep import run_sweep
 from diffbench.errors import UsageError
 from diffbench.metrics.classifier import ClassAccuracy, DigitClassifier, grey, load_classifier, save_classifier, wilson
+from diffbench.models.edm import edm
 from tests.helpers.sweeps import sweep_args
 
 ASSETS = Path(__file__).resolve().parent.parent / "diffbench" / "assets"
@@ -108,8 +109,6 @@ def test_shipped_conditional_model_draws_the_digit_it_is_asked_for(tmp_path):
 def test_shipped_conditional_model_takes_the_speed_options(options, atol):
     """The class-conditional checkpoint runs in a lower precision / channels-last (label embedding included) and
     gives the float32 network's denoised images to that precision; the labels still decide the output."""
-    from diffbench.models.edm import edm
-
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     sigma, labels = torch.full((4,), 1.0, dtype=torch.float64), torch.tensor([0, 3, 7, -1])
     reference = edm("diffbench-mnist-cond.pt").denoise_cond(x, sigma, labels)

@@ -34,6 +34,7 @@ from diffbench.errors import check
 from diffbench.models.base import Denoiser
 from diffbench.noise import NoiseSource
 from diffbench.solvers._common import lambdas as to_lambdas
+from diffbench.solvers.ems import BATCH as EMS_BATCH
 from diffbench.solvers.ems import EMS, resolve
 from diffbench.solvers.registry import per_step, register
 
@@ -132,7 +133,7 @@ def dpm_solver_v3(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: Noise
     n = len(sigmas) - 1
     fin = [v for v in lam if math.isfinite(v)]
     stats = resolve(denoiser, ems, x.shape[1:], fin[0], fin[-1], points=ems_points, samples=ems_samples,
-                    seed=ems_seed, device=x.device, batch_size=max(256, len(x)))  # the sweep's batch, if larger
+                    seed=ems_seed, device=x.device, batch_size=max(EMS_BATCH, len(x)))
     # Integrals over every step between finite nodes; S, B cumulated from the first node.
     steps = [_step_integrals(stats, a, b, order + 1) for a, b in zip(fin[:-1], fin[1:])]
     big_s, big_b = [torch.zeros(())], [torch.zeros(())]

@@ -57,6 +57,7 @@ from diffbench.tensorcache import digest
 FORMAT = 1
 JVP_METHODS = ("autodiff", "fd")
 REFERENCE_STEPS = 64  # Heun steps (127 NFE) for EMS samples of models without data
+BATCH = 256  # samples per network call while estimating EMS (solvers pass their batch when it is larger)
 _RIDGE = 1e-10  # relative ridge on Var(f) in the (s, b) regression
 
 
@@ -185,7 +186,7 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def compute_ems(denoiser: Denoiser, x0: Tensor, lambdas: Tensor, *, seed: int = 0, batch_size: int = 256,
+def compute_ems(denoiser: Denoiser, x0: Tensor, lambdas: Tensor, *, seed: int = 0, batch_size: int = BATCH,
                 jvp: str = "autodiff") -> EMS:
     """Estimate l, s, b on `lambdas` from the data samples x0 [N, *shape] (no caching; see module doc).
 
@@ -203,7 +204,8 @@ def compute_ems(denoiser: Denoiser, x0: Tensor, lambdas: Tensor, *, seed: int = 
     parts, n = _chunks(len(x0), batch_size), len(x0)
     lambdas = lambdas.double().cpu()
     sigmas = torch.exp(-lambdas).tolist()
-    # One plain call first: a network placed on its device inside torch.func.jvp leaks transform-level tensors.
+    # One plain call first: a network's first call (placing it on the device; TorchScript's first-run optimisation)
+    # inside torch.func.jvp leaked transform-level tensors or crashed.
     model.denoise(x0[:1], torch.full((1,), sigmas[0], dtype=torch.float64, device=x0.device))
 
     def noised(sigma: float, r: slice) -> tuple[Tensor, Tensor]:
@@ -281,7 +283,7 @@ def sample_source(denoiser: Denoiser) -> str:
     return "data" if hasattr(unwrap(denoiser), "sample_data") else f"heun{REFERENCE_STEPS}-karras"
 
 
-def samples_for_ems(denoiser: Denoiser, shape: Sequence[int], n: int, seed: int, *, batch_size: int = 256,
+def samples_for_ems(denoiser: Denoiser, shape: Sequence[int], n: int, seed: int, *, batch_size: int = BATCH,
                     device: torch.device | str = "cpu") -> Tensor:
     """x0 [n, *shape]: the model's data when it has them, else reference-solver samples."""
     model = unwrap(denoiser)
@@ -336,7 +338,7 @@ def _load(path: Path) -> EMS:
 
 
 def cached_ems(denoiser: Denoiser, shape: Sequence[int], lambdas: Tensor, *, samples: int = 1024, seed: int = 0,
-               jvp: str = "autodiff", batch_size: int = 256, device: torch.device | str = "cpu",
+               jvp: str = "autodiff", batch_size: int = BATCH, device: torch.device | str = "cpu",
                directory: Path | None = None) -> EMS:
     """EMS for this model and grid: from this process, else from the disk cache, else computed and saved."""
     check(samples >= 2, f"solver.ems_samples must be >= 2 (got {samples})")
@@ -357,7 +359,7 @@ def cached_ems(denoiser: Denoiser, shape: Sequence[int], lambdas: Tensor, *, sam
 
 def resolve(denoiser: Denoiser, spec: str, shape: Sequence[int], lam_lo: float, lam_hi: float, *,
             points: int = 250, samples: int = 1024, seed: int = 0, device: torch.device | str = "cpu",
-            batch_size: int = 256) -> EMS:
+            batch_size: int = BATCH) -> EMS:
     """The EMS a solver option names: 'none' (degenerate), 'auto' (cached for this model), or a file.
 
     'auto' spans the model schedule's range, widened to [lam_lo, lam_hi] when sampling goes beyond it; it is
