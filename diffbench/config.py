@@ -47,7 +47,8 @@ PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 # Fields that never change a point's samples or metric values: left out of the resume key.
 NOT_HASHED = ("out", "batch_size", "device", "cache_dir", "sweep")
 # Groups left out of the resume key while off, so points that predate them keep their hash.
-HASHED_UNLESS = {"conditions": {"name": "none"}, "guidance": {"name": "none"}}
+OFF: dict[str, Any] = {"name": "none"}
+HASHED_UNLESS = {"conditions": OFF, "guidance": OFF}
 # Metrics whose options are a metrics sub-node of their name: hashed only while the metric is in metrics.names.
 # Metrics-group fields -> the metric that reads them: hashed only while that metric is in metrics.names.
 OPTIONAL_METRICS = {"clip_score": "clip_score", "fd_dinov2": "fd_dinov2", "cmmd": "cmmd",
@@ -431,6 +432,11 @@ def to_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return json.loads(json.dumps(cfg))
+
+
+def inputs_of(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A point's conditions and guidance nodes (OFF when absent)."""
+    return to_dict(cfg.get("conditions") or OFF), to_dict(cfg.get("guidance") or OFF)
 
 
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:

@@ -8,7 +8,10 @@ import torch
 
 from diffbench.errors import UsageError
 from diffbench.models.analytic import GaussianDenoiser
+from diffbench.models.base import Denoiser
+from diffbench.models.conditions import ConditionSet
 from diffbench.models.edm import edm, edm_coefficients
+from diffbench.models.guidance import GuidedModel, cfg
 from diffbench.noise import NoiseSource
 from diffbench.sampling import make_plan, sample_batch
 from diffbench.solvers import SOLVERS
@@ -176,12 +179,21 @@ as the Gaussian's are exact)."""
     assert errs[1] < errs[0] / 4
 
 
-def test_ems_take_the_derivative_of_a_real_network():
-    """Through the TorchScript MNIST UNet (TorchNet): autodiff JVPs equal central differences, and they move l.
+def _guided_mnist() -> Denoiser:
+    """The shipped class-conditional UNet under CFG w = 2, bound to labels 0, 1, 2 (what a guided sweep samples)."""
+    conditions = ConditionSet("test", torch.arange(3))
+    return GuidedModel(edm("diffbench-mnist-cond.pt"), conditions, cfg(2.0)).bind(range(3))
+
+
+@pytest.mark.parametrize("make_model", [pytest.param(lambda: edm("diffbench-mnist.pt"), id="mnist"),
+                                        pytest.param(_guided_mnist, id="guided", marks=pytest.mark.slow)])
+def test_ems_take_the_derivative_of_a_real_network(make_model):
+    """Through the TorchScript MNIST UNets (TorchNet; labels and CFG's doubled batch included): autodiff JVPs
+    equal central differences, and they move l.
 
     Inference mode made torch.func.jvp either refuse the network or treat it as a constant (l from c_skip alone).
     """
-    model = edm("diffbench-mnist.pt")
+    model = make_model()
     x0 = torch.rand((3, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
     lams = lambda_grid(-math.log(2.0), -math.log(0.5), 3)
     auto, fd = (compute_ems(model, x0, lams, jvp=m, batch_size=3) for m in ("autodiff", "fd"))

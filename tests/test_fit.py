@@ -126,3 +126,23 @@ def test_cli_fit_prints_where_the_grid_went_and_refuses_other_schedules(tmp_path
     assert main(["fit", *args[:-1], "steps=karras"]) == 2
     assert "steps=fitted" in capsys.readouterr().err
     assert main(["fit", *args, "steps.method=amed"]) == 2
+
+
+def test_guided_fits_are_fitted_on_the_guided_field_and_keyed_by_it(tmp_path, one_thread):
+    """A fit of a conditional model samples what the sweep samples (labels and guidance bound to the calibration
+    indices): its Karras calibration RMSE is the guided sweep's rmse_ref on those samples; each guidance has its
+    own artefact, and a sweep under a guidance that was not fitted finds none."""
+    model = sweep_args(tmp_path, tmp_path / "cache", "model=class_gmm", "solver=dpmpp_2m", "nfe=4")
+    fit = ["steps.calibration_n=8", "steps.method=search"]
+    guided = [*model, "conditions=balanced", "guidance=cfg"]
+    w2, = fit_all([*guided, *fit, "guidance.scale=2"], progress=False)
+    w4, = fit_all([*guided, *fit, "guidance.scale=4"], progress=False)
+    plain, = fit_all([*model, *fit], progress=False)
+    assert len({w2.key, w4.key, plain.key}) == 3 and w2.artefact["request"]["guidance"]["scale"] == 2
+    for fitted, scale in ((w2, 2), (w4, 4)):
+        row = run_sweep([*guided, f"guidance.scale={scale}", "seed=1000", "n_samples=8", "metrics.error_samples=8"],
+                        progress=False).frame().iloc[0]
+        assert row["rmse_ref"] == pytest.approx(fitted.artefact["calibration_rmse"]["karras"], rel=1e-9)
+    assert w2.artefact["calibration_rmse"]["karras"] != pytest.approx(w4.artefact["calibration_rmse"]["karras"])
+    with pytest.raises(UsageError, match="diffbench fit"):
+        prepare([*guided, *fit, "guidance.scale=8", "steps=fitted"])

@@ -37,6 +37,9 @@ def test_basis_is_orthonormal_starts_at_d_and_points_along_the_path():
     dependent = pas.basis(d, [start, taken, taken * 2 + d, d], travelled)  # d in the centred buffer's span
     assert torch.equal(dependent[:, 3], torch.zeros(3, 10, dtype=torch.float64))
     assert torch.allclose(dependent[:, :3] @ dependent[:, :3].transpose(1, 2), torch.eye(3, dtype=torch.float64))
+    flat = [t[:, :1, :2] for t in (start, taken, other, d)]  # 2-dimensional data: at most 2 principal directions
+    small = pas.basis(flat[-1], flat, travelled[:, :1, :2])
+    assert small.shape == (3, 3, 2) and torch.equal(small[:, 2], torch.zeros(3, 2, dtype=torch.float64))
 
 
 @pytest.mark.slow  # ~2.5 s each: outside the default selection (under 3 minutes); CI runs it with -m slow

@@ -21,6 +21,7 @@ from diffbench.config import (
     config_hash,
     expand_grid,
     group_config,
+    inputs_of,
     parse_overrides,
     settings,
     to_dict,
@@ -102,11 +103,6 @@ class ModelCache:
             labels = make_conditions(conditions, n_samples, conditional(model).classes)
             self._models[key] = GuidedModel(with_conditions(model, labels), labels, rule, guide)
         return self._models[key]
-
-
-def inputs_of(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A point's conditions and guidance nodes (none when absent)."""
-    return (to_dict(cfg.get("conditions") or {"name": NONE}), to_dict(cfg.get("guidance") or {"name": NONE}))
 
 
 def guide_config(guidance: dict[str, Any]) -> dict[str, Any]:

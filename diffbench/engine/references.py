@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from diffbench import distributed, tensorcache
-from diffbench.config import RunSettings, config_hash, to_dict
-from diffbench.engine.points import POINT_ERRORS, inputs_of
+from diffbench.config import RunSettings, config_hash, inputs_of, to_dict
+from diffbench.engine.points import POINT_ERRORS
 from diffbench.metrics.suite import Tasks
 from diffbench.models import Denoiser
 from diffbench.sampling import Plan, make_plan, sample_points

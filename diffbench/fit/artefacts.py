@@ -1,8 +1,9 @@
 """Fitted step-grid artefacts: keyed by what the fit depends on, stored as JSON under `<cache_dir>/fitted/`.
 
 The key hashes the model identity, solver and its options, NFE, method, calibration set (seed and
-count), noise span and dtype, with the artefact FORMAT, so a changed fitting procedure never reuses an
-old grid. Sweeps with `steps=fitted` fill the grid and the artefact key from it.
+count), noise span and dtype, the conditions and guidance (left out of the hash while off, as in a
+point's key), with the artefact FORMAT, so a changed fitting procedure never reuses an old grid.
+Sweeps with `steps=fitted` fill the grid and the artefact key from it.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf
 
 from diffbench.atomicio import atomic_write
-from diffbench.config import config_hash, to_dict
+from diffbench.config import config_hash, inputs_of, to_dict
 from diffbench.errors import check
 from diffbench.schedules import NoiseSchedule
 from diffbench.steps import resolve_span
@@ -28,7 +29,8 @@ def fit_request(cfg: DictConfig, model_key: str, nfe: int, schedule: NoiseSchedu
     span = resolve_span(schedule, cfg.steps.sigma_min, cfg.steps.sigma_max, bool(cfg.steps.final_zero))
     return {"format": FORMAT, "model": model_key, "solver": to_dict(cfg.solver), "nfe": int(nfe),
             "method": str(cfg.steps.method), "calibration": calibration(cfg), "dtype": str(cfg.dtype),
-            "span": {"sigma_min": span.sigma_min, "sigma_max": span.sigma_max, "final_zero": span.final_zero}}
+            "span": {"sigma_min": span.sigma_min, "sigma_max": span.sigma_max, "final_zero": span.final_zero},
+            **dict(zip(("conditions", "guidance"), inputs_of(cfg)))}  # a guided field has its own grid
 
 
 def calibration(cfg: DictConfig) -> dict[str, int]:

@@ -84,7 +84,7 @@ def basis(d: Tensor, buffer: list[Tensor], travelled: Tensor) -> Tensor:
     centred = flat - flat.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     units = [d.flatten(1) / d.flatten(1).norm(dim=1, keepdim=True)]
-    for j in range(min(PCA_NUM - 1, flat.shape[1] - 1)):  # a centred buffer of m vectors has rank <= m - 1
+    for j in range(min(PCA_NUM - 1, flat.shape[1] - 1, vh.shape[1])):  # rank <= m - 1 for m centred vectors, <= n
         v = vh[:, j]
         for u in units:
             v = v - (u * v).sum(dim=1, keepdim=True) * u

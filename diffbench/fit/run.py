@@ -108,11 +108,13 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
     calib = request["calibration"]
     calib_run = RunSettings(run.nfe, calib["seed"], calib["n"], calib["n"], run.device, run.dtype)
     calib_cfg = cast(DictConfig, OmegaConf.merge(cfg, {"seed": calib["seed"], "n_samples": calib["n"]}))
-    counter = CountingDenoiser(model)
-    x = initial_noise(NoiseSource(calib["seed"], range(calib["n"]), run.device), sample_shape(model),
+    with assetstore.cache_root(cfg.cache_dir):  # the field a sweep samples: its conditions and guidance bound
+        sampled = models.for_point(calib_cfg, calib["n"])
+    counter = CountingDenoiser(sampled.bind(range(calib["n"])))
+    x = initial_noise(NoiseSource(calib["seed"], range(calib["n"]), run.device), sample_shape(sampled),
                       model.schedule, span.sigma_max, run.dtype)
-    rmse = partial(calibration_rmse, calib_cfg, spec, options, calib_run, solutions, span)
-    reference = partial(solutions.get, calib_cfg, model, karras_plan(spec, options, calib_run, span, model),
+    rmse = partial(calibration_rmse, calib_cfg, spec, options, calib_run, solutions, span, sampled)
+    reference = partial(solutions.get, calib_cfg, sampled, karras_plan(spec, options, calib_run, span, model),
                         calib_run, calib_run.n_samples)  # solved once per calibration set, when a method asks
     fit, method_options = METHODS[method]
     start = time.perf_counter()
@@ -126,21 +128,21 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
     sigmas, extra = result if isinstance(result, tuple) else (result, {})
     artefact = {"key": key, "request": request, "sigmas": sigmas.tolist(), artefacts.FIT_SECONDS: seconds,
                 artefacts.FIT_NFE: counter.sample_evals, "method_options": method_options, **extra,
-                "calibration_rmse": {"fitted": rmse(model, sigmas, extra), "karras": rmse(model, None)},
+                "calibration_rmse": {"fitted": rmse(sampled, sigmas, extra), "karras": rmse(sampled, None)},
                 "created": datetime.now(UTC).isoformat(timespec="seconds")}
     return Fitted(key, artefacts.save(cfg.cache_dir, key, artefact), artefact, False)
 
 
 def calibration_rmse(cfg: DictConfig, spec: SolverSpec, options: dict[str, Any], run: RunSettings,
-                     solutions: ReferenceSolutions, span: Span, model: Denoiser, sigmas: Tensor | None,
-                     extra: dict[str, Any] | None = None) -> float:
-    """RMSE vs the RK45 reference on the calibration samples of a grid (Karras when sigmas is None), with the
-    solver corrections an artefact's `extra` fields hold (PAS)."""
-    plan = karras_plan(spec, options, run, span, model, sigmas)
-    base = unwrap(model)
-    reference = solutions.get(cfg, base, plan, run, run.n_samples)
-    x = sample_batch(model, pas.corrected_plan(plan, extra or {}), range(run.n_samples), run.seed, sample_shape(base),
-                     run.device, run.dtype).x
+                     solutions: ReferenceSolutions, span: Span, sampled: Denoiser, model: Denoiser,
+                     sigmas: Tensor | None, extra: dict[str, Any] | None = None) -> float:
+    """RMSE vs the RK45 reference of `sampled` (the point's model) on the calibration samples of a grid (Karras
+    when sigmas is None), solved by `model` (sampled, or the fit's counter of it) with the solver corrections an
+    artefact's `extra` fields hold (PAS)."""
+    plan = karras_plan(spec, options, run, span, sampled, sigmas)
+    reference = solutions.get(cfg, sampled, plan, run, run.n_samples)
+    x = sample_batch(model, pas.corrected_plan(plan, extra or {}), range(run.n_samples), run.seed,
+                     sample_shape(sampled), run.device, run.dtype).x
     return float((x.cpu() - reference).pow(2).mean().sqrt())
 
 
@@ -158,8 +160,3 @@ def karras_plan(spec: SolverSpec, options: dict[str, Any], run: RunSettings, spa
     grid = {"step_grid": "explicit", "step_options": {"sigmas": sigmas.tolist()}} if sigmas is not None else {}
     return make_plan(spec, run.nfe, model.schedule, solver_options=options, sigma_min=span.sigma_min,
                      sigma_max=span.sigma_max, final_zero=span.final_zero, **grid)
-
-
-def unwrap(model: Denoiser) -> Denoiser:
-    """The model under a CountingDenoiser: reference solves are not the fit's own evaluations."""
-    return model.inner if isinstance(model, CountingDenoiser) else model
