@@ -259,3 +259,22 @@ def test_dpm_solver_v3_estimates_its_ems_on_the_guided_field(tmp_path, monkeypat
     grid = ems.lambda_grid(-3.0, 3.0, 8)
     key = {"samples": 16, "seed": 0, "source": "data", "jvp": "autograd"}
     assert ems.cache_key(model, (4,), grid, **key) != ems.cache_key(guided.bind(range(6)), (4,), grid, **key)
+
+
+def test_guided_ems_follow_each_samples_conditions_not_the_chunking():
+    """EMS sample i is evaluated with sample i's label whatever the batch size, and the cache key holds the labels
+    the EMS samples take: another condition set gets its own statistics, a larger sweep of the same labels does not."""
+    from diffbench.solvers import ems
+
+    model, rule = class_gmm(dim=4, classes=3), make_guidance({"name": "cfg", "scale": 3.0})
+    guided = lambda conditions, n: GuidedModel(model, make_conditions(conditions, n, 3), rule).bind(range(n))  # noqa: E731
+    cyclic = guided({"name": "balanced"}, 7)
+    x0 = ems.samples_for_ems(cyclic, (4,), 7, seed=0, batch_size=7)
+    grid = ems.lambda_grid(-2.0, 2.0, 5)
+    whole, chunked = (ems.compute_ems(cyclic, x0, grid, batch_size=b) for b in (7, 4))  # 4: chunks off the cycle
+    for a, b in zip(whole.tensors().values(), chunked.tensors().values()):  # s of the flat dimensions: ~1e-7 noise
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-6)
+    assert torch.allclose(ems.samples_for_ems(cyclic, (4,), 7, seed=0, batch_size=4), x0, rtol=1e-12, atol=1e-12)
+    key = lambda m: ems.cache_key(m, (4,), grid, 6, 0, "heun64-karras", "autodiff")  # noqa: E731
+    assert key(cyclic) == key(guided({"name": "balanced"}, 60))  # samples 0..5 take the same labels
+    assert key(cyclic) != key(guided({"name": "balanced", "order": "shuffled"}, 7))

@@ -140,9 +140,9 @@ def lambda_grid(lam_lo: float, lam_hi: float, points: int) -> Tensor:
 def unwrap(denoiser: Denoiser) -> Denoiser:
     """The model under NFE counters: EMS are a one-off precomputation, not sampling evaluations.
 
-    A guided model bound to one batch's labels is unbound: EMS estimation calls it on its own batches, each
-    evaluated with the conditions of samples 0 .. B-1, cyclically (a balanced set's labels), so the statistics
-    are those of the guided field the sweep samples.
+    A guided model bound to one batch's labels is unbound: EMS sample i is evaluated with the conditions of sample
+    i (cyclically over the condition set), whatever the chunking, so the statistics are those of the guided
+    field the sweep samples.
     """
     while isinstance(denoiser, CountingDenoiser):
         denoiser = denoiser.inner
@@ -152,14 +152,22 @@ def unwrap(denoiser: Denoiser) -> Denoiser:
 
 
 class RowLabels(Denoiser):
-    """A guided model whose every call binds the conditions of samples 0 .. B-1 (cyclically) to its B rows."""
+    """A guided model whose samples i take the conditions of samples i mod n of its n-sample condition set."""
 
     def __init__(self, parent: GuidedModel):
         self.parent, self.schedule, self.dtype = parent, parent.schedule, parent.dtype
 
-    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def bind(self, indices: Sequence[int]) -> Denoiser:
         n = len(self.parent.conditions.labels)
-        return self.parent.bind([i % n for i in range(x.shape[0])]).denoise(x, sigma)
+        return self.parent.bind([i % n for i in indices])
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.bind(range(x.shape[0])).denoise(x, sigma)
+
+    def conditions_hash(self, samples: int) -> str:
+        """The content hash of the conditions EMS samples 0 .. samples-1 are evaluated with (part of the cache key)."""
+        n, conditions = len(self.parent.conditions.labels), self.parent.conditions
+        return replace(conditions, labels=conditions.take([i % n for i in range(samples)])).content_hash
 
     def describe(self) -> dict[str, object]:
         return {**self.parent.describe(), "guidance": repr(self.parent.guidance)}
@@ -195,28 +203,30 @@ def compute_ems(denoiser: Denoiser, x0: Tensor, lambdas: Tensor, *, seed: int = 
     check(jvp in JVP_METHODS, f"ems jvp method '{jvp}' is unknown; use one of {JVP_METHODS}")
     check(x0.shape[0] >= 2, "EMS need at least 2 samples")
     start = time.perf_counter()
-    model = CountingDenoiser(unwrap(denoiser))
-    fd_step = torch.finfo(model.dtype).eps ** (1 / 3)
+    base = unwrap(denoiser)
+    fd_step = torch.finfo(base.dtype).eps ** (1 / 3)
     x0 = x0.double()
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(x0.shape, generator=gen, dtype=torch.float64).to(x0.device)
     v = (torch.randint(0, 2, x0.shape, generator=gen) * 2 - 1).to(x0)
     parts, n = _chunks(len(x0), batch_size), len(x0)
+    models = [CountingDenoiser(base.bind(range(n)[r])) for r in parts]  # chunk r: samples r's conditions
     lambdas = lambdas.double().cpu()
     sigmas = torch.exp(-lambdas).tolist()
-    # One plain call first: a network's first call (placing it on the device; TorchScript's first-run optimisation)
-    # inside torch.func.jvp leaked transform-level tensors or crashed.
-    model.denoise(x0[:1], torch.full((1,), sigmas[0], dtype=torch.float64, device=x0.device))
 
     def noised(sigma: float, r: slice) -> tuple[Tensor, Tensor]:
         y = x0[r] + sigma * z[r]
         return y, torch.full((len(y),), sigma, dtype=torch.float64, device=y.device)
 
+    # One plain call first: a network's first call (placing it on the device; TorchScript's first-run optimisation)
+    # inside torch.func.jvp leaked transform-level tensors or crashed.
+    models[0].denoise(*noised(sigmas[0], parts[0]))
+
     # l = 1 - E[v * J_y D v]: Rademacher estimate of the Jacobian diagonal.
     l_rows = []
     for sigma in sigmas:
         total = torch.zeros(x0.shape[1:], dtype=torch.float64, device=x0.device)
-        for r in parts:
+        for r, model in zip(parts, models):
             y, s_r = noised(sigma, r)
             _, jv = _jvp(model.denoise, y, s_r, v[r], torch.zeros_like(s_r), jvp, fd_step)
             total += (v[r] * jv).sum(0)
@@ -229,7 +239,7 @@ def compute_ems(denoiser: Denoiser, x0: Tensor, lambdas: Tensor, *, seed: int = 
     s_rows, b_rows = [], []
     for k, sigma in enumerate(sigmas):
         moments = _Moments()
-        for r in parts:
+        for r, model in zip(parts, models):
             y, s_r = noised(sigma, r)
             d = model.denoise(y, s_r)
             _, dd = _jvp(model.denoise, y, s_r, d - y, -s_r, jvp, fd_step)
@@ -239,7 +249,7 @@ def compute_ems(denoiser: Denoiser, x0: Tensor, lambdas: Tensor, *, seed: int = 
         s_k = moments.cov / (moments.var + _RIDGE * (var_x0 + sigma**2))
         s_rows.append(s_k)
         b_rows.append(moments.mean_df - s_k * moments.mean_f)
-    provenance = {"model_evaluations": model.calls, "seconds": round(time.perf_counter() - start, 3),
+    provenance = {"model_evaluations": sum(m.calls for m in models), "seconds": round(time.perf_counter() - start, 3),
                   "samples": n, "seed": seed, "jvp": jvp, "points": len(lambdas)}
     return EMS(lambdas, l.cpu(), torch.stack(s_rows).cpu(), torch.stack(b_rows).cpu(), provenance)
 
@@ -268,13 +278,12 @@ class _Moments:
 def _reference_samples(model: Denoiser, shape: Sequence[int], n: int, seed: int, batch_size: int,
                        device: torch.device) -> Tensor:
     """x0 for models without data: a 64-step Heun solve (karras grid) from common noise."""
-    counted = CountingDenoiser(model)
     sigmas = make_sigmas("karras", REFERENCE_STEPS, model.schedule)
     scale = model.schedule.prior_std(float(sigmas[0]))
     out = []
     for r in _chunks(n, batch_size):
         x = NoiseSource(seed, range(n)[r], device).randn(shape, torch.float64) * scale
-        out.append(heun(counted, x, sigmas))
+        out.append(heun(CountingDenoiser(model.bind(range(n)[r])), x, sigmas))
     return torch.cat(out)
 
 
@@ -316,10 +325,13 @@ def cache_key(denoiser: Denoiser, shape: Sequence[int], lambdas: Tensor, samples
               source: str, jvp: str, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Every field that changes the statistics; its hash names the cache file."""
     model = unwrap(denoiser)
-    return {"format": FORMAT, "model": model.describe(), "fingerprint": fingerprint(model, shape, device),
-            "schedule": model.schedule.describe(), "shape": list(shape),
-            "grid": [round(float(lambdas[0]), 9), round(float(lambdas[-1]), 9), len(lambdas)],
-            "samples": samples, "seed": seed, "source": source, "jvp": jvp}
+    key = {"format": FORMAT, "model": model.describe(), "fingerprint": fingerprint(model, shape, device),
+           "schedule": model.schedule.describe(), "shape": list(shape),
+           "grid": [round(float(lambdas[0]), 9), round(float(lambdas[-1]), 9), len(lambdas)],
+           "samples": samples, "seed": seed, "source": source, "jvp": jvp}
+    if isinstance(model, RowLabels):  # the guided field depends on each sample's conditions
+        key["conditions"] = model.conditions_hash(samples)
+    return key
 
 
 def _key_hash(key: dict[str, Any]) -> str:
