@@ -448,7 +448,8 @@ def fit(overrides: Overrides = None, quiet: Quiet = False,
 
     Takes the sweep's overrides (comma lists fit each point); the grid is stored in the cache, keyed by
     model, solver, NFE, method (gits, oss, ays, ld3, search; pas: per-step solver corrections on the Karras
-    grid) and calibration set, with its fitting time and NFE:
+    grid), calibration set, and conditions and guidance (a guided field gets its own grid), with its fitting
+    time and NFE:
 
     ```
     diffbench fit solver=dpmpp_2m nfe=4,6,8 steps.method=ld3
