@@ -33,6 +33,15 @@ def test_rerun_skips_stored_points_and_batch_size_does_not_change_values(tmp_pat
     assert set((sweep_cache / "reference").glob("*.pt")) == solutions
 
 
+def test_step_grids_of_one_span_share_one_reference_solution(tmp_path):
+    """Karras, uniform-logSNR and time-quadratic grids end at 80 and 0.002 only to rounding (79.99999999999993 vs
+    79.99999999999997): one RK45 solution serves all three."""
+    df = run_sweep(_args(tmp_path, tmp_path / "cache", "solver=euler", "nfe=3",
+                         "steps=karras,uniform_logsnr,quadratic"), progress=False).frame()
+    assert (df["status"] == "ok").all() and df["rmse_ref"].nunique() == 3
+    assert len(list((tmp_path / "cache" / "reference").glob("*.pt"))) == 1
+
+
 def test_nfe_policy_nearest_below_and_exact(tmp_path, sweep_cache):
     df = run_sweep(_args(tmp_path, sweep_cache, "solver=heun", "nfe=4,5,6"), progress=False).frame()
     # heun with a final step to zero makes 2n-1 evaluations: budget 4 runs at 3, budgets 5 and 6 at 5.

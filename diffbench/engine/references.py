@@ -27,11 +27,17 @@ REFERENCE_CHUNK = 128  # reference solutions run in fixed chunks so they never d
 REFERENCE_ALGORITHM = 2
 
 
+# Significant digits of the noise span in the key: step grids reach the span's ends only to rounding (Karras 80 ->
+# 79.99999999999993, uniform-logSNR 79.99999999999997), and grids of one span must share one reference solution.
+SPAN_DIGITS = 12
+
+
 def reference_key(cfg: DictConfig, plan: Plan, n: int) -> str:
     """What reference solutions depend on: model, seed, sample range, noise span, tolerances, dtype, algorithm."""
     levels = plan.sigmas[plan.sigmas > 0]
+    span = [float(f"{float(v):.{SPAN_DIGITS}g}") for v in (levels[0], levels[-1])]
     data = {"model": to_dict(cfg.model), "seed": int(cfg.seed), "n": n, "dtype": str(cfg.dtype),
-            "sigma_max": float(levels[0]), "sigma_min": float(levels[-1]), "final_zero": bool(plan.sigmas[-1] == 0),
+            "sigma_max": span[0], "sigma_min": span[1], "final_zero": bool(plan.sigmas[-1] == 0),
             "reference": to_dict(cfg.metrics.get("reference", {})), "algorithm": REFERENCE_ALGORITHM,
             **dict(zip(("conditions", "guidance"), inputs_of(cfg)))}  # left out of the hash while off
     return config_hash(data)
