@@ -112,9 +112,9 @@ def fit_point(cfg: DictConfig, models: ModelCache, solutions: ReferenceSolutions
         sampled = models.for_point(calib_cfg, calib["n"])
     counter = CountingDenoiser(sampled.bind(range(calib["n"])))
     x = initial_noise(NoiseSource(calib["seed"], range(calib["n"]), run.device), sample_shape(sampled),
-                      model.schedule, span.sigma_max, run.dtype)
+                      sampled.schedule, span.sigma_max, run.dtype)
     rmse = partial(calibration_rmse, calib_cfg, spec, options, calib_run, solutions, span, sampled)
-    reference = partial(solutions.get, calib_cfg, sampled, karras_plan(spec, options, calib_run, span, model),
+    reference = partial(solutions.get, calib_cfg, sampled, karras_plan(spec, options, calib_run, span, sampled),
                         calib_run, calib_run.n_samples)  # solved once per calibration set, when a method asks
     fit, method_options = METHODS[method]
     start = time.perf_counter()

@@ -157,17 +157,21 @@ class RowLabels(Denoiser):
     def __init__(self, parent: GuidedModel):
         self.parent, self.schedule, self.dtype = parent, parent.schedule, parent.dtype
 
-    def bind(self, indices: Sequence[int]) -> Denoiser:
+    def _rows(self, indices: Sequence[int]) -> list[int]:
+        """The condition-set rows of samples `indices` (cyclically)."""
         n = len(self.parent.conditions.labels)
-        return self.parent.bind([i % n for i in indices])
+        return [i % n for i in indices]
+
+    def bind(self, indices: Sequence[int]) -> Denoiser:
+        return self.parent.bind(self._rows(indices))
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.bind(range(x.shape[0])).denoise(x, sigma)
 
     def conditions_hash(self, samples: int) -> str:
         """The content hash of the conditions EMS samples 0 .. samples-1 are evaluated with (part of the cache key)."""
-        n, conditions = len(self.parent.conditions.labels), self.parent.conditions
-        return replace(conditions, labels=conditions.take([i % n for i in range(samples)])).content_hash
+        conditions = self.parent.conditions
+        return replace(conditions, labels=conditions.take(self._rows(range(samples)))).content_hash
 
     def describe(self) -> dict[str, object]:
         return {**self.parent.describe(), "guidance": repr(self.parent.guidance)}
