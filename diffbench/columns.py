@@ -111,6 +111,14 @@ class ResultRow:
     time_metrics_s: float | None = _col("seconds spent computing metrics")
     time_decode_s: float | None = _col("seconds spent decoding samples to images (latent models' VAE; ~0 for pixel "
                                        "models), the slowest rank's")
+    time_resize_s: float | None = _col("seconds converting samples to uint8 and resizing them to the feature "
+                                       "extractor's input (CUDA: GPU time of those kernels on the metric stream, "
+                                       "overlapping the sampling); inside time_metrics_s")
+    time_features_s: float | None = _col("seconds of the feature extractor's forward passes (as time_resize_s)")
+    time_statistics_s: float | None = _col("seconds accumulating feature statistics and computing the metric values "
+                                           "with their intervals (bootstrap, KID subsets)")
+    time_writing_s: float | None = _col("seconds writing the point's sample grid (its row's own append to the table "
+                                        "follows the row)")
     time_text_encoder_s: float | None = _col("seconds the text encoder(s) took on the prompt set when it was encoded "
                                              "(kept with the cached embeddings); None without prompts")
     time_per_nfe_s: float | None = _col("time_sampling_s / nfe_measured")

@@ -37,7 +37,7 @@ class Run:
     batch_size: Any = 256
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     dtype: str = "float64"  # precision of the solver state (the model runs in its own: model.dtype)
-    tf32: bool = True  # TF32 tensor cores for float32 matmuls/convs on GPUs: FID unchanged within its CI
+    tf32: bool = True  # TF32 tensor cores on GPUs for the network and float32 feature extractors (FID within its CI)
     out: str = "runs/default"  # results table, samples, plots and report go here
     cache_dir: str = CACHE_DIR  # reference solutions and statistics
 

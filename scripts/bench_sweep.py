@@ -1,7 +1,9 @@
 """Time one sweep point three ways: diffbench, the baseline a user would write today, and the floor.
 
-- diffbench: `run_sweep` on one point (model, dpmpp_2m, NFE, N) with FID against the cached reference
-  statistics; the row's time_total_s is its seconds per sweep point.
+- diffbench: `run_sweep` on one point (model, --solver, NFE, N) with FID against the cached reference
+  statistics, run with the new floor's best network and FID-network variants, after a warm-up point of one
+  batch in the same sweep; the row's time_total_s is its seconds per sweep point, and its stage columns
+  (sampling, decode, resize, features, statistics and intervals, writing) the split of that time.
 - baseline: diffusers' EDMDPMSolverMultistepScheduler loop (the same network and algorithm), one PNG
   per sample, then clean-fid's folder FID against custom statistics made once from the same reference
   images (clean mode, clean-fid's default batch size and workers).
@@ -114,7 +116,8 @@ def best_time_per_item(run: Callable[[int], None], sizes: list[int], repeats: in
     best = (0, float("inf"))
     for size in sizes:
         try:
-            run(size)  # warm-up (and compilation)
+            for _ in range(3):  # warm-up: compilation, and TorchScript's profiling runs before it optimises
+                run(size)
             sync()
             start = time.perf_counter()
             for _ in range(repeats):
@@ -194,24 +197,27 @@ def speed(args: argparse.Namespace, base: list[str]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------- point
 
-def diffbench_point(args: argparse.Namespace, base: list[str], out: Path) -> dict[str, Any]:
-    """One sweep point through run_sweep; the reference statistics are built (and cached) before timing."""
-    common = [*base, "solver=dpmpp_2m", f"nfe={args.nfe}", f"batch_size={args.batch}", "metrics.names=[fd]",
-              "metrics.extractor=inception", f"metrics.extractor_weights={args.weights}", "metrics.n_boot=20",
-              "sweep.params.solver=dpmpp_2m", f"sweep.params.nfe={args.nfe}"]
-    # Warm-up: reference statistics into the cache, compilation.
-    run_sweep([*common, f"n_samples={args.batch}", f"out={out / 'warm'}"], progress=False)
+def diffbench_point(args: argparse.Namespace, base: list[str], variants: list[str], out: Path) -> dict[str, Any]:
+    """One sweep point through run_sweep with the floor's best variants, after a warm-up point of one batch in the
+    same sweep (reference statistics into the cache, graphs compiled once for both: the timed row's time_warmup_s
+    shows any shape left to compile). The row's stages give the per-point split."""
+    common = [*base, *variants, f"solver={args.solver}", f"nfe={args.nfe}", f"batch_size={args.batch}",
+              "metrics.names=[fd]", f"metrics.extractor_weights={args.weights}", "metrics.n_boot=20",
+              f"sweep.params.solver={args.solver}", f"sweep.params.nfe={args.nfe}"]
     rows: list[dict[str, Any]] = []
     with gpu_utilisation() as util:
-        start = time.perf_counter()
-        run_sweep([*common, f"n_samples={args.n}", f"out={out / 'point'}"], progress=False, on_row=rows.append)
-        wall = time.perf_counter() - start
-    row = rows[0]
-    keep = ("status", "reason", "fid", "fid_lo", "fid_hi", "nfe_measured", "time_total_s", "time_sampling_s",
+        summary = run_sweep([*common, f"n_samples={args.batch},{args.n}", f"out={out / 'point'}"], progress=False,
+                            on_row=rows.append)
+    row = next(r for r in rows if r["n_samples"] == args.n)
+    keep = ("status", "reason", "fid", "fid_lo", "fid_hi", "nfe_measured", "time_total_s", "time_warmup_s",
             "time_metrics_s", "peak_memory_mb", "model.dtype", "tf32", "model.channels_last", "model.compile",
-            "batch_size", "metrics.extractor_dtype", "metrics.extractor_channels_last", "device_name",
-            "version.torch", "n_ref")
-    return {**{k: row.get(k) for k in keep}, "wall_s": wall, "gpu_util_mean": mean(util)}
+            "batch_size", "metrics.extractor", "metrics.extractor_dtype", "metrics.extractor_channels_last",
+            "device_name", "version.torch", "n_ref")
+    split = {"sampling": row["time_sampling_s"], "decode": row["time_decode_s"], "resize": row["time_resize_s"],
+             "features": row["time_features_s"], "statistics_and_intervals": row["time_statistics_s"],
+             "writing": row["time_writing_s"] + summary.time_append_s / len(rows)}
+    return {**{k: row.get(k) for k in keep}, "split_s": split, "variants": variants,
+            "gpu_util_mean": mean(util)}
 
 
 def reference_pngs(args: argparse.Namespace, base: list[str], folder: Path) -> None:
@@ -279,16 +285,16 @@ def baseline_point(args: argparse.Namespace, checkpoint: str, ref_dir: Path, out
 
 
 def variant_fid(args: argparse.Namespace, base: list[str], extra: list[str], out: Path) -> float:
-    """FID of one point (dpmpp_2m, args.nfe, --variant-n samples, no interval) with the variant's overrides.
+    """FID of one point (--solver, args.nfe, --variant-n samples, no interval) with the variant's overrides.
 
     Variants are compared on the same samples (same noise), so their FID difference needs far fewer than N.
     """
     rows: list[dict[str, Any]] = []
     stage(f"variant FID {' '.join(extra)} (N = {args.variant_n})")
-    run_sweep([*base, *extra, "solver=dpmpp_2m", f"nfe={args.nfe}", f"n_samples={args.variant_n}",
+    run_sweep([*base, *extra, f"solver={args.solver}", f"nfe={args.nfe}", f"n_samples={args.variant_n}",
                f"batch_size={args.batch}",
                "metrics.names=[fd]", f"metrics.extractor_weights={args.weights}", "metrics.n_boot=0",
-               "sweep.params.solver=dpmpp_2m", f"sweep.params.nfe={args.nfe}", f"out={out}"],
+               f"sweep.params.solver={args.solver}", f"sweep.params.nfe={args.nfe}", f"out={out}"],
               progress=False, on_row=rows.append)
     return float(rows[0]["fid"])
 
@@ -340,7 +346,9 @@ def point(args: argparse.Namespace, base: list[str], out: Path, save: Callable[.
           f"{report['new_floor']['best_network']}, FID net {report['new_floor']['best_fid_net']}): "
           f"{report['new_floor']['floor_s']:.3f} s", flush=True)
     stage(f"diffbench point (N = {args.n})")
-    report["diffbench"] = diffbench_point(args, base, out)
+    best = report["new_floor"]
+    variants = [*SPEED_VARIANTS[best["best_network"]], *EXTRACTOR_VARIANTS[best["best_fid_net"]]]
+    report["diffbench"] = diffbench_point(args, base, variants, out)
     report["diffbench"]["ratio_to_floor"] = report["diffbench"]["time_total_s"] / floor
     report["diffbench"]["ratio_to_new_floor"] = report["diffbench"]["time_total_s"] / report["new_floor"]["floor_s"]
     save(report)
@@ -385,6 +393,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--variant-n", type=int, default=10_000, help="samples per FID of a floor variant (paired)")
     ap.add_argument("--nfe", type=int, default=10)
+    ap.add_argument("--solver", default="dpmpp_2m", help="solver config (the baseline exists for dpmpp_2m only)")
     ap.add_argument("--batch", type=int, default=2048, help="diffbench's and the baseline's batch size")
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192],
                     help="batch sizes tried for the network floor")
@@ -401,6 +410,8 @@ def main() -> None:
     args = ap.parse_args()
     if not set(REFERENCE_VARIANTS) <= set(args.floor_variants):
         ap.error(f"--floor-variants must include {' and '.join(REFERENCE_VARIANTS)}")
+    if args.mode == "point" and args.baseline and args.solver != "dpmpp_2m":
+        ap.error("the baseline is diffusers' DPM-Solver++(2M): pass --no-baseline for another --solver")
     work = Path(tempfile.mkdtemp(prefix="bench_"))
     model = ["model=edm-cifar10-uncond-vp", f"model.path={unet35m_checkpoint(work)}"] if args.unet35m \
         else [f"model={args.model}"]

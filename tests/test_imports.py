@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("diffbench", "diffbench.errors", "diffbench.registries", "diffbench.interrupts", "diffbench.atomicio",
      "diffbench.noise",
      "diffbench.columns", "diffbench.schema", "diffbench.assetstore", "diffbench.tensorcache", "diffbench.batching",
-     "diffbench.warmup", "diffbench.distributed", "diffbench.schedules"),
+     "diffbench.warmup", "diffbench.stageclock", "diffbench.distributed", "diffbench.schedules"),
     ("diffbench.results",),  # the table's storage: rows go in, plots and checks read them out
     ("diffbench.steps",),
     ("diffbench.models", "diffbench.models."),

@@ -63,6 +63,29 @@ def test_module_rows_and_reference_keys_name_the_implementation(reference):
     assert "fid" in values and extra["feature_extractor"] == "inception_module"
 
 
+def test_tf32_follows_the_point_and_keys_only_features_it_changes():
+    for tf32 in (False, True):
+        cfg = compose(["metrics.extractor=random_conv", f"tf32={str(tf32).lower()}"])
+        extractor = MetricContext(None).extractor(cfg, torch.device("cpu"))
+        assert extractor.tf32 is tf32
+        assert not extractor.uses_tf32 and "tf32" not in extractor.identity()  # a CPU has no TF32: CPU keys unchanged
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,dtype,changes", [("random_conv", None, True), ("inception_module", "float32", True),
+                                                ("inception_module", "float16", False)])
+def test_cuda_extractors_run_and_are_keyed_at_their_tf32_setting(name, dtype, changes):
+    options = {"device": "cuda", "tf32": True, **({"dtype": dtype} if dtype else {})}
+    extractor = _extractor(name, **options)
+    plain = _extractor(name, **{**options, "tf32": False})
+    assert ("tf32" in extractor.identity()) is changes and "tf32" not in plain.identity()
+    images = _mnist(2).cuda()
+    plain.preprocess(images)
+    assert not torch.backends.cudnn.allow_tf32
+    extractor.preprocess(images)
+    assert torch.backends.cudnn.allow_tf32 is changes  # a float16 network leaves the switch as it was
+
+
 def test_loader_rejects_a_network_that_is_not_fids(reference):
     net = inception_fid()
     net.mixed_10.tower_mixed_conv = ConvUnit(384, 384, (1, 3), 1, (0, 0))  # wrong padding

@@ -8,7 +8,7 @@ from diffbench.engine.sweep import run_sweep
 from diffbench.errors import UsageError
 from diffbench.metrics import ErrorStats
 from diffbench.metrics.features import resize_clean, resize_clean_matmul
-from diffbench.metrics.suite import MetricFeed
+from diffbench.metrics.feed import MetricFeed
 from diffbench.models import make_model
 from diffbench.models.unet import UNet, save_checkpoint
 from diffbench.sampling import set_tf32

@@ -32,7 +32,8 @@ from diffbench.engine.references import ReferenceSolutions
 from diffbench.engine.rows import record, save_grid_samples, split_fixed, start_row
 from diffbench.engine.shares import Share, merge_shares
 from diffbench.errors import check
-from diffbench.metrics.suite import MetricContext, MetricFeed, MetricSuite
+from diffbench.metrics.feed import MetricFeed
+from diffbench.metrics.suite import MetricContext, MetricSuite
 from diffbench.models import Denoiser
 from diffbench.models.text import text_seconds
 from diffbench.sampling import Batch, Plan, decode_timed, first_nonfinite, sample_points, set_tf32
@@ -55,6 +56,7 @@ class SweepSummary:
     ran: int
     skipped: int
     failed: int
+    time_append_s: float = 0.0  # seconds appending the rows to the table (after each row was assembled)
 
     def frame(self) -> pd.DataFrame:
         df = results.load(self.table)
@@ -73,7 +75,7 @@ def run_sweep(overrides: Sequence[str] = (), *, progress: bool = True, shard: tu
     check_shard(index, count)
     points = prepare(overrides)
     table = results.table_paths(points[0].cfg.out).parquet
-    failed = 0
+    failed, t_append = 0, 0.0
     with distributed.session(p.run.device for p in points), assetstore.cache_root(points[0].cfg.cache_dir):
         done = cast(set[str], distributed.broadcast(results.done_keys(table, ok_only=retry_failed)
                                                    if distributed.is_main() else None))
@@ -88,12 +90,14 @@ def run_sweep(overrides: Sequence[str] = (), *, progress: bool = True, shard: tu
                 for done_count, point in enumerate(todo, 1):
                     row = runner.run(point)
                     if distributed.is_main():
+                        start = time.perf_counter()
                         results.append(table, [row], replace=retry_failed)
+                        t_append += time.perf_counter() - start
                         failed += row[col.STATUS] != col.OK
                         on_row(row)
                     advance(1)
                     reporter.point_done(done_count, len(todo), point.label, row[col.STATUS], row[col.TIME_TOTAL] or 0.0)
-    return SweepSummary(table, [p.key for p in points], len(todo), len(points) - len(todo), failed)
+    return SweepSummary(table, [p.key for p in points], len(todo), len(points) - len(todo), failed, t_append)
 
 
 def check_shard(index: int, count: int) -> None:
@@ -174,9 +178,10 @@ class Runner:
         start = time.perf_counter()
         values, extra = suite.compute()
         t_metrics = share.time_metrics_s + time.perf_counter() - start
-        row.update(status=col.OK, reason=None, time_metrics_s=t_metrics,
-                   time_per_nfe_s=t_sample / nfe_measured if nfe_measured else math.nan,
-                   samples_path=save_grid_samples(cfg.out, point.key, share.grid))
+        start = time.perf_counter()
+        row.update(samples_path=save_grid_samples(cfg.out, point.key, share.grid))
+        row.update(status=col.OK, reason=None, time_metrics_s=t_metrics, time_writing_s=time.perf_counter() - start,
+                   time_per_nfe_s=t_sample / nfe_measured if nfe_measured else math.nan, **suite.clock.columns())
         return split_fixed(extra, row), values
 
     def _sample_share(self, point: Point, model: Denoiser, suite: MetricSuite, solutions: Tensor | None,
@@ -186,6 +191,7 @@ class Runner:
         assert isinstance(point.plan, Plan)  # only runnable continuous points are sampled (see _measure)
         indices = distributed.shard_indices(run.n_samples, run.batch_size)
         background = overlapped(run.device)
+        # decode and metric kernels run on their own stream (CUDA), apart from the sampling's
         stream = torch.cuda.Stream(run.device) if background and run.device.type == "cuda" else None
 
         def images_of(batch: Batch, seconds: float) -> Tensor | None:
@@ -202,7 +208,7 @@ class Runner:
             return images
 
         with self.reporter.task(point.label, len(indices)) as advance, \
-                MetricFeed(suite, solutions, background=background) as feed:
+                MetricFeed(suite, solutions, background=background, stream=stream) as feed:
             for batch, seconds in sample_points(model, point.plan, run, indices, advance, sizer):
                 if share.reason:  # a background decode found non-finite images: stop sampling
                     break

@@ -56,6 +56,7 @@ from diffbench.errors import AssetMissing, UsageError, check, warn
 from diffbench.metrics.inception import inception_from_graph
 from diffbench.noise import NoiseSource
 from diffbench.registries import registrar
+from diffbench.sampling import set_tf32
 
 INCEPTION_WEIGHTS = Asset(
     label="Inception-v3 FID weights (TF 2015-12-05 as TorchScript)",
@@ -198,15 +199,27 @@ class FeatureExtractor(ABC):
     fid_network: bool = False  # Inception features: the Frechet distance is FID (`fid`, not `fd_<name>`)
     fallback: str | None = None  # set by ``auto`` when it had to fall back to random_conv
     weights_check: str | None = None  # assets.verification of the weights file (None: no weights)
+    float32 = True  # whether the network runs in float32 (where TF32 tensor cores change its numbers)
 
-    def __init__(self, resize_mode: str = "clean", device: torch.device | str = "cpu"):
+    def __init__(self, resize_mode: str = "clean", device: torch.device | str = "cpu", tf32: bool = False):
         check(resize_mode in RESIZE_MODES,
               f"metrics.resize_mode '{resize_mode}' is unknown; choose one of: {', '.join(RESIZE_MODES)}")
-        self.resize_mode, self.device = resize_mode, torch.device(device)
+        self.resize_mode, self.device, self.tf32 = resize_mode, torch.device(device), bool(tf32)
+
+    @property
+    def uses_tf32(self) -> bool:
+        """Whether TF32 changes this extractor's features: asked for, float32, on CUDA (a CPU ignores it)."""
+        return self.tf32 and self.float32 and self.device.type == "cuda"
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """Resize to input_size with the resize mode; float32 pixels in [0, 255] on the device."""
+        """Resize to input_size with the resize mode; float32 pixels in [0, 255] on the device.
+
+        A float32 extractor on CUDA first sets the process's TF32 switch to its own (a sweep point's `tf32` applies
+        to its network and its feature extractor alike), so dataset statistics and samples' features are made at
+        the precision its identity names, whatever ran before."""
         check_images(images)
+        if self.float32 and self.device.type == "cuda":
+            set_tf32(self.tf32)
         images = images.to(self.device)
         if images.shape[-2:] == (self.input_size, self.input_size):
             return images.float()
@@ -227,9 +240,11 @@ class FeatureExtractor(ABC):
         return self.forward(self.preprocess(images))
 
     def identity(self) -> dict[str, Any]:
-        """Fields that key reference caches and label result rows."""
-        return {"extractor": self.name, "resize_mode": self.resize_mode, "input_size": self.input_size,
-                "dim": self.dim}
+        """Fields that key reference caches and label result rows (`tf32` only where it changes the features,
+        so caches made on a CPU or without TF32 keep their keys)."""
+        ident = {"extractor": self.name, "resize_mode": self.resize_mode, "input_size": self.input_size,
+                 "dim": self.dim}
+        return {**ident, "tf32": True} if self.uses_tf32 else ident
 
 
 def _load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
@@ -259,11 +274,12 @@ class InceptionExtractor(FeatureExtractor):
     name, dim, input_size, fid_network = "inception", 2048, 299, True
 
     def __init__(self, weights: str | Path | None = None, resize_mode: str = "clean",
-                 device: torch.device | str = "cpu", dtype: str = "float32", channels_last: bool = False):
-        super().__init__(resize_mode, device)
+                 device: torch.device | str = "cpu", dtype: str = "float32", channels_last: bool = False,
+                 tf32: bool = False):
+        super().__init__(resize_mode, device, tf32)
         check(dtype in EXTRACTOR_DTYPES,
               f"metrics.extractor_dtype '{dtype}' is unknown; choose one of: {', '.join(EXTRACTOR_DTYPES)}")
-        self.dtype, self.channels_last = dtype, bool(channels_last)
+        self.dtype, self.channels_last, self.float32 = dtype, bool(channels_last), dtype == "float32"
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.path = resolve(INCEPTION_WEIGHTS, weights)
         self.weights_sha1 = file_digest(self.path, "sha1")
@@ -313,7 +329,8 @@ class InceptionModuleExtractor(InceptionExtractor):
             net = inception_from_graph(layers)
         except ValueError as err:  # a TorchScript file with another network in ``layers``
             raise AssetMissing(INCEPTION_WEIGHTS.broken_message(self.path, err)) from None
-        return net.to(EXTRACTOR_DTYPES[self.dtype], memory_format=self.memory_format)  # type: ignore[call-overload]
+        dtype = EXTRACTOR_DTYPES[self.dtype]
+        return net.to(self.device, dtype, memory_format=self.memory_format)  # type: ignore[call-overload]
 
 
 class InceptionCompiledExtractor(InceptionModuleExtractor):
@@ -363,8 +380,9 @@ class RandomConvExtractor(FeatureExtractor):
     name, input_size = "random_conv", 32
     widths = (32, 64, 128)
 
-    def __init__(self, seed: int = 0, resize_mode: str = "clean", device: torch.device | str = "cpu"):
-        super().__init__(resize_mode, device)
+    def __init__(self, seed: int = 0, resize_mode: str = "clean", device: torch.device | str = "cpu",
+                 tf32: bool = False):
+        super().__init__(resize_mode, device, tf32)
         self.seed = seed
         self.dim = sum(self.widths)
         noise = NoiseSource(seed, [0], self.device)
@@ -398,39 +416,40 @@ register_extractor = registrar(EXTRACTORS, "feature extractor")
 
 @register_extractor("inception")
 def inception(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
-              dtype: str = "float32", channels_last: bool = False) -> FeatureExtractor:
+              dtype: str = "float32", channels_last: bool = False, tf32: bool = False) -> FeatureExtractor:
     """TF Inception-v3 pool3 (FID's network); AssetMissing when its weights do not resolve."""
-    return InceptionExtractor(weights, resize_mode, device, dtype, channels_last)
+    return InceptionExtractor(weights, resize_mode, device, dtype, channels_last, tf32)
 
 
 @register_extractor("inception_module")
 def inception_module(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
-                     dtype: str = "float32", channels_last: bool = False) -> FeatureExtractor:
+                     dtype: str = "float32", channels_last: bool = False, tf32: bool = False) -> FeatureExtractor:
     """FID's Inception as an nn.Module (fast in float16 / channels-last), weights from the TorchScript file."""
-    return InceptionModuleExtractor(weights, resize_mode, device, dtype, channels_last)
+    return InceptionModuleExtractor(weights, resize_mode, device, dtype, channels_last, tf32)
 
 
 @register_extractor("inception_compiled")
 def inception_compiled(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
-                       dtype: str = "float32", channels_last: bool = False) -> FeatureExtractor:
+                       dtype: str = "float32", channels_last: bool = False, tf32: bool = False) -> FeatureExtractor:
     """inception_module under torch.compile (compiled once per batch-size bucket)."""
-    return InceptionCompiledExtractor(weights, resize_mode, device, dtype, channels_last)
+    return InceptionCompiledExtractor(weights, resize_mode, device, dtype, channels_last, tf32)
 
 
 @register_extractor("random_conv")
-def random_conv(seed: int = 0, resize_mode: str = "clean", device: torch.device | str = "cpu") -> FeatureExtractor:
+def random_conv(seed: int = 0, resize_mode: str = "clean", device: torch.device | str = "cpu",
+                tf32: bool = False) -> FeatureExtractor:
     """The offline stand-in: a seeded random conv net."""
-    return RandomConvExtractor(seed, resize_mode, device)
+    return RandomConvExtractor(seed, resize_mode, device, tf32)
 
 
 @register_extractor("auto")
 def auto(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
-         dtype: str = "float32", channels_last: bool = False) -> FeatureExtractor:
+         dtype: str = "float32", channels_last: bool = False, tf32: bool = False) -> FeatureExtractor:
     """Inception when its weights resolve and load, else random_conv (a warning line; ``fallback`` says why)."""
     try:
-        return InceptionExtractor(weights, resize_mode, device, dtype, channels_last)
+        return InceptionExtractor(weights, resize_mode, device, dtype, channels_last, tf32)
     except AssetMissing as err:
-        fallback = RandomConvExtractor(0, resize_mode, device)
+        fallback = RandomConvExtractor(0, resize_mode, device, tf32)
         fallback.fallback = f"inception unavailable, using random_conv: {err}"
         warn(fallback.fallback)
         return fallback

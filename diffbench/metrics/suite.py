@@ -2,16 +2,14 @@
 
 Feature metrics (fd, kid, is, prdc: one extractor pass), paired ones (solver_error, lpips, exact: vs the reference
 solutions), text-to-image ones (metrics.text_image) and label ones (class_accuracy, fd_per_class) take batches through a
-MetricFeed; progress goes to any object with `task(description, total)` (engine.progress).
+MetricFeed (metrics.feed); progress goes to any object with `task(description, total)` (engine.progress).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -38,6 +36,7 @@ from diffbench.metrics.uncertainty import bootstrap
 from diffbench.models import Denoiser
 from diffbench.models.conditions import ConditionSet
 from diffbench.sampling import Plan
+from diffbench.stageclock import StageClock
 
 
 class Tasks(Protocol):
@@ -57,47 +56,6 @@ def progress_callback(advance: Callable[[int], None]) -> Callable[[int, int | No
     return progress
 
 
-class MetricFeed:
-    """Feeds sample batches to a MetricSuite in order, on the samples' device (no host round trip).
-
-    With background=True (CUDA) each update runs in a worker thread, so the work of batch k (x() first: a latent
-    model's decode; CPU resize, Inception) overlaps the sampling of batch k+1; `seconds` sums the metric updates."""
-
-    def __init__(self, suite: MetricSuite, solutions: Tensor | None, background: bool):
-        self.suite, self.solutions, self.seconds = suite, solutions, 0.0
-        self.pool = ThreadPoolExecutor(max_workers=1) if background else None
-        self.pending: Future[None] | None = None
-
-    def __enter__(self) -> MetricFeed:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            self.wait()
-        finally:
-            if self.pool is not None:
-                self.pool.shutdown()
-
-    def submit(self, x: Tensor | Callable[[], Tensor | None], indices: Sequence[int]) -> None:
-        """Wait for the previous batch's update, then start this one's (x: the batch, or what makes it, or None)."""
-        self.wait()
-        if self.pool is None:
-            self._update(x, indices)
-        else:
-            self.pending = self.pool.submit(self._update, x, indices)
-
-    def wait(self) -> None:
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.result()
-
-    def _update(self, x: Tensor | Callable[[], Tensor | None], indices: Sequence[int]) -> None:
-        if (batch := x() if callable(x) else x) is not None:
-            start = time.perf_counter()
-            self.suite.update(batch, indices, self.solutions)
-            self.seconds += time.perf_counter() - start
-
-
 class MetricContext:
     """Extractors and dataset statistics shared by the points of one sweep (built once each)."""
 
@@ -110,12 +68,12 @@ class MetricContext:
     def extractor(self, cfg: DictConfig, device: torch.device) -> FeatureExtractor:
         """metrics.extractor: inception (or its nn.Module: inception_module, inception_compiled) |
         random_conv | auto (inception if its weights resolve; on a CPU only with
-        metrics.inception_on_cpu, as Inception is too slow there for a quick sweep)."""
+        metrics.inception_on_cpu, as Inception is too slow there for a quick sweep); TF32 as the point's `tf32`."""
         m = cfg.metrics
         name = str(m.extractor)
         if name == "auto" and device.type == "cpu" and not m.get("inception_on_cpu", False):
             name = "random_conv"
-        options = {"resize_mode": str(m.resize_mode), "device": device}
+        options = {"resize_mode": str(m.resize_mode), "device": device, "tf32": bool(cfg.get("tf32", False))}
         if name in INCEPTION_EXTRACTORS:
             options.update(weights=m.get("extractor_weights"), dtype=str(m.get("extractor_dtype", "float32")),
                            channels_last=bool(m.get("extractor_channels_last", False)))
@@ -187,17 +145,16 @@ class MetricSuite:
         self.accuracy = class_accuracy(cfg, model, run)
         self.per_class = per_class_fd(cfg, model, run, self.extractor, lambda key, images, extractor: (
             context.statistics(key, images, extractor, None, cfg.cache_dir, run.batch_size)))
+        self.clock = StageClock(run.device)  # this point's resize / features / statistics seconds
 
     def update(self, x: Tensor, indices: Sequence[int], solutions: Tensor | None) -> None:
         """Add one batch of samples (indices: their sample indices) to every metric."""
         image_metrics = self.extractor is not None or self.text_image.active
         for start in range(0, len(x) if image_metrics else 0, FEATURE_BATCH):  # batch_size=auto: thousands at once
-            images = to_uint8(x[start:start + FEATURE_BATCH])
+            with self.clock.stage("resize"):
+                images = to_uint8(x[start:start + FEATURE_BATCH])
             if self.extractor is not None:
-                out = self.extractor(images)
-                if self.stats is not None:
-                    self.stats.update(out.features, out.logits)
-                self.per_class.update(out.features, indices[start:start + FEATURE_BATCH])
+                self._extract(images, indices[start:start + FEATURE_BATCH])
             self.text_image.update(images, indices[start:start + FEATURE_BATCH])
         self.accuracy.update(x, indices)
         self.exact.update(x, solutions)
@@ -209,8 +166,26 @@ class MetricSuite:
                 if self.lpips is not None:
                     self.lpips.update(to_uint8(pairs[0]), to_uint8(pairs[1]))
 
+    @torch.inference_mode()
+    def _extract(self, images: Tensor, indices: Sequence[int]) -> None:
+        """One chunk of uint8 images through the extractor into the feature statistics, each stage timed."""
+        assert self.extractor is not None
+        with self.clock.stage("resize"):
+            pixels = self.extractor.preprocess(images)
+        with self.clock.stage("features"):
+            out = self.extractor.forward(pixels)
+        with self.clock.stage("statistics"):
+            if self.stats is not None:
+                self.stats.update(out.features, out.logits)
+            self.per_class.update(out.features, indices)
+
     def compute(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:
-        """(metric values with intervals, extra row columns: extractor, reference id, notes, ...)."""
+        """(metric values with intervals, extra row columns: extractor, reference id, notes, ...), timed as the
+        statistics stage."""
+        with self.clock.stage("statistics"):
+            return self._compute()
+
+    def _compute(self) -> tuple[dict[str, MetricValue], dict[str, Any]]:
         values, extra = self._feature_metrics() if self.stats is not None else ({}, {})
         self.text_image.compute(values, extra, metric_options(self.cfg, self.run_device), self.context.frechet_target)
         if "solver_error" in self.paired:
