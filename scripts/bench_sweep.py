@@ -328,8 +328,12 @@ def new_floor(args: argparse.Namespace, base: list[str], shape: tuple[int, ...],
             "fid_tolerance": FID_TOLERANCE, "floor_s": floor}
 
 
-def point(args: argparse.Namespace, base: list[str], out: Path, save: Callable[..., object]) -> dict[str, Any]:
-    """diffbench vs baseline vs both floors for one point; `save` writes the report so far after each stage."""
+def floors(args: argparse.Namespace, base: list[str], out: Path, save: Callable[..., object]) -> dict[str, Any]:
+    """Both floors: measured now, or read from --floor-from (a report of an earlier run of the same point, whose
+    point was cut at a device call's limit: the point then runs alone)."""
+    if args.floor_from:
+        earlier = json.loads(Path(args.floor_from).read_text())["result"]
+        return {"floor": earlier["floor"], "new_floor": earlier["new_floor"], "floor_from": args.floor_from}
     cfg = compose(base)
     stage("network floor")
     net_bs, net_s = network_floor(base, args.sizes)
@@ -341,6 +345,14 @@ def point(args: argparse.Namespace, base: list[str], out: Path, save: Callable[.
                                         "floor_s": floor}}
     save(report)
     report["new_floor"] = new_floor(args, base, shape, out)
+    return report
+
+
+def point(args: argparse.Namespace, base: list[str], out: Path, save: Callable[..., object]) -> dict[str, Any]:
+    """diffbench vs baseline vs both floors for one point; `save` writes the report so far after each stage."""
+    cfg = compose(base)
+    report = floors(args, base, out, save)
+    floor = report["floor"]["floor_s"]
     save(report)
     print(f"floor (TorchScript Inception, base network): {floor:.3f} s; new floor (network "
           f"{report['new_floor']['best_network']}, FID net {report['new_floor']['best_fid_net']}): "
@@ -405,6 +417,7 @@ def main() -> None:
     ap.add_argument("--floor-variants", nargs="+", choices=[*SPEED_VARIANTS, *EXTRACTOR_VARIANTS],
                     default=[*SPEED_VARIANTS, *EXTRACTOR_VARIANTS],
                     help=f"variants timed for the new floor (must include {' and '.join(REFERENCE_VARIANTS)})")
+    ap.add_argument("--floor-from", help="take both floors from this earlier report (JSON) instead of measuring them")
     ap.add_argument("--set", nargs="*", default=[], help="extra Hydra overrides for diffbench (e.g. tf32=true)")
     ap.add_argument("--out", required=True, help="JSON file to write")
     args = ap.parse_args()
