@@ -68,6 +68,7 @@ def test_report_lists_every_point_and_inlines_figures(table):
     assert all(_is_png(p) for p in (table / "report" / "figures").iterdir())
 
 
+@pytest.mark.slow  # 2.6 s: keeps the default suite under 3 minutes
 def test_report_and_plot_commands(table, capsys):
     assert main(["report", str(table), "--out", str(table / "r2")]) == 0
     assert (table / "r2" / "report.html").is_file()

@@ -84,6 +84,7 @@ def test_row_has_provenance_timings_and_config_fields(tmp_path, sweep_cache, cap
         assert f["x"].shape[1:] == (3, 8, 8)
 
 
+@pytest.mark.slow  # 2 s: keeps the default suite under 3 minutes
 def test_shards_split_the_points(tmp_path, sweep_cache):
     a = run_sweep(_args(tmp_path, sweep_cache), progress=False, shard=(0, 2))
     b = run_sweep(_args(tmp_path, sweep_cache), progress=False, shard=(1, 2))
