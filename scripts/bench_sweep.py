@@ -197,16 +197,17 @@ def speed(args: argparse.Namespace, base: list[str]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------- point
 
-def diffbench_point(args: argparse.Namespace, base: list[str], variants: list[str], out: Path) -> dict[str, Any]:
+def diffbench_point(args: argparse.Namespace, base: list[str], variants: list[str], batch: int,
+                    out: Path) -> dict[str, Any]:
     """One sweep point through run_sweep with the floor's best variants, after a warm-up point of one batch in the
     same sweep (reference statistics into the cache, graphs compiled once for both: the timed row's time_warmup_s
     shows any shape left to compile). The row's stages give the per-point split."""
-    common = [*base, *variants, f"solver={args.solver}", f"nfe={args.nfe}", f"batch_size={args.batch}",
+    common = [*base, *variants, f"solver={args.solver}", f"nfe={args.nfe}", f"batch_size={batch}",
               "metrics.names=[fd]", f"metrics.extractor_weights={args.weights}", "metrics.n_boot=20",
               f"sweep.params.solver={args.solver}", f"sweep.params.nfe={args.nfe}"]
     rows: list[dict[str, Any]] = []
     with gpu_utilisation() as util:
-        summary = run_sweep([*common, f"n_samples={args.batch},{args.n}", f"out={out / 'point'}"], progress=False,
+        summary = run_sweep([*common, f"n_samples={batch},{args.n}", f"out={out / 'point'}"], progress=False,
                             on_row=rows.append)
     row = next(r for r in rows if r["n_samples"] == args.n)
     keep = ("status", "reason", "fid", "fid_lo", "fid_hi", "nfe_measured", "time_total_s", "time_warmup_s",
@@ -313,7 +314,8 @@ def new_floor(args: argparse.Namespace, base: list[str], shape: tuple[int, ...],
     fid_nets: dict[str, dict[str, float]] = {}
     for name in (v for v in args.floor_variants if v in SPEED_VARIANTS):
         extra = [*SPEED_VARIANTS[name], *EXTRACTOR_VARIANTS["torchscript"]]
-        nets[name] = {"s_per_sample": network_floor([*base, *extra], args.sizes)[1],
+        best_batch, seconds = network_floor([*base, *extra], args.sizes)
+        nets[name] = {"s_per_sample": seconds, "best_batch": best_batch,
                       "fid": variant_fid(args, base, extra, out / f"net_{name}")}
     for name in (v for v in args.floor_variants if v in EXTRACTOR_VARIANTS):
         extra = [*SPEED_VARIANTS["fp32"], *EXTRACTOR_VARIANTS[name]]
@@ -360,7 +362,8 @@ def point(args: argparse.Namespace, base: list[str], out: Path, save: Callable[.
     stage(f"diffbench point (N = {args.n})")
     best = report["new_floor"]
     variants = [*SPEED_VARIANTS[best["best_network"]], *EXTRACTOR_VARIANTS[best["best_fid_net"]]]
-    report["diffbench"] = diffbench_point(args, base, variants, out)
+    batch = args.point_batch or best["network_variants"][best["best_network"]].get("best_batch") or args.batch
+    report["diffbench"] = diffbench_point(args, base, variants, batch, out)
     report["diffbench"]["ratio_to_floor"] = report["diffbench"]["time_total_s"] / floor
     report["diffbench"]["ratio_to_new_floor"] = report["diffbench"]["time_total_s"] / report["new_floor"]["floor_s"]
     save(report)
@@ -407,6 +410,8 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, default=10)
     ap.add_argument("--solver", default="dpmpp_2m", help="solver config (the baseline exists for dpmpp_2m only)")
     ap.add_argument("--batch", type=int, default=2048, help="diffbench's and the baseline's batch size")
+    ap.add_argument("--point-batch", type=int, help="diffbench's batch size for the timed point (default: the best "
+                    "batch size of the floor's network variant, else --batch)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192],
                     help="batch sizes tried for the network floor")
     ap.add_argument("--inception-sizes", type=int, nargs="+", default=[100, 200, 400, 800])
