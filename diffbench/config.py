@@ -435,8 +435,16 @@ def to_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def inputs_of(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A point's conditions and guidance nodes (OFF when absent)."""
-    return to_dict(cfg.get("conditions") or OFF), to_dict(cfg.get("guidance") or OFF)
+    """A point's conditions and guidance nodes (OFF when absent), autoguidance's guide model resolved
+    (with_guide_model): reference-solution and fitted-grid keys change with the guide's config, not only its name."""
+    return to_dict(cfg.get("conditions") or OFF), with_guide_model(to_dict(cfg.get("guidance") or OFF))
+
+
+def with_guide_model(guidance: dict[str, Any]) -> dict[str, Any]:
+    """The guidance node plus `guide_model`, the model config autoguidance's `guide` names (configs/model/<guide>)."""
+    if not guidance.get("guide"):
+        return guidance
+    return {**guidance, "guide_model": group_config("model", str(guidance["guide"]))}
 
 
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:

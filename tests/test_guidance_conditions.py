@@ -128,3 +128,18 @@ def test_bad_conditions_are_one_line_exit_2_with_nothing_written(tmp_path, capsy
     args = [a.format(labels=tmp_path / "labels.npy") for a in extra]
     code, _, err = run_cli(capsys, "sweep", "debug=default", "metrics=error_only", f"out={out}", *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_guided_reference_keys_follow_the_guide_models_config(tmp_path, sweep_cache, monkeypatch):
+    """Reference solutions of autoguidance are keyed by the guide's resolved config, not only by its name."""
+    from diffbench import config
+    from diffbench.engine.references import reference_key
+
+    args = sweep_args(tmp_path, sweep_cache, *GUIDED, "guidance=autoguidance", "guidance.guide=class_gmm_weak",
+                      "n_samples=8")
+    point = prepare(args)[0]
+    assert point.plan is not None
+    before = reference_key(point.cfg, point.plan, 8)
+    weak = config.group_config("model", "class_gmm_weak")
+    monkeypatch.setattr(config, "group_config", lambda group, name: {**weak, "std": weak["std"] + 0.1})
+    assert reference_key(point.cfg, point.plan, 8) != before  # same guide name, another guide model

@@ -20,12 +20,12 @@ from diffbench.config import (
     compose_points,
     config_hash,
     expand_grid,
-    group_config,
     inputs_of,
     parse_overrides,
     settings,
     to_dict,
     typed_options,
+    with_guide_model,
 )
 from diffbench.errors import UsageError, check
 from diffbench.fit.artefacts import fill_fitted
@@ -99,15 +99,10 @@ class ModelCache:
         key = json.dumps([model_identity(cfg.model)[2], conditions, guidance, n_samples], sort_keys=True)
         if key not in self._models:
             model, rule = self.get(cfg.model), make_guidance(guidance)
-            guide = self.get(guide_config(guidance)) if rule.autoguide else None
+            guide = self.get(guidance["guide_model"]) if rule.autoguide else None
             labels = make_conditions(conditions, n_samples, conditional(model).classes)
             self._models[key] = GuidedModel(with_conditions(model, labels), labels, rule, guide)
         return self._models[key]
-
-
-def guide_config(guidance: dict[str, Any]) -> dict[str, Any]:
-    """The model config autoguidance's `guide` names (configs/model/<guide>.yaml)."""
-    return group_config("model", str(guidance["guide"]))
 
 
 def feasible_nfe(spec: SolverSpec, budget: int, final_zero: bool, policy: str) -> int | None:
@@ -206,9 +201,8 @@ def per_call(model: Denoiser) -> int:
 def _as_run(cfg: DictConfig, nfe: int) -> dict[str, Any]:
     """The config as a point runs it (its nfe field the calls it runs; autoguidance's guide resolved) and its hash."""
     config = {**to_dict(cfg), "nfe": nfe}
-    guidance = config.get("guidance") or {}
-    if guidance.get("guide"):
-        config["guidance"] = {**guidance, "guide_model": guide_config(guidance)}
+    if config.get("guidance"):
+        config["guidance"] = with_guide_model(config["guidance"])
     return {"config": config, "key": config_hash(config)}
 
 

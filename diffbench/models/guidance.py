@@ -75,6 +75,7 @@ register_guidance = registrar(GUIDANCE, "guidance")
 def make_guidance(options: dict[str, object]) -> Guidance:
     """The Guidance of a `guidance` config node (its `guide` model, for autoguidance, is built by the engine)."""
     options = dict(options)
+    options.pop("guide_model", None)  # autoguidance's resolved guide config: the engine builds that model
     name = str(options.pop("name"))
     check(name in GUIDANCE, f"guidance={name} is unknown; choose one of: {', '.join(sorted(GUIDANCE))}")
     guidance = GUIDANCE[name](**options)
