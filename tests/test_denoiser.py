@@ -41,6 +41,17 @@ def test_counting_wrapper_counts_and_casts():
         counter(x, 0.0)
 
 
+def test_deferred_sigma_check_catches_a_call_at_zero_after_the_solver():
+    counter = CountingDenoiser(gaussian(shape=(2,)), deferred=True)
+    x = torch.ones(4, 2, dtype=torch.float64)
+    counter(x, 1.0)
+    counter.check_sigmas()  # every call so far above zero
+    counter(x, torch.tensor([0.5, 0.0, 0.5, 0.5], dtype=torch.float64))  # one row at zero: no error yet
+    counter(x, 2.0)
+    with pytest.raises(UsageError, match="sigma <= 0"):
+        counter.check_sigmas()
+
+
 def test_mixture_with_one_component_is_the_gaussian():
     mean = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
     mix = MixtureDenoiser(mean, stds=0.8)

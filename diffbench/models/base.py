@@ -19,6 +19,7 @@ from diffbench.schedules import NoiseSchedule
 
 Prediction = Literal["eps", "x0", "v", "flow", "score"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "flow", "score")
+SIGMA_ABOVE_ZERO = "the denoiser was called at sigma <= 0; solvers must stop at sigma_min"
 NO_LABEL = -1  # the class label of an unconditional evaluation (classifier-free guidance's null condition)
 
 
@@ -89,14 +90,18 @@ class CountingDenoiser(Denoiser):
     """Wraps a denoiser, counts its calls (one call = one NFE) and moves x to the model's precision.
 
     Solvers may keep their state in float64; the wrapped model runs in its own dtype and the
-    result comes back in the caller's dtype.
+    result comes back in the caller's dtype. Every call must be at sigma > 0: checked per call, or with
+    `deferred` once by `check_sigmas()` after the solver, since reading a GPU tensor per call stalls the host
+    until the device catches up (the next network call could not be queued while this one runs).
     """
 
-    def __init__(self, inner: Denoiser, budget: int | None = None):
+    def __init__(self, inner: Denoiser, budget: int | None = None, deferred: bool = False):
         self.inner, self.budget, self.calls = inner, budget, 0
         self.sample_evals = 0  # rows evaluated over all calls: adaptive solvers call on sub-batches
         self.network_evals = 0  # network forward passes over all calls and rows (guided calls make two)
         self.schedule, self.dtype = inner.schedule, inner.dtype
+        self.deferred = deferred
+        self._lowest: Tensor | None = None  # with deferred: the lowest sigma called so far, on its device
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         self.calls += 1
@@ -104,9 +109,18 @@ class CountingDenoiser(Denoiser):
         self.network_evals += self.inner.network_rows(x, sigma)
         if self.budget is not None and self.calls > self.budget:
             raise RuntimeError(f"solver exceeded its NFE budget of {self.budget}")
-        check(bool((sigma > 0).all()), "the denoiser was called at sigma <= 0; solvers must stop at sigma_min")
+        if self.deferred:
+            low = sigma.min()
+            self._lowest = low if self._lowest is None else torch.minimum(self._lowest, low)
+        else:
+            check(bool((sigma > 0).all()), SIGMA_ABOVE_ZERO)
         out = self.inner.denoise(x.to(self.inner.dtype), sigma.to(self.inner.dtype))
         return out.to(x.dtype)
+
+    def check_sigmas(self) -> None:
+        """The deferred sigma > 0 check of every call so far (UsageError; one host sync)."""
+        if self._lowest is not None:
+            check(bool(self._lowest > 0), SIGMA_ABOVE_ZERO)
 
     def describe(self) -> dict[str, object]:
         return self.inner.describe()
