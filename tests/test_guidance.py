@@ -100,6 +100,17 @@ def test_interval_guides_only_inside(model):
     assert torch.equal(out[inside], cfg[inside])
 
 
+def test_guidance_without_an_interval_skips_the_row_mask_and_matches_it(model):
+    """CFG indexes every row without a mask (no host read-back per call) and equals the masked path bit for bit."""
+    x, sigma, _ = probe(model)
+    cfg, wide = (guided(model, options).bind(range(N)) for options in (
+        {"name": "cfg", "scale": 3.0}, {"name": "interval", "scale": 3.0, "sigma_lo": 1e-9, "sigma_hi": 1e9}))
+    assert isinstance(cfg.parent.guidance.active(sigma), slice)
+    assert not isinstance(wide.parent.guidance.active(sigma), slice)
+    assert torch.equal(cfg(x, sigma), wide(x, sigma))
+    assert cfg.network_rows(x, sigma) == wide.network_rows(x, sigma) == 2 * N
+
+
 def test_autoguidance_with_itself_is_conditional(model):
     """Autoguidance D_g + w (D_c - D_g) with the model as its own guide is D_c; a weaker guide pushes away from it."""
     x, sigma, labels = probe(model)

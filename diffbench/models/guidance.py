@@ -37,8 +37,12 @@ class Guidance:
     autoguide: bool = False
     enabled: bool = True  # False: guidance=none, one pass per call on the labels alone
 
-    def active(self, sigma: Tensor) -> Tensor:
-        """Rows guided at their noise level: sigma in (sigma_lo, sigma_hi] (Kynkäänniemi et al. 2024)."""
+    def active(self, sigma: Tensor) -> Tensor | slice:
+        """Rows guided at their noise level: sigma in (sigma_lo, sigma_hi] (Kynkäänniemi et al. 2024). Without an
+        interval every row (sigma > 0) is: `slice(None)`, so callers index without a mask, whose size the host
+        would have to read back from the device at every call."""
+        if self.sigma_lo <= 0 and math.isinf(self.sigma_hi):
+            return slice(None)
         return (sigma > self.sigma_lo) & (sigma <= self.sigma_hi)
 
     def combine(self, cond: Tensor, other: Tensor) -> Tensor:
@@ -176,7 +180,7 @@ class GuidedDenoiser(Denoiser):
     def on_rows(self, rows: Tensor) -> Iterator[None]:
         """Restrict to `rows` of the current rows (nests: a sub-batch of a sub-batch)."""
         outer = self.labels
-        self.labels = outer[rows.cpu()]
+        self.labels = outer[rows.to(outer.device)]
         try:
             yield
         finally:
@@ -184,7 +188,9 @@ class GuidedDenoiser(Denoiser):
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         model, guidance, guide = self.parent.model, self.parent.guidance, self.parent.guide
-        labels = self.labels.to(x.device)
+        if self.labels.device != x.device:  # moved once per batch, not copied from the host at every call
+            self.labels = self.labels.to(x.device)
+        labels = self.labels
         check(len(labels) == x.shape[0], f"bound to {len(labels)} labels, called on {x.shape[0]} rows")
         if not guidance.enabled:
             return model.denoise_cond(x, sigma, labels)  # type: ignore[attr-defined]
@@ -204,7 +210,8 @@ class GuidedDenoiser(Denoiser):
         """One pass per row, plus one (unconditional or guide model) per row guided at its sigma."""
         if not self.parent.guidance.enabled:
             return x.shape[0]
-        return x.shape[0] + int(self.parent.guidance.active(sigma).sum())
+        on = self.parent.guidance.active(sigma)
+        return x.shape[0] * 2 if isinstance(on, slice) else x.shape[0] + int(on.sum())
 
 
 def max_passes(guidance: Guidance) -> int:
