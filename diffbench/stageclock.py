@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -51,3 +51,8 @@ class StageClock:
         """time_<stage>_s for every stage in STAGES (0.0 for a stage the point did not run)."""
         seconds = self.seconds()
         return {f"time_{name}_s": seconds.get(name, 0.0) for name in STAGES}
+
+
+def timed(clock: StageClock | None, name: str) -> AbstractContextManager[None]:
+    """`clock.stage(name)`, or nothing to time without a clock."""
+    return clock.stage(name) if clock is not None else nullcontext()

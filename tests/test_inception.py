@@ -68,7 +68,7 @@ def test_tf32_follows_the_point_and_keys_only_features_it_changes():
         cfg = compose(["metrics.extractor=random_conv", f"tf32={str(tf32).lower()}"])
         extractor = MetricContext(None).extractor(cfg, torch.device("cpu"))
         assert extractor.tf32 is tf32
-        assert not extractor.uses_tf32 and "tf32" not in extractor.identity()  # a CPU has no TF32: CPU keys unchanged
+        assert not extractor.sets_tf32 and "tf32" not in extractor.identity()  # a CPU has no TF32: CPU keys unchanged
 
 
 @pytest.mark.gpu
@@ -80,9 +80,9 @@ def test_cuda_extractors_run_and_are_keyed_at_their_tf32_setting(name, dtype, ch
     plain = _extractor(name, **{**options, "tf32": False})
     assert ("tf32" in extractor.identity()) is changes and "tf32" not in plain.identity()
     images = _mnist(2).cuda()
-    plain.preprocess(images)
+    plain(images)
     assert not torch.backends.cudnn.allow_tf32
-    extractor.preprocess(images)
+    extractor(images)
     assert torch.backends.cudnn.allow_tf32 is changes  # a float16 network leaves the switch as it was
 
 

@@ -57,6 +57,7 @@ from diffbench.metrics.inception import inception_from_graph
 from diffbench.noise import NoiseSource
 from diffbench.registries import registrar
 from diffbench.sampling import set_tf32
+from diffbench.stageclock import StageClock, timed
 
 INCEPTION_WEIGHTS = Asset(
     label="Inception-v3 FID weights (TF 2015-12-05 as TorchScript)",
@@ -201,25 +202,20 @@ class FeatureExtractor(ABC):
     weights_check: str | None = None  # assets.verification of the weights file (None: no weights)
     float32 = True  # whether the network runs in float32 (where TF32 tensor cores change its numbers)
 
-    def __init__(self, resize_mode: str = "clean", device: torch.device | str = "cpu", tf32: bool = False):
+    def __init__(self, resize_mode: str = "clean", device: torch.device | str = "cpu", tf32: bool | None = None):
         check(resize_mode in RESIZE_MODES,
               f"metrics.resize_mode '{resize_mode}' is unknown; choose one of: {', '.join(RESIZE_MODES)}")
-        self.resize_mode, self.device, self.tf32 = resize_mode, torch.device(device), bool(tf32)
+        self.resize_mode, self.device, self.tf32 = resize_mode, torch.device(device), tf32
 
     @property
-    def uses_tf32(self) -> bool:
-        """Whether TF32 changes this extractor's features: asked for, float32, on CUDA (a CPU ignores it)."""
-        return self.tf32 and self.float32 and self.device.type == "cuda"
+    def sets_tf32(self) -> bool:
+        """Whether a call sets the process's TF32 switch: a setting was given (a sweep gives its point's `tf32`,
+        for the network and the feature extractor alike), the network is float32 and on CUDA (a CPU has no TF32)."""
+        return self.tf32 is not None and self.float32 and self.device.type == "cuda"
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """Resize to input_size with the resize mode; float32 pixels in [0, 255] on the device.
-
-        A float32 extractor on CUDA first sets the process's TF32 switch to its own (a sweep point's `tf32` applies
-        to its network and its feature extractor alike), so dataset statistics and samples' features are made at
-        the precision its identity names, whatever ran before."""
+        """Resize to input_size with the resize mode; float32 pixels in [0, 255] on the device."""
         check_images(images)
-        if self.float32 and self.device.type == "cuda":
-            set_tf32(self.tf32)
         images = images.to(self.device)
         if images.shape[-2:] == (self.input_size, self.input_size):
             return images.float()
@@ -236,15 +232,22 @@ class FeatureExtractor(ABC):
         return [n for n in (self.fallback, unverified and f"{self.name} weights {unverified}") if n]
 
     @torch.inference_mode()
-    def __call__(self, images: Tensor) -> Features:
-        return self.forward(self.preprocess(images))
+    def __call__(self, images: Tensor, clock: StageClock | None = None) -> Features:
+        """Features of uint8 images [B, 3, H, W], made at the TF32 setting the identity names whatever ran before
+        (sets_tf32); `clock` times the resize and features stages."""
+        if self.sets_tf32:
+            set_tf32(bool(self.tf32))
+        with timed(clock, "resize"):
+            pixels = self.preprocess(images)
+        with timed(clock, "features"):
+            return self.forward(pixels)
 
     def identity(self) -> dict[str, Any]:
         """Fields that key reference caches and label result rows (`tf32` only where it changes the features,
         so caches made on a CPU or without TF32 keep their keys)."""
         ident = {"extractor": self.name, "resize_mode": self.resize_mode, "input_size": self.input_size,
                  "dim": self.dim}
-        return {**ident, "tf32": True} if self.uses_tf32 else ident
+        return {**ident, "tf32": True} if self.sets_tf32 and self.tf32 else ident
 
 
 def _load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
@@ -275,7 +278,7 @@ class InceptionExtractor(FeatureExtractor):
 
     def __init__(self, weights: str | Path | None = None, resize_mode: str = "clean",
                  device: torch.device | str = "cpu", dtype: str = "float32", channels_last: bool = False,
-                 tf32: bool = False):
+                 tf32: bool | None = None):
         super().__init__(resize_mode, device, tf32)
         check(dtype in EXTRACTOR_DTYPES,
               f"metrics.extractor_dtype '{dtype}' is unknown; choose one of: {', '.join(EXTRACTOR_DTYPES)}")
@@ -381,7 +384,7 @@ class RandomConvExtractor(FeatureExtractor):
     widths = (32, 64, 128)
 
     def __init__(self, seed: int = 0, resize_mode: str = "clean", device: torch.device | str = "cpu",
-                 tf32: bool = False):
+                 tf32: bool | None = None):
         super().__init__(resize_mode, device, tf32)
         self.seed = seed
         self.dim = sum(self.widths)
@@ -416,35 +419,36 @@ register_extractor = registrar(EXTRACTORS, "feature extractor")
 
 @register_extractor("inception")
 def inception(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
-              dtype: str = "float32", channels_last: bool = False, tf32: bool = False) -> FeatureExtractor:
+              dtype: str = "float32", channels_last: bool = False, tf32: bool | None = None) -> FeatureExtractor:
     """TF Inception-v3 pool3 (FID's network); AssetMissing when its weights do not resolve."""
     return InceptionExtractor(weights, resize_mode, device, dtype, channels_last, tf32)
 
 
 @register_extractor("inception_module")
 def inception_module(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
-                     dtype: str = "float32", channels_last: bool = False, tf32: bool = False) -> FeatureExtractor:
+                     dtype: str = "float32", channels_last: bool = False, tf32: bool | None = None) -> FeatureExtractor:
     """FID's Inception as an nn.Module (fast in float16 / channels-last), weights from the TorchScript file."""
     return InceptionModuleExtractor(weights, resize_mode, device, dtype, channels_last, tf32)
 
 
 @register_extractor("inception_compiled")
 def inception_compiled(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
-                       dtype: str = "float32", channels_last: bool = False, tf32: bool = False) -> FeatureExtractor:
+                       dtype: str = "float32", channels_last: bool = False,
+                       tf32: bool | None = None) -> FeatureExtractor:
     """inception_module under torch.compile (compiled once per batch-size bucket)."""
     return InceptionCompiledExtractor(weights, resize_mode, device, dtype, channels_last, tf32)
 
 
 @register_extractor("random_conv")
 def random_conv(seed: int = 0, resize_mode: str = "clean", device: torch.device | str = "cpu",
-                tf32: bool = False) -> FeatureExtractor:
+                tf32: bool | None = None) -> FeatureExtractor:
     """The offline stand-in: a seeded random conv net."""
     return RandomConvExtractor(seed, resize_mode, device, tf32)
 
 
 @register_extractor("auto")
 def auto(weights: str | None = None, resize_mode: str = "clean", device: torch.device | str = "cpu",
-         dtype: str = "float32", channels_last: bool = False, tf32: bool = False) -> FeatureExtractor:
+         dtype: str = "float32", channels_last: bool = False, tf32: bool | None = None) -> FeatureExtractor:
     """Inception when its weights resolve and load, else random_conv (a warning line; ``fallback`` says why)."""
     try:
         return InceptionExtractor(weights, resize_mode, device, dtype, channels_last, tf32)

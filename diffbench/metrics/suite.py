@@ -166,14 +166,10 @@ class MetricSuite:
                 if self.lpips is not None:
                     self.lpips.update(to_uint8(pairs[0]), to_uint8(pairs[1]))
 
-    @torch.inference_mode()
     def _extract(self, images: Tensor, indices: Sequence[int]) -> None:
         """One chunk of uint8 images through the extractor into the feature statistics, each stage timed."""
         assert self.extractor is not None
-        with self.clock.stage("resize"):
-            pixels = self.extractor.preprocess(images)
-        with self.clock.stage("features"):
-            out = self.extractor.forward(pixels)
+        out = self.extractor(images, self.clock)
         with self.clock.stage("statistics"):
             if self.stats is not None:
                 self.stats.update(out.features, out.logits)
